@@ -1,0 +1,152 @@
+"""Plain dataclass configs, loadable from YAML.
+
+Presets live in `anchorface/configs/*.yaml`: `paper-t4`, `paper-t8` (the paper's settings, App. D / §4.1) and
+`tiny` (a CPU-sized model on 64x64 crops with the weight-free pixel codec and a jointly trained global encoder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from anchorface.errors import AnchorfaceError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    """sDiT + mapping network (§3.1, App. D). Widths/depths of the DiT presets live in `models.sdit.PRESETS`."""
+
+    preset: str = "XL/2"  # DiT preset name: S|B|L|XL / 2|4|8, or "custom"
+    hidden_size: int | None = None  # overrides of the preset (None = preset value)
+    depth: int | None = None
+    num_heads: int | None = None
+    patch_size: int | None = None
+    mlp_ratio: float = 4.0
+    num_frames: int = 8  # T, frames per sequence
+    learn_sigma: bool = True
+    global_dim: int = 768  # dimension of G (CLIP ViT-L/14 projection = 768); 0 disables conditioning
+    landmark_dim: int = 478 * 3  # L_t: 478 MediaPipe XYZ points
+    mapping_blocks: int = 4  # §4.1: "4 residual blocks"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DiffusionConfig:
+    """Gaussian diffusion as in DiT (App. D: t_max = 1000, linear betas, learned sigma)."""
+
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    lambda_ex: float = 1.0  # weight (1 + lambda_ex) on expressive landmark pixels (§4.1)
+
+
+@dataclass
+class DataConfig:
+    """What a training sample / an inference frame looks like."""
+
+    resolution: int = 256  # square face crop, pixels
+    codec: str = "sd-vae"  # "sd-vae" (AutoencoderKL, f=8, 4 ch) | "pixel" (weight-free space-to-depth)
+    codec_path: str = "stabilityai/sd-vae-ft-ema"  # local directory or hub id (sd-vae)
+    pixel_factor: int = 4  # space-to-depth factor (pixel codec)
+    encoder: str = "clip"  # global encoder G: "clip" | "learned"
+    encoder_path: str = "openai/clip-vit-large-patch14"  # local directory or hub id (clip)
+    cond_dropout: float = 0.1  # joint dropout of all conditions (supp. §4)
+
+
+@dataclass
+class TrainConfig:
+    """Training loop (§4.1, App. D)."""
+
+    batch_size: int = 16  # global batch
+    lr: float = 6.4e-5  # denoiser
+    mapping_lr_scale: float = 0.1  # mapping network at 1/10 of the base rate (§4.1)
+    weight_decay: float = 0.0  # AdamW "default parameters" besides the rate; DiT used 0
+    warmup_steps: int = 0
+    max_steps: int = 1_000_000
+    ema_decay: float = 0.9999
+    grad_accum: int = 1
+    grad_clip: float | None = None
+    mixed_precision: str = "bf16"  # used on GPU only; CPU runs in fp32
+    num_workers: int = 4
+    seed: int = 0
+    log_every: int = 100
+    ckpt_every: int = 10_000
+    sample_every: int = 10_000
+    sample_steps: int = 50
+
+
+@dataclass
+class SampleConfig:
+    """Inference defaults (supp. §4, Table 1: 1000 steps and CFG 1 are best; 100-400 steps are close)."""
+
+    sampler: str = "ddpm"  # "ddpm" | "ddim"
+    steps: int = 250
+    guidance_scale: float = 1.0
+    merge: str = "anchored"  # "anchored" | "multidiffusion" | "independent"
+    micro_batch: int = 4  # sequences per forward pass
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        return _build(cls, d, "config")
+
+
+def _build(cls, d: dict[str, Any], where: str):
+    if not isinstance(d, dict):
+        raise AnchorfaceError(f"{where}: expected a mapping, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise AnchorfaceError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    kwargs = {}
+    for k, v in d.items():
+        sub = _SECTIONS.get(k) if cls is Config else None
+        kwargs[k] = _build(sub, v or {}, f"{where}.{k}") if sub else v
+    return cls(**kwargs)
+
+
+_SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "data": DataConfig, "train": TrainConfig,
+             "sample": SampleConfig}
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(name_or_path: str | Path) -> Config:
+    """Load a preset by name (`tiny`, `paper-t4`, `paper-t8`) or a YAML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise AnchorfaceError(f"unknown config preset '{name_or_path}'; presets: {', '.join(presets())}")
+    if not path.exists():
+        raise AnchorfaceError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise AnchorfaceError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data.setdefault("name", path.stem)
+    return Config.from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
