@@ -1,0 +1,95 @@
+"""Checkpoints as `from_pretrained` directories (diffusers-style: config JSON + safetensors per component).
+
+    CKPT/anchorface.json                 {"format": "anchorface", "version": 1, "config": Config.to_dict()}
+    CKPT/sdit/config.json, model.safetensors              the denoiser + mapping network (EMA weights)
+    CKPT/global_encoder/config.json, model.safetensors    only for the jointly trained `learned` encoder
+
+Written atomically: a temporary sibling directory is filled, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from anchorface.config import Config
+from anchorface.errors import CheckpointError
+
+FORMAT, VERSION = "anchorface", 1
+MANIFEST = "anchorface.json"
+
+
+def save_checkpoint(directory: str | Path, cfg: Config, sdit, encoder=None) -> Path:
+    """Write `sdit` (and a `learned` global encoder) with the run's config; replaces `directory` atomically."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        sdit.save_pretrained(tmp / "sdit")
+        if encoder is not None and cfg.data.encoder == "learned":
+            encoder.save_pretrained(tmp / "global_encoder")
+        (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "version": VERSION, "config": cfg.to_dict()},
+                                               indent=2))
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_config(directory: str | Path) -> Config:
+    """The run config stored in a checkpoint; CheckpointError if `directory` is not an anchorface checkpoint."""
+    directory = Path(directory)
+    manifest = directory / MANIFEST
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {directory}")
+    if not manifest.exists():
+        raise CheckpointError(f"{directory} is not an anchorface checkpoint (no {MANIFEST}; "
+                              "pass the directory written by `anchorface train`, e.g. runs/x/checkpoint-0001000)")
+    try:
+        meta = json.loads(manifest.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{manifest} is not valid JSON ({e.msg})") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise CheckpointError(f"{directory}: unsupported checkpoint format {meta.get('format')!r} "
+                              f"v{meta.get('version')} (expected {FORMAT} v{VERSION})")
+    return Config.from_dict(meta["config"])
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Load `(config, sdit, encoder)`; `encoder` is the learned global encoder or None (CLIP is loaded by name)."""
+    from anchorface.encoders import LearnedGlobalEncoder
+    from anchorface.models.sdit import SDiT
+
+    directory = Path(directory)
+    cfg = read_config(directory)
+    sdit = SDiT.from_pretrained(directory / "sdit").to(device=device, dtype=dtype).eval()
+    encoder = None
+    if cfg.data.encoder == "learned":
+        if not (directory / "global_encoder").is_dir():
+            raise CheckpointError(f"{directory}: config uses the learned global encoder but global_encoder/ is missing")
+        encoder = LearnedGlobalEncoder.from_pretrained(directory / "global_encoder").to(device=device, dtype=dtype)
+        encoder.eval()
+    return cfg, sdit, encoder
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The newest `checkpoint-*` directory of a training run (or `run_dir` itself if it is a checkpoint)."""
+    run_dir = Path(run_dir)
+    if (run_dir / MANIFEST).exists():
+        return run_dir
+    found = sorted(p for p in run_dir.glob("checkpoint-*") if (p / MANIFEST).exists())
+    if not found:
+        raise CheckpointError(f"no checkpoint found in {run_dir}")
+    return found[-1]
