@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+from anchorface.errors import AnchorfaceError
+from anchorface.plans import (KINDS, anchored_plan, make_plan, multidiffusion_plan, owner_slots, reorder,
+                              timeline)
+
+SIZES = [(n, T) for T in (2, 3, 4, 5, 8) for n in list(range(1, 30)) + [97, 100, 101, 400]]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n,T", SIZES)
+def test_every_frame_exactly_once_in_order(kind, n, T):
+    plan = make_plan(kind, n, T)
+    assert plan.slots.shape[1] == T
+    assert np.all(np.diff(plan.slots, axis=1) >= 0), "rows sorted"
+    # each frame rendered: owners cover the timeline exactly once (multidiffusion: weights sum to one)
+    if kind != "multidiffusion":
+        assert sorted(plan.slots[plan.owner].tolist()) == list(range(n))
+    per_frame = np.zeros(n)
+    np.add.at(per_frame, plan.slots, plan.weights)
+    np.testing.assert_allclose(per_frame, 1.0)
+    # reorder of the slot contents gives back the timeline, in order
+    np.testing.assert_allclose(reorder(plan, plan.slots), np.arange(n), rtol=0, atol=1e-9)
+    assert [sum(w for _, _, w in entry) for entry in timeline(plan)] == pytest.approx([1.0] * n)
+
+
+@pytest.mark.parametrize("n,T", SIZES)
+def test_anchored_structure(n, T):
+    plan = anchored_plan(n, T)
+    a = n // 2
+    assert plan.anchor == a
+    rows = np.arange(plan.num_sequences)
+    assert np.all(plan.slots[rows, plan.anchor_positions] == a), "anchor in every row"
+    assert np.all((plan.slots == a).sum(1) >= 1)
+    # the anchor is owned (and donated) by sequence 0 only
+    assert plan.owner[0, plan.anchor_positions[0]] and not plan.owner[1:][plan.slots[1:] == a].any()
+    if n > T:
+        assert plan.num_sequences == -(-(n - 1) // (T - 1))
+        # non-anchor owners form contiguous groups of T-1 in temporal order
+        others = [plan.slots[b][plan.owner[b] & (plan.slots[b] != a)] for b in rows]
+        flat = np.concatenate(others)
+        np.testing.assert_array_equal(flat, np.delete(np.arange(n), a))
+        rank = np.searchsorted(np.delete(np.arange(n), a), np.concatenate(others)).reshape(-1)
+        assert all(np.all(np.diff(np.searchsorted(flat, g)) == 1) for g in others), "contiguous groups"
+        assert all(len(g) == T - 1 for g in others[:-1]) and np.array_equal(rank, np.arange(n - 1))
+        # duplicates (non-owner, non-anchor) only in the last row, and they are the frames just before its group
+        dup = plan.slots[:-1][~plan.owner[:-1] & (plan.slots[:-1] != a)]
+        assert dup.size == 0
+
+
+def test_anchored_example_and_non_uniform_spacing():
+    plan = anchored_plan(13, 4)
+    np.testing.assert_array_equal(plan.slots, [[0, 1, 2, 6], [3, 4, 5, 6], [6, 7, 8, 9], [6, 10, 11, 12]])
+    np.testing.assert_array_equal(plan.anchor_positions, [3, 3, 0, 0])
+    plan = anchored_plan(100, 8)
+    gaps = np.diff(plan.slots, axis=1)
+    assert len(np.unique(plan.anchor_positions)) > 1, "anchor at different positions"
+    non_uniform = [len(np.unique(g)) > 1 for g in gaps]
+    assert sum(non_uniform) >= plan.num_sequences - 2, "only rows next to the anchor can be uniform"
+
+
+def test_short_last_group_is_filled_with_frames_just_before():
+    plan = anchored_plan(9, 4)  # others 0 1 2 3 5 6 7 8 -> [0 1 2] [3 5 6] [7 8 +6]
+    np.testing.assert_array_equal(plan.slots[-1], [4, 6, 7, 8])
+    np.testing.assert_array_equal(plan.owner[-1], [False, False, True, True])
+
+
+def test_fewer_frames_than_T_padded_by_repetition():
+    for kind in KINDS:
+        plan = make_plan(kind, 3, 8)
+        assert plan.num_sequences == 1 and set(plan.slots[0].tolist()) == {0, 1, 2}
+        assert plan.owner.sum() == (8 if kind == "multidiffusion" else 3)
+    assert anchored_plan(1, 4).slots.tolist() == [[0, 0, 0, 0]]
+
+
+def test_multidiffusion_windows():
+    plan = multidiffusion_plan(10, 4)
+    np.testing.assert_array_equal(plan.slots[:, 0], [0, 2, 4, 6])
+    assert np.all(np.diff(plan.slots, axis=1) == 1), "uniform windows"
+    assert plan.anchor is None and np.all(plan.anchor_positions == -1)
+    assert timeline(plan)[3] == [(0, 3, 0.5), (1, 1, 0.5)]
+    np.testing.assert_array_equal(multidiffusion_plan(10, 4, stride=4).slots[:, 0], [0, 4, 6])
+
+
+def test_owner_slots_and_errors():
+    plan = make_plan("independent", 10, 4)
+    b, t = owner_slots(plan)
+    np.testing.assert_array_equal(plan.slots[b, t], np.arange(10))
+    with pytest.raises(AnchorfaceError, match="unknown merge"):
+        make_plan("blend", 10, 4)
+    with pytest.raises(AnchorfaceError, match="no frames"):
+        make_plan("anchored", 0, 4)
+    with pytest.raises(AnchorfaceError, match="T >= 2"):
+        make_plan("anchored", 5, 1)
