@@ -1,0 +1,512 @@
+"""Training data: `anchorface prepare` (clip shards + index) and the training sequence sampler (§3.1).
+
+Everything frozen is computed once by `prepare`, so training never runs the face detector, MediaPipe, the VAE or
+CLIP in its inner loop (§3.1: "the landmark model, CLIP, and the autoencoder remain frozen").
+
+On-disk format (version 1; see also docs/dataset.md)::
+
+    DATASET_DIR/index.json      written last: its presence means the dataset is complete
+        {"format": "anchorface-dataset", "version": 1,
+         "data": {"resolution", "codec", "pixel_factor" | "codec_path", "encoder", ["encoder_path"],
+                  "codec_config": codec.config},          # what the frozen parts were
+         "latent_shape": [C, h, w], "source_kind": "embedding" | "pixels", "global_dim": D | null,
+         "clips": [{"name", "shard", "num_frames", "fps", "source_video"}, ...]}
+    DATASET_DIR/shards/shard-00000.safetensors, ...  (rotated at ~256 MB; a clip never spans two shards)
+        <clip>/latents        float16 [N, C, h, w]   codec.encode of the face crops at data.resolution
+        <clip>/landmarks      float32 [N, 478, 3]    MediaPipe face mesh on the same crops at >= 256 px
+        <clip>/source_first   the clip's first frame as a source candidate:
+        <clip>/source_last    and its last:  float32 [D] global embedding (`clip` encoder, frozen), or
+                              uint8 [res, res, 3] crop pixels (`learned` encoder, trained jointly)
+
+A clip is a segment of at most `--max-seconds` of one video (long videos are cut into equal segments). Every file
+is written to a temporary name and renamed into place; the index is written after all shards.
+
+The sampler (§3.1): training example `k` is a pure function of `(seed, k)`: a clip drawn uniformly, T distinct
+sorted frames drawn uniformly at random from it (non-uniform spacing), the source frame furthest in time from the
+sequence (the clip's first or last frame) and the joint condition dropout flag (supp. §4). Resuming at step s
+therefore replays exactly the examples an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from anchorface.config import Config, DataConfig, load_config
+from anchorface.errors import AnchorfaceError, NoFaceError, VideoError
+
+FORMAT, VERSION = "anchorface-dataset", 1
+INDEX = "index.json"
+SHARD_DIR = "shards"
+SHARD_BYTES = 256 * 2**20  # start a new shard when the current one would exceed this
+LANDMARK_CROP = 256  # landmarks are always computed on crops of at least this size (docs/design.md)
+DEFAULT_MAX_SECONDS = 5.0  # segment length cap; the paper's segments are 3.29 +- 2.07 s (§3.3)
+ENCODE_BATCH = 16  # frames per codec.encode call
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Format: what the frozen parts were, the shard writer, the index
+# --------------------------------------------------------------------------------------------------------------
+
+def data_signature(data: DataConfig) -> dict:
+    """The DataConfig fields a prepared dataset depends on (a dataset is usable by any config that matches)."""
+    sig = {"resolution": int(data.resolution), "codec": data.codec, "encoder": data.encoder}
+    if data.codec == "pixel":
+        sig["pixel_factor"] = int(data.pixel_factor)
+    else:
+        sig["codec_path"] = str(data.codec_path)
+    if data.encoder == "clip":
+        sig["encoder_path"] = str(data.encoder_path)
+    return sig
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class DatasetWriter:
+    """Writes clips into rotating safetensors shards and, on a clean exit, the index (last).
+
+    with DatasetWriter(dir, data=data_signature(cfg.data) | {...}, latent_shape=(C, h, w)) as w:
+        w.add_clip(name, latents=[N,C,h,w], landmarks=[N,478,3], source_first=..., source_last=..., fps=..,
+                   source_video=..)
+
+    `source_*` are float [D] embeddings or uint8 [res, res, 3] crops (one kind per dataset). An existing dataset
+    in `dataset_dir` is an error unless `overwrite`. Nothing is indexed if the block raises.
+    """
+
+    def __init__(self, dataset_dir: str | Path, data: dict, latent_shape, overwrite: bool = False,
+                 shard_bytes: int = SHARD_BYTES):
+        self.dir = Path(dataset_dir)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise AnchorfaceError(f"dataset path {self.dir} exists and is not a directory")
+        if (self.dir / INDEX).exists():
+            if not overwrite:
+                raise AnchorfaceError(f"{self.dir} already holds a dataset (pass --overwrite to replace it)")
+            (self.dir / INDEX).unlink()
+        (self.dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        for old in (self.dir / SHARD_DIR).glob("shard-*.safetensors"):
+            old.unlink()
+        self.data = dict(data)
+        self.latent_shape = tuple(int(s) for s in latent_shape)
+        self.shard_bytes = shard_bytes
+        self.clips: list[dict] = []
+        self.source_kind: str | None = None
+        self.global_dim: int | None = None
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._shard = 0
+
+    @property
+    def _shard_name(self) -> str:
+        return f"{SHARD_DIR}/shard-{self._shard:05d}.safetensors"
+
+    def add_clip(self, name: str, latents, landmarks, source_first, source_last, fps: float,
+                 source_video: str = "") -> None:
+        if "/" in name or any(c["name"] == name for c in self.clips):
+            raise ValueError(f"clip name {name!r} contains '/' or is not unique")
+        latents = torch.as_tensor(latents).to(torch.float16).contiguous()
+        landmarks = torch.as_tensor(np.asarray(landmarks, dtype=np.float32)).contiguous()
+        n = latents.shape[0]
+        if n < 1 or tuple(latents.shape[1:]) != self.latent_shape:
+            raise ValueError(f"latents of {name}: expected [N, {self.latent_shape}], got {tuple(latents.shape)}")
+        if tuple(landmarks.shape) != (n, 478, 3):
+            raise ValueError(f"landmarks of {name}: expected [{n}, 478, 3], got {tuple(landmarks.shape)}")
+        sources = []
+        for src in (source_first, source_last):
+            src = torch.as_tensor(np.asarray(src))
+            kind = "pixels" if src.dtype == torch.uint8 else "embedding"
+            if kind == "pixels":
+                res = self.data.get("resolution")
+                if tuple(src.shape) != (res, res, 3):
+                    raise ValueError(f"source crop of {name}: expected [{res}, {res}, 3] uint8, got {tuple(src.shape)}")
+            else:
+                if src.ndim != 1:
+                    raise ValueError(f"source embedding of {name}: expected [D], got {tuple(src.shape)}")
+                src = src.float()
+                if self.global_dim not in (None, src.shape[0]):
+                    raise ValueError(f"source embedding of {name}: dim {src.shape[0]} != {self.global_dim}")
+                self.global_dim = int(src.shape[0])
+            if self.source_kind not in (None, kind):
+                raise ValueError(f"source of {name} is {kind} but earlier clips stored {self.source_kind}")
+            self.source_kind = kind
+            sources.append(src.contiguous())
+        tensors = {"latents": latents, "landmarks": landmarks, "source_first": sources[0], "source_last": sources[1]}
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if self._pending and self._pending_bytes + size > self.shard_bytes:
+            self._flush()
+        for key, t in tensors.items():
+            self._pending[f"{name}/{key}"] = t
+        self._pending_bytes += size
+        self.clips.append({"name": name, "shard": self._shard_name, "num_frames": int(n), "fps": float(fps),
+                           "source_video": str(source_video)})
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if not self._pending:
+            return
+        path = self.dir / self._shard_name
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            save_file(self._pending, str(tmp), metadata={"format": FORMAT, "version": str(VERSION)})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._pending, self._pending_bytes = {}, 0
+        self._shard += 1
+
+    def close(self) -> dict:
+        """Flush the last shard and write the index; returns the index."""
+        if not self.clips:
+            raise AnchorfaceError(f"no clip to write to {self.dir}")
+        self._flush()
+        index = {"format": FORMAT, "version": VERSION, "data": self.data, "latent_shape": list(self.latent_shape),
+                 "source_kind": self.source_kind, "global_dim": self.global_dim, "clips": self.clips}
+        _atomic_write_bytes(self.dir / INDEX, json.dumps(index, indent=1).encode())
+        return index
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def load_index(dataset_dir: str | Path) -> dict:
+    """Read and check `DATASET_DIR/index.json`; AnchorfaceError with a one-line reason if it is not a dataset."""
+    dataset_dir = Path(dataset_dir)
+    path = dataset_dir / INDEX
+    if not dataset_dir.is_dir():
+        raise AnchorfaceError(f"dataset directory not found: {dataset_dir}")
+    if not path.exists():
+        raise AnchorfaceError(f"{dataset_dir} is not a prepared dataset (no {INDEX}; run `anchorface prepare` first)")
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise AnchorfaceError(f"{path} is not valid JSON ({e.msg})") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION:
+        raise AnchorfaceError(f"{path}: not an {FORMAT} v{VERSION} index")
+    missing = {"data", "latent_shape", "clips", "source_kind"} - set(index)
+    if missing or not index["clips"]:
+        raise AnchorfaceError(f"{path}: incomplete index (missing {sorted(missing) or 'clips'})")
+    for shard in sorted({c["shard"] for c in index["clips"]}):
+        if not (dataset_dir / shard).exists():
+            raise AnchorfaceError(f"{dataset_dir}: shard {shard} listed in the index is missing")
+    return index
+
+
+def check_compatible(index: dict, cfg: Config) -> None:
+    """AnchorfaceError if a dataset was prepared with other frozen parts than `cfg` expects."""
+    want = data_signature(cfg.data)
+    have = {k: index["data"].get(k) for k in want}
+    diff = [f"{k}: dataset {have[k]!r} vs config {want[k]!r}" for k in want if have[k] != want[k]]
+    if diff:
+        raise AnchorfaceError("the dataset was prepared for another data config (" + "; ".join(diff)
+                              + "); run `anchorface prepare` with this --config")
+    if index["source_kind"] == "embedding" and index.get("global_dim") != cfg.model.global_dim:
+        raise AnchorfaceError(f"dataset source embeddings have dim {index.get('global_dim')} but "
+                              f"model.global_dim is {cfg.model.global_dim}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The training sampler (§3.1)
+# --------------------------------------------------------------------------------------------------------------
+
+def sample_training_example(clip_len: int, T: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """T sorted distinct frame indices of a clip of `clip_len` frames, and the source frame index (§3.1).
+
+    The T frames are a uniformly random T-subset (so the spacing is random and non-uniform). The source is the
+    frame "furthest in time from the chosen sequence": the first frame if the sequence starts further from it than
+    it ends from the last, else the last (ties -> the first). With clip_len > T the source is never one of the T
+    frames: subsets containing both the first and the last frame are redrawn (uniform over the other subsets).
+    With clip_len == T the sequence is the whole clip and the source is its first frame (the only case where the
+    source is also in the sequence). clip_len < T is a ValueError; `ClipDataset` leaves such clips out.
+    """
+    if clip_len < T:
+        raise ValueError(f"a clip of {clip_len} frames cannot give {T} distinct frames")
+    if clip_len == T:
+        return np.arange(T), 0
+    while True:
+        frames = np.sort(rng.choice(clip_len, size=T, replace=False))
+        if frames[0] > 0 or frames[-1] < clip_len - 1:
+            break
+    source = 0 if frames[0] >= (clip_len - 1) - frames[-1] else clip_len - 1
+    return frames, int(source)
+
+
+@dataclass(frozen=True)
+class Example:
+    clip: int  # position in the sampler's clip list
+    frames: np.ndarray  # [T] sorted frame indices
+    source: int  # frame index of the source (0 or clip_len - 1)
+    drop: bool  # joint dropout of all conditions (supp. §4)
+
+
+class SequenceSampler:
+    """Training example `k` as a pure function of `(seed, k)` (§3.1, supp. §4): clip uniform over clips, frames
+    and source by `sample_training_example`, drop with probability `cond_dropout`."""
+
+    def __init__(self, clip_lengths, num_frames: int, cond_dropout: float, seed: int):
+        self.clip_lengths = [int(n) for n in clip_lengths]
+        if not self.clip_lengths:
+            raise ValueError("no clip to sample from")
+        self.num_frames, self.cond_dropout, self.seed = int(num_frames), float(cond_dropout), int(seed)
+
+    def __call__(self, k: int) -> Example:
+        rng = np.random.default_rng([self.seed, int(k)])
+        clip = int(rng.integers(len(self.clip_lengths)))
+        frames, source = sample_training_example(self.clip_lengths[clip], self.num_frames, rng)
+        drop = bool(rng.random() < self.cond_dropout)
+        return Example(clip, frames, source, drop)
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Training examples read from the shards (memory-mapped with safetensors, opened lazily per process).
+
+    `dataset[k]` is example k of `SequenceSampler` (k is a global sample counter, not bounded by the data size):
+    dict(latents float32 [T, C, h, w], landmarks float32 [T, 1434] (`landmark_vector`), weight float32
+    [T, 1, h, w] (`expressive_weight_maps`, 1 + lambda_ex on expressive pixels, §4.1), source (float32 [D]
+    embedding, or float32 [3, res, res] pixels in [-1, 1]), drop bool tensor).
+    Clips shorter than `num_frames` are left out (counted in `skipped_short`).
+    """
+
+    def __init__(self, dataset_dir: str | Path, num_frames: int, cond_dropout: float, lambda_ex: float, seed: int,
+                 clip_names: list[str] | None = None, index: dict | None = None):
+        self.dir = Path(dataset_dir)
+        self.index = index if index is not None else load_index(self.dir)
+        clips = self.index["clips"]
+        if clip_names is not None:
+            wanted = set(clip_names)
+            clips = [c for c in clips if c["name"] in wanted]
+        self.clips = [c for c in clips if c["num_frames"] >= num_frames]
+        self.skipped_short = len(clips) - len(self.clips)
+        if not self.clips:
+            raise AnchorfaceError(f"{self.dir}: no clip has at least {num_frames} frames")
+        self.sampler = SequenceSampler([c["num_frames"] for c in self.clips], num_frames, cond_dropout, seed)
+        self.lambda_ex = float(lambda_ex)
+        self.latent_shape = tuple(self.index["latent_shape"])
+        self._files: dict[str, object] = {}
+        self._pid = None
+
+    def _file(self, shard: str):
+        from safetensors import safe_open
+
+        if self._pid != os.getpid():  # a fresh process (DataLoader worker): open our own handles
+            self._files, self._pid = {}, os.getpid()
+        if shard not in self._files:
+            self._files[shard] = safe_open(str(self.dir / shard), framework="pt")
+        return self._files[shard]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_files"], state["_pid"] = {}, None
+        return state
+
+    def load(self, clip: int, frames, source: int, drop: bool) -> dict:
+        """One example from explicit choices (used by `__getitem__` and for fixed preview examples)."""
+        from anchorface.landmarks import expressive_weight_maps, landmark_vector
+
+        c = self.clips[clip]
+        f = self._file(c["shard"])
+        lat_slice, lmk_slice = f.get_slice(f"{c['name']}/latents"), f.get_slice(f"{c['name']}/landmarks")
+        latents = torch.cat([lat_slice[int(i):int(i) + 1] for i in frames]).float()
+        lmk = torch.cat([lmk_slice[int(i):int(i) + 1] for i in frames]).float().numpy()
+        h = latents.shape[-1]
+        weight = torch.from_numpy(expressive_weight_maps(lmk, h, self.lambda_ex))[:, None]
+        end = "first" if source == 0 else "last"
+        src = f.get_tensor(f"{c['name']}/source_{end}")
+        if src.dtype == torch.uint8:
+            src = src.permute(2, 0, 1).float() / 127.5 - 1.0
+        return {"latents": latents, "landmarks": torch.from_numpy(landmark_vector(lmk)), "weight": weight,
+                "source": src.float(), "drop": torch.tensor(bool(drop))}
+
+    def __getitem__(self, k: int) -> dict:
+        ex = self.sampler(k)
+        return self.load(ex.clip, ex.frames, ex.source, ex.drop)
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Global sample indices for one process, from `start_step` on (deterministic, so resume is exact).
+
+    Optimizer step s has `grad_accum` micro-steps; in micro-step m, process r reads `local_batch` examples:
+    k = s * G + m * P * L + r * L + j, with G = grad_accum * P * L the global batch.
+    """
+
+    def __init__(self, local_batch: int, grad_accum: int, num_processes: int, rank: int, start_step: int = 0,
+                 max_steps: int | None = None):
+        self.L, self.A, self.P, self.r = local_batch, grad_accum, num_processes, rank
+        self.start_step, self.max_steps = start_step, max_steps
+
+    def __iter__(self):
+        G = self.A * self.P * self.L
+        s = self.start_step
+        while self.max_steps is None or s < self.max_steps:
+            for m in range(self.A):
+                base = s * G + m * self.P * self.L + self.r * self.L
+                yield from range(base, base + self.L)
+            s += 1
+
+    def __len__(self) -> int:
+        if self.max_steps is None:
+            raise TypeError("an unbounded StepSampler has no length")
+        return max(0, self.max_steps - self.start_step) * self.A * self.L
+
+
+# --------------------------------------------------------------------------------------------------------------
+# `anchorface prepare`
+# --------------------------------------------------------------------------------------------------------------
+
+def list_videos(videos_dir: str | Path) -> list[Path]:
+    videos_dir = Path(videos_dir)
+    if not videos_dir.is_dir():
+        raise AnchorfaceError(f"videos directory not found: {videos_dir}")
+    videos = sorted(p for p in videos_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    if not videos:
+        raise AnchorfaceError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {videos_dir}")
+    return videos
+
+
+def segment_bounds(num_frames: int, fps: float, max_seconds: float) -> list[tuple[int, int]]:
+    """Cut [0, num_frames) into the fewest equal-length segments of at most `max_seconds`."""
+    max_len = max(1, int(math.floor(max_seconds * fps + 1e-6)))
+    n = max(1, math.ceil(num_frames / max_len))
+    edges = np.linspace(0, num_frames, n + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _to_pixels(crops: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def _encode(codec, crops: np.ndarray, device) -> torch.Tensor:
+    out = [codec.encode(_to_pixels(crops[i:i + ENCODE_BATCH]).to(device)).float().cpu()
+           for i in range(0, len(crops), ENCODE_BATCH)]
+    return torch.cat(out).half()
+
+
+def prepare_video(path: Path, cfg: Config, codec, encoder, max_seconds: float, device="cpu", progress=False):
+    """Face crops, landmarks, latents and source candidates of one video, as a list of segment dicts."""
+    from anchorface.faces import crop, track_crop_boxes
+    from anchorface.landmarks import track_landmarks
+    from anchorface.video import iter_frames, probe_video
+
+    info = probe_video(path)
+    boxes = track_crop_boxes(iter_frames(path), progress=progress)  # NoFaceError when no frame has a face
+    res, lmk_res = cfg.data.resolution, max(LANDMARK_CROP, cfg.data.resolution)
+    crops: list[np.ndarray] = []
+
+    def landmark_crops():
+        for frame, box in zip(iter_frames(path), boxes):
+            crops.append(crop(frame, box, res))
+            yield crop(frame, box, lmk_res)
+
+    lmk, _found = track_landmarks(landmark_crops(), progress=progress)
+    n = min(len(crops), len(lmk))
+    crops_arr, lmk = np.stack(crops[:n]), lmk[:n]
+    fps = float(info.fps)
+    segments = []
+    for a, b in segment_bounds(n, fps, max_seconds):
+        ends = crops_arr[[a, b - 1]]
+        if encoder is not None:  # frozen global encoder: store the embeddings
+            with torch.no_grad():
+                emb = encoder.encode_images(_to_pixels(ends).to(device)).float().cpu()
+            first, last = emb[0], emb[1]
+        else:  # jointly trained encoder: store the pixels
+            first, last = ends[0], ends[1]
+        segments.append({"latents": _encode(codec, crops_arr[a:b], device), "landmarks": lmk[a:b],
+                         "source_first": first, "source_last": last, "fps": fps})
+    return segments
+
+
+def prepare_dataset(videos_dir: str | Path, dataset_dir: str | Path, cfg: Config,
+                    max_seconds: float = DEFAULT_MAX_SECONDS, overwrite: bool = False, device: str = "cpu",
+                    progress: bool = True) -> dict:
+    """`anchorface prepare`: every video of `videos_dir` -> clips in `dataset_dir` (format in the module doc).
+
+    Returns a summary dict(videos, clips, frames, skipped_no_face, skipped_unreadable).
+    """
+    from anchorface.codecs import load_codec
+    from anchorface.encoders import load_encoder
+
+    if not max_seconds > 0:
+        raise AnchorfaceError(f"--max-seconds must be positive, got {max_seconds}")
+    videos = list_videos(videos_dir)
+    codec = load_codec(cfg.data).to(device).eval()
+    encoder = None
+    if cfg.data.encoder == "clip":
+        encoder = load_encoder(cfg.data, cfg.model.global_dim).to(device).eval()
+    elif cfg.data.encoder != "learned":
+        raise AnchorfaceError(f"unknown global encoder {cfg.data.encoder!r} (expected 'clip' or 'learned')")
+    signature = data_signature(cfg.data) | {"codec_config": codec.config}
+    stems = [p.stem for p in videos]  # clip names: "<stem>-<segment>", "<stem>_<ext>-<segment>" if stems clash
+    names = {p: p.stem if stems.count(p.stem) == 1 else p.name.replace(".", "_") for p in videos}
+    summary = {"videos": len(videos), "clips": 0, "frames": 0, "skipped_no_face": 0, "skipped_unreadable": 0}
+    with DatasetWriter(dataset_dir, signature, codec.latent_shape(cfg.data.resolution), overwrite=overwrite) as w:
+        bar = tqdm(videos, desc="prepare", unit="video", disable=not progress)
+        for path in bar:
+            bar.set_postfix_str(path.name)
+            try:
+                segments = prepare_video(path, cfg, codec, encoder, max_seconds, device)
+            except NoFaceError as e:
+                summary["skipped_no_face"] += 1
+                warnings.warn(f"skipping {path.name}: {e}", stacklevel=2)
+                continue
+            except VideoError as e:
+                summary["skipped_unreadable"] += 1
+                warnings.warn(f"skipping {path.name}: {e}", stacklevel=2)
+                continue
+            for i, seg in enumerate(segments):
+                w.add_clip(f"{names[path]}-{i:03d}", seg["latents"], seg["landmarks"], seg["source_first"], seg["source_last"],
+                           seg["fps"], source_video=path.name)
+                summary["clips"] += 1
+                summary["frames"] += len(seg["latents"])
+        if not w.clips:
+            raise AnchorfaceError(f"no usable video in {videos_dir}: {summary['skipped_no_face']} without a face, "
+                                  f"{summary['skipped_unreadable']} unreadable")
+    return summary
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    s = prepare_dataset(args.videos_dir, args.dataset_dir, cfg, max_seconds=args.max_seconds,
+                        overwrite=args.overwrite, device=device, progress=not args.quiet)
+    print(f"{args.dataset_dir}: {s['clips']} clips, {s['frames']} frames from {s['videos']} videos "
+          f"({s['skipped_no_face']} skipped without a face, {s['skipped_unreadable']} unreadable)", file=sys.stderr)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prepare", help="turn a folder of face videos into a training dataset",
+        description="Crop faces, track MediaPipe landmarks and precompute latents (and CLIP embeddings) of every "
+                    "video in VIDEOS_DIR; write safetensors shards + index.json to DATASET_DIR (§3.1, §3.3).")
+    p.add_argument("videos_dir", help="folder of videos (.mp4, .mov, .mkv, .avi, .webm)")
+    p.add_argument("dataset_dir", help="output folder")
+    p.add_argument("--config", default="tiny", help="preset (tiny, paper-t4, paper-t8) or YAML file (default: tiny)")
+    p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
+                   help=f"cut longer videos into segments of at most this length (default: {DEFAULT_MAX_SECONDS})")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in DATASET_DIR")
+    p.add_argument("--device", default=None, help="torch device for the codec/encoder (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_prepare)

@@ -1,0 +1,222 @@
+"""Dataset format, `anchorface prepare` and the training sequence sampler (§3.1, supp. §4)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anchorface.config import load_config
+from anchorface.data import (
+    ClipDataset,
+    DatasetWriter,
+    SequenceSampler,
+    StepSampler,
+    check_compatible,
+    data_signature,
+    load_index,
+    sample_training_example,
+    segment_bounds,
+)
+from anchorface.errors import AnchorfaceError
+
+FACES = Path(__file__).resolve().parents[2] / "shared/data/faces"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A synthetic dataset (no faces needed): random latents, face-like landmarks, uint8 source crops
+# --------------------------------------------------------------------------------------------------------------
+
+def synthetic_landmarks(n: int, rng: np.random.Generator) -> np.ndarray:
+    """[n, 478, 3] points scattered over the central part of the crop, drifting slowly over time."""
+    base = rng.uniform(0.25, 0.75, size=(478, 3)).astype(np.float32)
+    base[:, 2] = rng.normal(0, 0.03, size=478)
+    drift = np.cumsum(rng.normal(0, 0.003, size=(n, 1, 3)), axis=0).astype(np.float32)
+    return base[None] + drift
+
+
+def write_synthetic_dataset(root: Path, cfg, num_clips: int = 3, frames=(12, 20, 9), seed: int = 0,
+                            shard_bytes: int = 2**28, embeddings: bool = False) -> dict:
+    """A dataset in the real on-disk format (pixel codec shapes); one source video per clip."""
+    rng = np.random.default_rng(seed)
+    res, f = cfg.data.resolution, cfg.data.pixel_factor
+    shape, data = (3 * f * f, res // f, res // f), data_signature(cfg.data)
+    with DatasetWriter(root, data, shape, shard_bytes=shard_bytes) as w:
+        for i in range(num_clips):
+            n = frames[i % len(frames)]
+            if embeddings:
+                first, last = rng.normal(size=cfg.model.global_dim), rng.normal(size=cfg.model.global_dim)
+            else:
+                first, last = (rng.integers(0, 256, size=(res, res, 3), dtype=np.uint8) for _ in range(2))
+            w.add_clip(f"clip{i}-000", rng.normal(size=(n, *shape)).astype(np.float32),
+                       synthetic_landmarks(n, rng), first, last, fps=25.0, source_video=f"clip{i}.mp4")
+    return load_index(root)
+
+
+def tiny_cfg(res: int = 16):
+    cfg = load_config("tiny")
+    cfg.data.resolution = res
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The sampler
+# --------------------------------------------------------------------------------------------------------------
+
+def test_sequences_sorted_distinct_nonuniform():
+    rng = np.random.default_rng(0)
+    spacings, uniform = set(), 0
+    for _ in range(500):
+        frames, _ = sample_training_example(60, 8, rng)
+        assert frames.shape == (8,) and frames.min() >= 0 and frames.max() < 60
+        assert np.all(np.diff(frames) > 0)  # sorted and distinct
+        d = tuple(np.diff(frames))
+        spacings.add(d)
+        uniform += len(set(d)) == 1
+    assert len(spacings) > 450  # the spacing varies from draw to draw
+    assert uniform < 5  # and is almost never uniform within a sequence
+
+
+def test_source_is_the_end_furthest_from_the_sequence():
+    rng = np.random.default_rng(1)
+    ends_seen = set()
+    for clip_len in (5, 6, 9, 40):
+        for _ in range(400):
+            frames, src = sample_training_example(clip_len, 4, rng)
+            assert src in (0, clip_len - 1) and src not in frames
+            d_first, d_last = frames[0] - 0, clip_len - 1 - frames[-1]
+            assert (d_first if src == 0 else d_last) == max(d_first, d_last)
+            ends_seen.add(src == 0)
+    assert ends_seen == {True, False}
+
+
+def test_short_clips_rule():
+    rng = np.random.default_rng(2)
+    frames, src = sample_training_example(4, 4, rng)
+    assert frames.tolist() == [0, 1, 2, 3] and src == 0
+    with pytest.raises(ValueError):
+        sample_training_example(3, 4, rng)
+
+
+def test_joint_dropout_rate_and_determinism():
+    s = SequenceSampler([30, 50, 9], num_frames=8, cond_dropout=0.1, seed=7)
+    draws = [s(k) for k in range(5000)]
+    rate = np.mean([e.drop for e in draws])
+    assert 0.08 <= rate <= 0.12
+    assert {e.clip for e in draws} == {0, 1, 2}
+    again = SequenceSampler([30, 50, 9], num_frames=8, cond_dropout=0.1, seed=7)
+    for k in (0, 17, 4999):
+        a, b = s(k), again(k)
+        assert (a.clip, a.source, a.drop) == (b.clip, b.source, b.drop) and np.array_equal(a.frames, b.frames)
+    other = SequenceSampler([30, 50, 9], num_frames=8, cond_dropout=0.1, seed=8)
+    assert any(not np.array_equal(s(k).frames, other(k).frames) for k in range(10))
+    assert all(not SequenceSampler([30], 8, 0.0, 0)(k).drop for k in range(200))
+
+
+def test_step_sampler_partitions_the_global_batch():
+    G, A, P, L = 12, 2, 3, 2
+    seen = []
+    for r in range(P):
+        it = iter(StepSampler(L, A, P, r, start_step=5))
+        seen += [next(it) for _ in range(A * L)]  # one optimizer step of process r
+    assert sorted(seen) == list(range(5 * G, 6 * G))
+    full = list(StepSampler(L, A, P, 1, start_step=0, max_steps=8))
+    resumed = list(StepSampler(L, A, P, 1, start_step=3, max_steps=8))
+    assert len(full) == 8 * A * L and full[3 * A * L:] == resumed
+
+
+def test_segment_bounds():
+    assert segment_bounds(100, 25.0, 2.0) == [(0, 50), (50, 100)]
+    b = segment_bounds(101, 25.0, 2.0)  # 3 equal segments, none longer than 50
+    assert len(b) == 3 and b[0][0] == 0 and b[-1][1] == 101 and all(0 < e - s <= 50 for s, e in b)
+    assert segment_bounds(10, 25.0, 5.0) == [(0, 10)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The on-disk format
+# --------------------------------------------------------------------------------------------------------------
+
+def test_synthetic_dataset_round_trip(tmp_path):
+    from safetensors.torch import load_file
+
+    from anchorface.landmarks import landmark_vector
+
+    cfg = tiny_cfg(16)
+    root = tmp_path / "ds"
+    index = write_synthetic_dataset(root, cfg, num_clips=5, frames=(12, 20, 9, 3, 7), shard_bytes=40_000)
+    assert index["format"] == "anchorface-dataset" and index["version"] == 1
+    assert index["latent_shape"] == [48, 4, 4] and index["source_kind"] == "pixels"
+    assert index["data"]["resolution"] == 16 and index["data"]["codec"] == "pixel"
+    shards = sorted({c["shard"] for c in index["clips"]})
+    assert len(shards) >= 2  # rotation
+    assert not [p for p in root.rglob("*") if ".tmp" in p.name]  # nothing left half-written
+    stored = {}
+    for s in shards:
+        stored |= load_file(root / s)
+    assert stored["clip1-000/latents"].dtype == torch.float16 and stored["clip1-000/latents"].shape == (20, 48, 4, 4)
+    assert stored["clip0-000/landmarks"].dtype == torch.float32
+    assert stored["clip0-000/source_first"].dtype == torch.uint8
+
+    ds = ClipDataset(root, num_frames=4, cond_dropout=0.1, lambda_ex=1.0, seed=0)
+    assert ds.skipped_short == 1 and len(ds.clips) == 4  # the 3-frame clip is left out
+    for k in range(20):
+        ex, item = ds.sampler(k), ds[k]
+        c = ds.clips[ex.clip]["name"]
+        assert item["latents"].shape == (4, 48, 4, 4) and item["latents"].dtype == torch.float32
+        torch.testing.assert_close(item["latents"], stored[f"{c}/latents"][ex.frames].float())
+        lmk = stored[f"{c}/landmarks"][ex.frames].numpy()
+        np.testing.assert_allclose(item["landmarks"].numpy(), landmark_vector(lmk))
+        assert item["weight"].shape == (4, 1, 4, 4) and set(item["weight"].unique().tolist()) <= {1.0, 2.0}
+        end = "first" if ex.source == 0 else "last"
+        px = stored[f"{c}/source_{end}"].permute(2, 0, 1).float() / 127.5 - 1
+        torch.testing.assert_close(item["source"], px)
+        assert item["source"].min() >= -1 and item["source"].max() <= 1
+        assert bool(item["drop"]) == ex.drop
+    assert any(bool((ds[k]["weight"] > 1).any()) for k in range(5))
+
+    # the same examples through worker processes
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=StepSampler(2, 1, 1, 0, 0, 3), num_workers=2)
+    batches = list(loader)
+    assert len(batches) == 3
+    torch.testing.assert_close(batches[1]["latents"][0], ds[2]["latents"])
+
+
+def test_embedding_sources_and_compatibility(tmp_path):
+    cfg = tiny_cfg(16)
+    cfg.data.encoder, cfg.model.global_dim = "clip", 24
+    index = write_synthetic_dataset(tmp_path / "e", cfg, embeddings=True)
+    assert index["source_kind"] == "embedding" and index["global_dim"] == 24
+    ds = ClipDataset(tmp_path / "e", 4, 0.1, 1.0, 0)
+    assert ds[0]["source"].shape == (24,) and ds[0]["source"].dtype == torch.float32
+    check_compatible(index, cfg)
+    cfg.model.global_dim = 32
+    with pytest.raises(AnchorfaceError, match="global_dim"):
+        check_compatible(index, cfg)
+    other = tiny_cfg(32)
+    with pytest.raises(AnchorfaceError, match="resolution"):
+        check_compatible(index, other)
+
+
+def test_invalid_datasets(tmp_path):
+    cfg = tiny_cfg(16)
+    with pytest.raises(AnchorfaceError, match="not found"):
+        load_index(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AnchorfaceError, match="anchorface prepare"):
+        load_index(tmp_path / "empty")
+    write_synthetic_dataset(tmp_path / "d", cfg)
+    with pytest.raises(AnchorfaceError, match="overwrite"):
+        write_synthetic_dataset(tmp_path / "d", cfg)
+    idx = json.loads((tmp_path / "d/index.json").read_text())
+    (tmp_path / "d" / idx["clips"][0]["shard"]).unlink()
+    with pytest.raises(AnchorfaceError, match="missing"):
+        load_index(tmp_path / "d")
+    (tmp_path / "d/index.json").write_text("{not json")
+    with pytest.raises(AnchorfaceError, match="JSON"):
+        load_index(tmp_path / "d")
+    with pytest.raises(AnchorfaceError, match="at least 4 frames"):
+        write_synthetic_dataset(tmp_path / "s", cfg, num_clips=2, frames=(3,))
+        ClipDataset(tmp_path / "s", 4, 0.1, 1.0, 0)
