@@ -1,0 +1,189 @@
+"""The anchored sampler: Algorithm 1 of the paper (§3.2) in one function, micro-batched with anchor replay.
+
+Our formulation. Latents are held per *timeline frame*, z [N, C, h, w], not per (sequence, position) slot.
+Every diffusion step gathers z into the B sequences of the plan, runs the sDiT on them and merges the
+predictions back onto the frames. The anchor's latent is thus one tensor, identical in all sequences by
+construction, with a shared initial noise (the paper's "Override" of the anchor, kept after every update).
+
+- Alg. 1, Q'_{k-1} = sDiT(C, Q_k): the sequences are run in micro-batches of `micro_batch` sequences. Anchored
+  plans pass `AnchorOverride`: the micro-batch holding sequence 0 records sequence 0's anchor tokens after the
+  embedding, after every block and at the output (for this step); later micro-batches replay them as donors. So
+  every sequence attends to the very tokens of sequence 0's anchor, in all layers, and the result equals one big
+  batch of B sequences while peak memory depends on the micro-batch only.
+- Alg. 1, Override(Q'_{k-1}): each frame takes the prediction of its owner slot (with the hook this is the
+  override: the anchor's owner is sequence 0); multidiffusion averages the slots of a frame (Fig. 3a).
+- Alg. 1, DiffusionUpdateStep: one step of the diffusers scheduler (`GaussianDiffusion.make_scheduler`), applied
+  frame-wise. A frame is updated as soon as the last sequence that reads it has been run in this step (owners,
+  duplicates and the anchor included), so the only O(N) state is z itself. The scheduler's noise for frame f at
+  step k comes from a generator seeded by (seed, k, f): results do not depend on micro-batching or on which
+  frames are updated together.
+- Classifier-free guidance (scale != 1): a second, unconditional pass per micro-batch with the guided signals
+  dropped (`guidance`: both / landmarks / global); the anchor is recorded and replayed separately in that pass,
+  so it is handled consistently there too.
+
+Decoding and reordering to the timeline (Alg. 1 steps 4-5) are streamed by `anchorface.pipeline`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from anchorface.errors import AnchorfaceError
+from anchorface.plans import SequencePlan
+
+SAMPLERS = ("ddpm", "ddim")
+GUIDANCE = ("both", "landmarks", "global", "none")
+# which signals the unconditional pass of classifier-free guidance drops (supp. §4: both, jointly)
+_UNCOND_DROP = {"both": "drop", "landmarks": "drop_landmarks", "global": "drop_global"}
+
+
+@dataclass
+class SamplerEvent:
+    """What `callback` sees. kind "batch": after the sDiT ran on the sequences `rows` (inputs = their gathered
+    latents [b, T, C, h, w], outputs = merged cond/uncond predictions [b, T, C_out, h, w], anchor / anchor_uncond =
+    the AnchorOverride hooks used). kind "step": after every frame was updated (latents = z [N, C, h, w])."""
+
+    kind: str
+    step: int
+    timestep: int
+    latents: torch.Tensor
+    rows: np.ndarray | None = None
+    inputs: torch.Tensor | None = None
+    outputs: torch.Tensor | None = None
+    anchor: object | None = None
+    anchor_uncond: object | None = None
+
+
+def frame_generators(seed: int, step: int, frames) -> list[torch.Generator]:
+    """CPU generators for the noise of `frames` at `step` (step 0 = the initial noise), seeded by
+    (seed, step, frame) so the noise of a frame does not depend on which frames are drawn together."""
+    gens = []
+    for f in np.asarray(frames).reshape(-1).tolist():
+        state = np.random.SeedSequence([int(seed), int(step), int(f)]).generate_state(2, np.uint32)
+        gens.append(torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1))
+    return gens
+
+
+def initial_noise(seed: int, num_frames: int, latent_shape) -> torch.Tensor:
+    """Q_K: one noise tensor per timeline frame [N, C, h, w] (the anchor's noise is shared by every sequence)."""
+    return torch.cat([torch.randn((1, *latent_shape), generator=gen)
+                      for gen in frame_generators(seed, 0, range(num_frames))])
+
+
+def micro_batches(num_sequences: int, micro_batch: int) -> list[np.ndarray]:
+    """Rows of each forward pass: [0, mb), [mb, 2mb), ... (sequence 0, the anchor donor, comes first)."""
+    return [np.arange(s, min(s + micro_batch, num_sequences)) for s in range(0, num_sequences, micro_batch)]
+
+
+class _FrameMerge:
+    """Override / average per-slot predictions onto timeline frames; a frame becomes ready once the last
+    micro-batch that reads it has run (so z can be updated in place without disturbing later gathers)."""
+
+    def __init__(self, plan: SequencePlan, batches: list[np.ndarray]):
+        self.plan, self.weights = plan, plan.weights
+        last = np.zeros(plan.num_frames, np.int64)
+        for m, rows in enumerate(batches):
+            last[np.unique(plan.slots[rows])] = m
+        self.ready_after = [np.flatnonzero(last == m) for m in range(len(batches))]
+        self.pending: dict[int, torch.Tensor] = {}
+
+    def add(self, m: int, rows: np.ndarray, out: torch.Tensor) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Merge micro-batch m's predictions [b, T, C_out, h, w]; return the ready frames and their predictions."""
+        for i, b in enumerate(rows):
+            for t in np.flatnonzero(self.weights[b]):
+                f, w = int(self.plan.slots[b, t]), float(self.weights[b, t])
+                pred = out[i, t].clone() if w == 1.0 else out[i, t] * w  # no view: frees the batch's output
+                self.pending[f] = pred if f not in self.pending else self.pending[f] + pred
+        frames = self.ready_after[m]
+        if len(frames) == 0:
+            return frames, None
+        return frames, torch.stack([self.pending.pop(int(f)) for f in frames])
+
+
+def _scheduler_step(scheduler, model_out: torch.Tensor, t, z: torch.Tensor, generators) -> torch.Tensor:
+    """One diffusers update of the frames z [n, C, h, w]. Learned-variance schedulers get eps and v; the others
+    (DDIM) get eps only."""
+    if getattr(scheduler.config, "variance_type", None) not in ("learned", "learned_range"):
+        model_out = model_out[:, : z.shape[1]]
+    return scheduler.step(model_out, t, z, generator=generators).prev_sample
+
+
+def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors, *, sampler: str = "ddpm",
+                       steps: int = 250, guidance_scale: float = 1.0, micro_batch: int = 4, seed: int = 0,
+                       latent_shape: tuple[int, int, int], guidance: str = "both", progress: bool = True,
+                       callback: Callable[[SamplerEvent], None] | None = None) -> torch.Tensor:
+    """Algorithm 1: sample latents [N, C, h, w] (timeline order, float32) for the plan's N driving frames.
+
+    g: [Dg] or [1, Dg] global signal G; landmark_vectors: [N, Dl] per-frame L (numpy or torch). `sampler` and
+    `steps` choose the diffusers scheduler; `guidance_scale` != 1 enables classifier-free guidance on the
+    `guidance` signals. See the module docstring for the formulation."""
+    from anchorface.diffusion import guided
+    from anchorface.models.sdit import AnchorOverride
+
+    if sampler not in SAMPLERS:
+        raise AnchorfaceError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+    if guidance not in GUIDANCE:
+        raise AnchorfaceError(f"unknown guidance '{guidance}'; choose one of {', '.join(GUIDANCE)}")
+    if int(steps) < 1 or int(micro_batch) < 1:
+        raise AnchorfaceError(f"steps and micro-batch must be >= 1 (got {steps}, {micro_batch})")
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    N, slots = plan.num_frames, torch.as_tensor(plan.slots, device=device)
+    lmk = torch.as_tensor(np.asarray(landmark_vectors, dtype=np.float32) if not torch.is_tensor(landmark_vectors)
+                          else landmark_vectors)
+    if lmk.shape[0] != N:
+        raise AnchorfaceError(f"got landmarks for {lmk.shape[0]} frames but the plan has {N}")
+    conditional = getattr(model, "mapping", None) is not None
+    g = None if g is None else torch.as_tensor(g).reshape(1, -1).to(device, dtype)
+    cfg = guidance_scale != 1.0 and guidance != "none"
+    if cfg and not conditional:
+        raise AnchorfaceError("classifier-free guidance needs a conditional model (global_dim > 0)")
+
+    def sdit(x, t, rows, drop: str | None, donor):
+        """One forward pass over sequences `rows`, with the anchoring hook (record when donor is None)."""
+        b = len(rows)
+        kwargs = dict(g=g.expand(b, -1), lmk=lmk[plan.slots[rows]].to(device, dtype)) if conditional else {}
+        if drop is not None:
+            kwargs[drop] = torch.ones(b, dtype=torch.bool, device=device)
+        hook = None
+        if plan.anchor is not None:
+            hook = AnchorOverride(positions=torch.as_tensor(plan.anchor_positions[rows], device=device), donor=donor)
+        out = model(x.to(dtype), torch.full((b,), int(t), device=device), anchor=hook, **kwargs)
+        return out.float(), hook
+
+    scheduler = diffusion.make_scheduler(sampler, int(steps))
+    batches = micro_batches(plan.num_sequences, int(micro_batch))
+    z = (initial_noise(seed, N, tuple(latent_shape)) * scheduler.init_noise_sigma).to(device)  # Q_K
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for k, t in enumerate(tqdm(scheduler.timesteps, desc="denoising", unit="step", disable=not progress)):
+                merge = _FrameMerge(plan, batches)
+                donor = donor_uncond = None  # sequence 0's anchor tokens at this step (cond / uncond pass)
+                for m, rows in enumerate(batches):
+                    x = scheduler.scale_model_input(z[slots[torch.as_tensor(rows, device=device)]], t)  # gather Q_k: [b, T, C, h, w]
+                    out, hook = sdit(x, t, rows, None, donor)  # Q'_{k-1}, anchor overridden in all layers
+                    hook_u = None
+                    if cfg:
+                        out_u, hook_u = sdit(x, t, rows, _UNCOND_DROP[guidance], donor_uncond)
+                        out = guided(out, out_u, guidance_scale, z.shape[1])
+                    if hook is not None and donor is None:
+                        donor = hook.recorded
+                        donor_uncond = hook_u.recorded if hook_u is not None else None
+                    if callback is not None:
+                        callback(SamplerEvent("batch", k, int(t), z, rows, x, out, hook, hook_u))
+                    frames, pred = merge.add(m, rows, out)  # Override(Q'_{k-1}) onto timeline frames
+                    if pred is not None:  # DiffusionUpdateStep for the frames no later sequence reads
+                        idx = torch.as_tensor(frames, device=device)
+                        z[idx] = _scheduler_step(scheduler, pred, t, z[idx], frame_generators(seed, k + 1, frames))
+                if callback is not None:
+                    callback(SamplerEvent("step", k, int(t), z))
+    finally:
+        model.train(was_training)
+    return z
