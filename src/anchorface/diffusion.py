@@ -1,0 +1,187 @@
+"""Gaussian diffusion as in DiT / improved DDPM (App. D: t_max = 1000, linear betas, learned sigma).
+
+Training uses DiT's "hybrid" objective on [B, T, C, H, W] sequences: the (per-pixel weighted, §4.1) ε-MSE plus
+the variational bound with a stop-gradient on the predicted mean, which trains only the variance channels.
+Sampling uses diffusers' DDPM / DDIM schedulers with the same betas, at any number of steps (respacing).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from anchorface.config import DiffusionConfig
+
+CHANNEL_DIM = 2  # [B, T, C, H, W]
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def discretized_gaussian_log_likelihood(x, means, log_scales, bin_width: float = 2 / 255):
+    """log P(x) of a Gaussian integrated over the bin of width `bin_width` around x (data assumed in [-1, 1],
+    the outermost bins extend to ±inf), as improved DDPM's decoder. Uses the exact normal CDF."""
+    inv_std = torch.exp(-log_scales)
+    cdf_plus = torch.special.ndtr(inv_std * (x - means + bin_width / 2))
+    cdf_min = torch.special.ndtr(inv_std * (x - means - bin_width / 2))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).mean(dim=1)
+
+
+class GaussianDiffusion:
+    """The forward process q and the learned-sigma reverse process p of DiT, for [B, T, C, H, W] latents."""
+
+    def __init__(self, cfg: DiffusionConfig | None = None):
+        self.cfg = cfg = cfg or DiffusionConfig()
+        self.num_timesteps = cfg.num_timesteps
+        self.betas = np.linspace(cfg.beta_start, cfg.beta_end, cfg.num_timesteps, dtype=np.float64)
+        alphas = 1.0 - self.betas
+        self.alphas_cumprod = np.cumprod(alphas)
+        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
+        # q(x_{t-1} | x_t, x_0)
+        self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        # the variance is 0 at t = 0: clip its log there to the value at t = 1 (as DiT)
+        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1],
+                                                               self.posterior_variance[1:]))
+        self.posterior_mean_coef1 = self.betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+
+    @staticmethod
+    def _extract(arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """arr[t] as float32 [B, 1, 1, ...] broadcastable to `like`."""
+        out = torch.from_numpy(arr).to(t.device)[t.long()].float()
+        return out.view(-1, *([1] * (like.ndim - 1)))
+
+    def q_sample(self, x0, t, noise):
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
+        return (self._extract(self.sqrt_alphas_cumprod, t, x0) * x0
+                + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+
+    def q_posterior_mean_variance(self, x0, x_t, t):
+        """Mean, variance and clipped log variance of q(x_{t-1} | x_t, x_0)."""
+        mean = self._extract(self.posterior_mean_coef1, t, x_t) * x0 + self._extract(self.posterior_mean_coef2, t,
+                                                                                         x_t) * x_t
+        return mean, self._extract(self.posterior_variance, t, x_t), self._extract(
+            self.posterior_log_variance_clipped, t, x_t)
+
+    def p_mean_variance(self, model_out, x_t, t):
+        """p(x_{t-1} | x_t) from a learned-sigma output [eps, v]: log variance = frac * log(beta_t)
+        + (1 - frac) * log(posterior variance), frac = (v + 1) / 2 (improved DDPM, eq. 15)."""
+        eps, v = model_out.split(x_t.shape[CHANNEL_DIM], dim=CHANNEL_DIM)
+        min_log = self._extract(self.posterior_log_variance_clipped, t, x_t)
+        max_log = self._extract(np.log(self.betas), t, x_t)
+        frac = (v + 1) / 2
+        log_variance = frac * max_log + (1 - frac) * min_log
+        pred_x0 = (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+                   - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+        mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
+        return dict(mean=mean, variance=torch.exp(log_variance), log_variance=log_variance, pred_x0=pred_x0)
+
+    def vb_terms_bpd(self, model_out, x0, x_t, t):
+        """The variational-bound term per sample, in bits per dimension: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))
+        for t > 0 and the discretized Gaussian decoder NLL of x_0 at t = 0."""
+        true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
+        p = self.p_mean_variance(model_out, x_t, t)
+        kl = mean_flat(normal_kl(true_mean, true_log_var, p["mean"], p["log_variance"])) / math.log(2.0)
+        nll = -mean_flat(discretized_gaussian_log_likelihood(x0, p["mean"], 0.5 * p["log_variance"])) / math.log(2.0)
+        return torch.where(t == 0, nll, kl)
+
+    def training_losses(self, model_out, x0, x_t, t, noise, weight=None) -> dict[str, torch.Tensor]:
+        """DiT's hybrid loss per sample [B]: mse = mean(weight * (eps - eps_hat)^2) (weight broadcastable to
+        [B, T, C, H, W], e.g. the (1 + λ_ex) map [B, T, 1, H, W] of §4.1); vb = the variational bound with the
+        predicted mean detached, scaled by num_timesteps / 1000 as DiT; loss = mse + vb. A model output with C
+        channels (no learned sigma) gives vb = 0."""
+        C = x0.shape[CHANNEL_DIM]
+        eps = model_out[:, :, :C]
+        sq = (noise - eps) ** 2
+        mse = mean_flat(sq if weight is None else weight * sq)
+        if model_out.shape[CHANNEL_DIM] == 2 * C:
+            frozen = torch.cat([eps.detach(), model_out[:, :, C:]], dim=CHANNEL_DIM)
+            vb = self.vb_terms_bpd(frozen, x0, x_t, t) * (self.num_timesteps / 1000.0)
+        else:
+            vb = torch.zeros_like(mse)
+        return dict(loss=mse + vb, mse=mse, vb=vb)
+
+    def make_scheduler(self, kind: str = "ddpm", steps: int | None = None, learned_sigma: bool = True):
+        """A diffusers scheduler with these betas, set to `steps` steps (respacing; None = all timesteps).
+
+        ddpm: DDPMScheduler, learned_range variance, "linspace" spacing = DiT's respacing (evenly spaced from T-1
+              down to 0), so the last step lands on t = 0 and returns the predicted x0 without noise.
+        ddim: DDIMScheduler, "leading" spacing = DiT's ddimN respacing, set_alpha_to_one=True so the last step
+              returns the predicted x0 exactly; eta is given to `sample_loop`.
+        """
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        common = dict(num_train_timesteps=self.num_timesteps, trained_betas=self.betas, clip_sample=False,
+                      prediction_type="epsilon")
+        if kind == "ddpm":
+            sched = DDPMScheduler(**common, variance_type="learned_range" if learned_sigma else "fixed_small",
+                                  timestep_spacing="linspace")
+        elif kind == "ddim":
+            sched = DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="leading")
+        else:
+            raise ValueError(f"unknown sampler '{kind}' (ddpm | ddim)")
+        steps = steps or self.num_timesteps
+        if not 1 <= steps <= self.num_timesteps:
+            raise ValueError(f"steps must be in [1, {self.num_timesteps}], got {steps}")
+        sched.set_timesteps(steps)
+        return sched
+
+
+def guided(out_cond: torch.Tensor, out_uncond: torch.Tensor, scale: float, eps_channels: int,
+           dim: int = CHANNEL_DIM) -> torch.Tensor:
+    """Classifier-free guidance on the ε channels: eps = eps_u + scale (eps_c - eps_u); the learned-variance
+    channels are taken from the conditional output (as DiT). scale = 1 returns `out_cond` itself."""
+    if scale == 1.0:
+        return out_cond
+    eps_c, rest = out_cond.split([eps_channels, out_cond.shape[dim] - eps_channels], dim=dim)
+    eps_u = out_uncond.narrow(dim, 0, eps_channels)
+    return torch.cat([eps_u + scale * (eps_c - eps_u), rest], dim=dim)
+
+
+def scheduler_step(scheduler, model_out, t, x, generator=None, eta: float = 0.0) -> torch.Tensor:
+    """One scheduler update for [B, T, C, H, W] sequences. diffusers expects channels at dim 1, so frames are
+    folded into the batch: frame (b, i) is row b * T + i, and a list of B * T generators gives every frame its own
+    noise stream (results then do not depend on which sequences share the batch)."""
+    B, T, C, H, W = x.shape
+    if isinstance(generator, (list, tuple)) and len(generator) != B * T:
+        raise ValueError(f"expected one generator per frame ({B * T}), got {len(generator)}")
+    gen = list(generator) if isinstance(generator, tuple) else generator
+    out = model_out.reshape(B * T, -1, H, W)
+    flat = x.reshape(B * T, C, H, W)
+    from diffusers import DDIMScheduler
+
+    if isinstance(scheduler, DDIMScheduler):  # DDIM takes eps only
+        prev = scheduler.step(out[:, :C], t, flat, eta=eta, generator=gen).prev_sample
+    else:
+        prev = scheduler.step(out, t, flat, generator=gen).prev_sample
+    return prev.reshape(B, T, C, H, W)
+
+
+def sample_loop(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_T: torch.Tensor, scheduler,
+                generator: torch.Generator | Sequence[torch.Generator] | None = None, eta: float = 0.0,
+                progress: bool = True) -> torch.Tensor:
+    """Denoise x_T [B, T, C, H, W] with `model_fn(x_t, t [B] long) -> [B, T, C_out, H, W]` over the scheduler's
+    timesteps. `generator`: one torch.Generator, or one per frame (B * T, row-major) for batch-independent noise."""
+    x = x_T
+    for t in tqdm(scheduler.timesteps, disable=not progress, desc="denoising", leave=False):
+        t_batch = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+        x = scheduler_step(scheduler, model_fn(x, t_batch), t, x, generator=generator, eta=eta)
+    return x

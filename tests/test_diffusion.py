@@ -1,0 +1,170 @@
+"""Gaussian diffusion as DiT (App. D): closed forms of the hybrid loss, exact samplers, guidance, overfitting."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from anchorface.config import DiffusionConfig
+from anchorface.diffusion import (GaussianDiffusion, discretized_gaussian_log_likelihood, guided, sample_loop,
+                                  scheduler_step)
+from anchorface.models.sdit import SDiT, SDiTConfig
+
+SHAPE = (2, 3, 4, 4, 4)  # B, T, C, H, W
+
+
+@pytest.fixture(scope="module")
+def diffusion():
+    return GaussianDiffusion(DiffusionConfig())
+
+
+def rand(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def test_schedule_is_dits_linear_schedule(diffusion):
+    assert diffusion.betas.dtype == np.float64 and len(diffusion.betas) == 1000
+    assert diffusion.betas[0] == pytest.approx(1e-4) and diffusion.betas[-1] == pytest.approx(0.02)
+    x0, noise, t = rand(*SHAPE), rand(*SHAPE, seed=1), torch.tensor([0, 999])
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    expect = torch.stack([math.sqrt(abar[s]) * x0[i] + math.sqrt(1 - abar[s]) * noise[i] for i, s in enumerate([0, 999])])
+    torch.testing.assert_close(diffusion.q_sample(x0, t, noise), expect)
+
+
+def test_vb_equals_closed_form_gaussian_kl(diffusion):
+    x0, x_t = rand(*SHAPE, seed=0, dtype=torch.float64), rand(*SHAPE, seed=1, dtype=torch.float64)
+    eps_hat, v = rand(*SHAPE, seed=2, dtype=torch.float64), rand(*SHAPE, seed=3, dtype=torch.float64).tanh()
+    t = torch.tensor([10, 700])
+    vb = diffusion.vb_terms_bpd(torch.cat([eps_hat, v], dim=2).float(), x0.float(), x_t.float(), t)
+    betas = np.linspace(1e-4, 0.02, 1000)
+    abar = np.cumprod(1 - betas)
+    for i, s in enumerate(t.tolist()):
+        a, a_prev, beta = abar[s], abar[s - 1], betas[s]
+        post_var = beta * (1 - a_prev) / (1 - a)
+        post_mean = lambda x0_: (beta * math.sqrt(a_prev) * x0_ + (1 - a_prev) * math.sqrt(1 - beta) * x_t[i]) / (1 - a)
+        pred_x0 = (x_t[i] - math.sqrt(1 - a) * eps_hat[i]) / math.sqrt(a)
+        frac = (v[i] + 1) / 2
+        model_var = torch.exp(frac * math.log(beta) + (1 - frac) * math.log(post_var))
+        kl = kl_divergence(Normal(post_mean(x0[i]), math.sqrt(post_var)), Normal(post_mean(pred_x0), model_var.sqrt()))
+        assert vb[i].item() == pytest.approx(kl.mean().item() / math.log(2), rel=1e-4)
+
+
+def test_vb_at_t0_is_the_discretized_decoder_nll(diffusion):
+    x0 = rand(*SHAPE, seed=0).clamp(-0.95, 0.95)  # interior bins only
+    x_t, out = rand(*SHAPE, seed=1) * 0.01 + x0, torch.cat([rand(*SHAPE, seed=2), torch.zeros(SHAPE)], dim=2)
+    t = torch.zeros(2, dtype=torch.long)
+    vb = diffusion.vb_terms_bpd(out, x0, x_t, t)
+    p = diffusion.p_mean_variance(out, x_t, t)
+    dist = Normal(p["mean"].double(), p["variance"].double().sqrt())
+    ll = torch.log(dist.cdf(x0.double() + 1 / 255) - dist.cdf(x0.double() - 1 / 255))
+    torch.testing.assert_close(vb.double(), -ll.flatten(1).mean(1) / math.log(2), rtol=1e-4, atol=1e-5)
+    # edge bins integrate to +-infinity
+    edge = discretized_gaussian_log_likelihood(torch.tensor([-1.0, 1.0]), torch.zeros(2), torch.zeros(2))
+    torch.testing.assert_close(edge, torch.log(Normal(0.0, 1.0).cdf(torch.tensor(-1 + 1 / 255))).repeat(2))
+
+
+def test_training_losses_weighting_and_stop_gradient(diffusion):
+    x0, noise = rand(*SHAPE, seed=0), rand(*SHAPE, seed=1)
+    t = torch.tensor([5, 400])
+    x_t = diffusion.q_sample(x0, t, noise)
+    out = torch.cat([rand(*SHAPE, seed=2), rand(*SHAPE, seed=3).tanh()], dim=2).requires_grad_()
+    weight = torch.ones(2, 3, 1, 4, 4)
+    weight[:, :, :, 1:3, 1:3] = 2.0  # the (1 + λ_ex) map on "expressive" pixels
+    losses = diffusion.training_losses(out, x0, x_t, t, noise, weight=weight)
+    expect = (weight * (noise - out[:, :, :4]) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(losses["mse"], expect)
+    torch.testing.assert_close(losses["loss"], losses["mse"] + losses["vb"])
+    assert (losses["vb"] > 0).all()
+    # vb trains only the variance channels, mse only the eps channels
+    (g_vb,) = torch.autograd.grad(losses["vb"].sum(), out, retain_graph=True)
+    (g_mse,) = torch.autograd.grad(losses["mse"].sum(), out)
+    assert g_vb[:, :, :4].abs().max() == 0 and g_vb[:, :, 4:].abs().max() > 0
+    assert g_mse[:, :, 4:].abs().max() == 0 and g_mse[:, :, :4].abs().max() > 0
+    # an eps-only output (no learned sigma) gives vb = 0
+    assert diffusion.training_losses(out[:, :, :4], x0, x_t, t, noise)["vb"].abs().max() == 0
+
+
+def oracle(diffusion, x0):
+    """A perfect denoiser for one known x0: the true noise of x_t at the current timestep; variance channels 0."""
+    abar = torch.from_numpy(diffusion.alphas_cumprod)
+
+    def model_fn(x, t):
+        a = abar[t].view(-1, 1, 1, 1, 1)
+        eps = ((x.double() - a.sqrt() * x0.double()) / (1 - a).sqrt()).float()
+        return torch.cat([eps, torch.zeros_like(eps)], dim=2)
+
+    return model_fn
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+@pytest.mark.parametrize("steps", [1000, 250, 50, 10])
+def test_oracle_denoiser_reconstructs_x0(diffusion, kind, steps):
+    x0 = rand(*SHAPE, seed=0)
+    scheduler = diffusion.make_scheduler(kind, steps)
+    assert len(scheduler.timesteps) == steps
+    x = sample_loop(oracle(diffusion, x0), rand(*SHAPE, seed=1), scheduler, generator=torch.Generator().manual_seed(0),
+                    eta=1.0, progress=False)
+    assert (x - x0).abs().max() < 1e-4
+
+
+def test_ddpm_respacing_is_dits_and_uses_the_same_betas(diffusion):
+    sched = diffusion.make_scheduler("ddpm", 250)
+    # DiT's space_timesteps(1000, "250"): evenly spaced with a fractional stride, rounded, both ends included
+    stride, idx, ref = 999 / 249, 0.0, []
+    for _ in range(250):
+        ref.append(round(idx))
+        idx += stride
+    assert sched.timesteps.tolist() == ref[::-1]
+    np.testing.assert_allclose(sched.alphas_cumprod.numpy(), diffusion.alphas_cumprod, rtol=1e-5)
+    assert diffusion.make_scheduler("ddim", 250).timesteps.tolist() == list(range(996, -1, -4))  # DiT's ddim250
+
+
+def test_per_frame_generators_make_noise_independent_of_batch(diffusion):
+    x0, x_T = rand(*SHAPE, seed=0), rand(*SHAPE, seed=1)
+    B, T = SHAPE[:2]
+    gens = lambda rows: [torch.Generator().manual_seed(100 * b + i) for b in rows for i in range(T)]
+    model_fn = oracle(diffusion, x0)
+    sched = diffusion.make_scheduler("ddpm", 10)
+    t = sched.timesteps[0]
+    out = model_fn(x_T, torch.full((B,), int(t)))
+    both = scheduler_step(sched, out, t, x_T, generator=gens(range(B)))
+    second = scheduler_step(sched, out[1:], t, x_T[1:], generator=gens([1]))
+    assert torch.equal(both[1:], second)
+    # control: one shared generator gives row 1 different noise when it is not first in the batch
+    shared = scheduler_step(sched, out, t, x_T, generator=torch.Generator().manual_seed(0))
+    alone = scheduler_step(sched, out[1:], t, x_T[1:], generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(shared[1:], alone)
+    with pytest.raises(ValueError, match="one generator per frame"):
+        scheduler_step(sched, out, t, x_T, generator=gens([0]))
+
+
+def test_classifier_free_guidance():
+    cond, uncond = rand(*SHAPE[:2], 8, 4, 4, seed=0), rand(*SHAPE[:2], 8, 4, 4, seed=1)
+    assert torch.equal(guided(cond, uncond, 1.0, 4), cond)
+    for s in (0.0, 2.5):
+        out = guided(cond, uncond, s, 4)
+        torch.testing.assert_close(out[:, :, :4], uncond[:, :, :4] + s * (cond[:, :, :4] - uncond[:, :, :4]))
+        assert torch.equal(out[:, :, 4:], cond[:, :, 4:])
+
+
+def test_tiny_sdit_overfits_one_batch(diffusion):
+    torch.manual_seed(0)
+    cfg = SDiTConfig(input_size=8, in_channels=4, patch_size=2, hidden_size=64, depth=2, num_heads=4, global_dim=8,
+                     landmark_dim=6, num_frames=2)
+    model = SDiT(cfg)
+    x0, noise = rand(2, 2, 4, 8, 8, seed=0), rand(2, 2, 4, 8, 8, seed=1)
+    g, lmk, t = rand(2, 8, seed=2), rand(2, 2, 6, seed=3), torch.tensor([50, 300])
+    x_t = diffusion.q_sample(x0, t, noise)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0)
+    start, losses = time.time(), []
+    for _ in range(300):
+        loss = diffusion.training_losses(model(x_t, t, g, lmk), x0, x_t, t, noise)["loss"].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] / min(losses[-10:]) >= 10, (losses[0], losses[-10:])
+    assert time.time() - start < 60
