@@ -12,8 +12,8 @@ construction, with a shared initial noise (the paper's "Override" of the anchor,
   batch of B sequences while peak memory depends on the micro-batch only.
 - Alg. 1, Override(Q'_{k-1}): each frame takes the prediction of its owner slot (with the hook this is the
   override: the anchor's owner is sequence 0); multidiffusion averages the slots of a frame (Fig. 3a).
-- Alg. 1, DiffusionUpdateStep: one step of the diffusers scheduler (`GaussianDiffusion.make_scheduler`), applied
-  frame-wise. A frame is updated as soon as the last sequence that reads it has been run in this step (owners,
+- Alg. 1, DiffusionUpdateStep: one step of the diffusers scheduler (`GaussianDiffusion.make_scheduler`,
+  `diffusion.scheduler_step`), applied frame-wise. A frame is updated as soon as the last sequence that reads it has been run in this step (owners,
   duplicates and the anchor included), so the only O(N) state is z itself. The scheduler's noise for frame f at
   step k comes from a generator seeded by (seed, k, f): results do not depend on micro-batching or on which
   frames are updated together.
@@ -105,14 +105,6 @@ class _FrameMerge:
         return frames, torch.stack([self.pending.pop(int(f)) for f in frames])
 
 
-def _scheduler_step(scheduler, model_out: torch.Tensor, t, z: torch.Tensor, generators) -> torch.Tensor:
-    """One diffusers update of the frames z [n, C, h, w]. Learned-variance schedulers get eps and v; the others
-    (DDIM) get eps only."""
-    if getattr(scheduler.config, "variance_type", None) not in ("learned", "learned_range"):
-        model_out = model_out[:, : z.shape[1]]
-    return scheduler.step(model_out, t, z, generator=generators).prev_sample
-
-
 def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors, *, sampler: str = "ddpm",
                        steps: int = 250, guidance_scale: float = 1.0, micro_batch: int = 4, seed: int = 0,
                        latent_shape: tuple[int, int, int], guidance: str = "both", progress: bool = True,
@@ -122,15 +114,17 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
     g: [Dg] or [1, Dg] global signal G; landmark_vectors: [N, Dl] per-frame L (numpy or torch). `sampler` and
     `steps` choose the diffusers scheduler; `guidance_scale` != 1 enables classifier-free guidance on the
     `guidance` signals. See the module docstring for the formulation."""
-    from anchorface.diffusion import guided
+    from anchorface.diffusion import guided, scheduler_step
     from anchorface.models.sdit import AnchorOverride
 
     if sampler not in SAMPLERS:
         raise AnchorfaceError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
     if guidance not in GUIDANCE:
         raise AnchorfaceError(f"unknown guidance '{guidance}'; choose one of {', '.join(GUIDANCE)}")
-    if int(steps) < 1 or int(micro_batch) < 1:
-        raise AnchorfaceError(f"steps and micro-batch must be >= 1 (got {steps}, {micro_batch})")
+    if not 1 <= int(steps) <= diffusion.num_timesteps:
+        raise AnchorfaceError(f"steps must be in [1, {diffusion.num_timesteps}], got {steps}")
+    if int(micro_batch) < 1:
+        raise AnchorfaceError(f"micro-batch must be >= 1, got {micro_batch}")
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     N, slots = plan.num_frames, torch.as_tensor(plan.slots, device=device)
@@ -181,7 +175,8 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
                     frames, pred = merge.add(m, rows, out)  # Override(Q'_{k-1}) onto timeline frames
                     if pred is not None:  # DiffusionUpdateStep for the frames no later sequence reads
                         idx = torch.as_tensor(frames, device=device)
-                        z[idx] = _scheduler_step(scheduler, pred, t, z[idx], frame_generators(seed, k + 1, frames))
+                        gens = frame_generators(seed, k + 1, frames)
+                        z[idx] = scheduler_step(scheduler, pred[None], t, z[idx][None], generator=gens)[0]
                 if callback is not None:
                     callback(SamplerEvent("step", k, int(t), z))
     finally:

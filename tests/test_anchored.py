@@ -1,0 +1,160 @@
+"""The anchored sampler (Alg. 1) on a tiny real sDiT with random (non-zero) weights."""
+
+import numpy as np
+import pytest
+import torch
+
+from anchorface.anchored import anchored_diffusion, frame_generators, initial_noise, micro_batches
+from anchorface.config import DiffusionConfig
+from anchorface.diffusion import GaussianDiffusion
+from anchorface.errors import AnchorfaceError
+from anchorface.models.sdit import SDiT, SDiTConfig
+from anchorface.plans import anchored_plan, make_plan
+
+T, C, S, LDIM, GDIM = 4, 4, 8, 1434, 16
+LATENT = (C, S, S)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = SDiT(SDiTConfig(input_size=S, in_channels=C, patch_size=2, hidden_size=32, depth=2, num_heads=2,
+                        num_frames=T, global_dim=GDIM, landmark_dim=LDIM, mapping_blocks=1))
+    with torch.no_grad():  # DiT's zero-initialised adaLN / final layer would make every output 0
+        for blk in [*m.blocks, m.final_layer]:
+            blk.adaLN_modulation[-1].weight.normal_(0, 0.05)
+        m.final_layer.linear.weight.normal_(0, 0.05)
+    return m.eval()
+
+
+class EpsNearInput(torch.nn.Module):
+    """Test double around the real sDiT: eps = x_t + 0.01 * sDiT(x_t)_eps (v from the sDiT). Like a trained
+    model at large t it predicts eps ~ x_t, which keeps x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) of order one
+    (a random sDiT gives |x0| ~ 1 / sqrt(abar_999) ~ 170), so float32 results can be compared at 1e-5.
+    The anchoring hook is passed through unchanged (x_t at the anchor is shared, so is the output)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def mapping(self):
+        return self.inner.mapping
+
+    def forward(self, x, t, *args, **kwargs):
+        out = self.inner(x, t, *args, **kwargs)
+        C = x.shape[2]
+        return torch.cat([x + 0.01 * out[:, :, :C], out[:, :, C:]], dim=2)
+
+
+@pytest.fixture(scope="module")
+def diffusion():
+    return GaussianDiffusion(DiffusionConfig())
+
+
+def conditions(n, seed=1):
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.normal(size=GDIM).astype(np.float32)), rng.uniform(-1, 1, (n, LDIM)).astype(np.float32)
+
+
+def run(model, diffusion, plan, **kw):
+    g, lmk = conditions(plan.num_frames)
+    args = dict(sampler="ddpm", steps=3, micro_batch=2, seed=0, latent_shape=LATENT, progress=False)
+    args.update(kw)
+    return anchored_diffusion(model, diffusion, plan, g, lmk, **args)
+
+
+def test_anchor_tokens_shared_in_every_layer_at_every_step(model, diffusion):
+    plan = anchored_plan(11, T)  # 4 sequences, anchor 5 at positions [3, 1, 0, 0]
+    assert plan.num_sequences == 4 and len(set(plan.anchor_positions.tolist())) > 1
+    batches = micro_batches(plan.num_sequences, 3)  # rows [0, 1, 2] then [3]: in-batch override and replay
+    calls, seen = [], []  # seen: (forward call, layer, anchor tokens of each row of that call)
+
+    def pre_hook(layer):  # the input of block l+1 / the final layer = the (overridden) output of layer l
+        def fn(module, args):
+            rows = batches[(len(calls) - 1) % len(batches)]
+            pos = torch.as_tensor(plan.anchor_positions[rows])
+            seen.append((len(calls) - 1, layer, args[0][torch.arange(len(rows)), pos].clone()))
+        return fn
+
+    handles = [blk.register_forward_pre_hook(pre_hook(i)) for i, blk in enumerate(model.blocks)]
+    handles.append(model.final_layer.register_forward_pre_hook(pre_hook(len(model.blocks))))
+    handles.append(model.register_forward_pre_hook(lambda mod, args: calls.append(1)))
+    events = []
+    try:
+        run(model, diffusion, plan, micro_batch=3, steps=3, callback=events.append)
+    finally:
+        for h in handles:
+            h.remove()
+    assert [e.step for e in events if e.kind == "step"] == [0, 1, 2]
+    assert len(calls) == 3 * len(batches)
+    for step in range(3):
+        for layer in range(len(model.blocks) + 1):
+            toks = torch.cat([tok for (c, l, tok) in seen if l == layer and c // len(batches) == step])
+            assert len(toks) == plan.num_sequences
+            assert all(torch.equal(tok, toks[0]) for tok in toks), f"anchor differs: step {step}, layer {layer}"
+        # the gathered sequences share the anchor latent, and the model output at the anchor is overridden too
+        batch_events = [e for e in events if e.kind == "batch" and e.step == step]
+        lat = torch.cat([e.inputs[torch.arange(len(e.rows)), torch.as_tensor(plan.anchor_positions[e.rows])]
+                         for e in batch_events])
+        out = torch.cat([e.outputs[torch.arange(len(e.rows)), torch.as_tensor(plan.anchor_positions[e.rows])]
+                         for e in batch_events])
+        assert all(torch.equal(v, lat[0]) for v in lat) and all(torch.equal(v, out[0]) for v in out)
+    first = [e for e in events if e.kind == "batch"][0].inputs[0, plan.anchor_positions[0]]
+    assert not torch.equal(first, lat[0]), "the anchor latent is updated between steps"
+
+
+def test_without_replay_the_anchor_would_differ(model, diffusion):
+    """The check above can fail: sequences run apart, each with its own anchor, give different anchor tokens."""
+    from anchorface.models.sdit import AnchorOverride
+
+    plan = anchored_plan(11, T)
+    g, lmk = conditions(11)
+    x = initial_noise(0, 11, LATENT)[torch.as_tensor(plan.slots)]
+    outs = []
+    with torch.no_grad():
+        for b in range(plan.num_sequences):
+            hook = AnchorOverride(positions=torch.as_tensor(plan.anchor_positions[b:b + 1]))
+            model(x[b:b + 1], torch.tensor([500]), g[None], torch.from_numpy(lmk[plan.slots[b:b + 1]]), anchor=hook)
+            outs.append(hook.recorded[-2])
+    assert not torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["anchored", "multidiffusion", "independent"])
+@pytest.mark.parametrize("sampler,scale", [("ddpm", 1.0), ("ddim", 2.0)])
+def test_micro_batched_equals_single_batch(model, diffusion, kind, sampler, scale):
+    model = EpsNearInput(model)
+    plan = make_plan(kind, 13, T)
+    ref = run(model, diffusion, plan, micro_batch=plan.num_sequences, sampler=sampler, guidance_scale=scale)
+    for mb in (1, 2, 3):
+        out = run(model, diffusion, plan, micro_batch=mb, sampler=sampler, guidance_scale=scale)
+        assert out.shape == (13, *LATENT) and torch.isfinite(out).all() and out.abs().max() < 20
+        assert (out - ref).abs().max().item() <= 1e-5, (kind, mb)
+
+
+def test_seed_determinism(model, diffusion):
+    plan = anchored_plan(9, T)
+    a = run(model, diffusion, plan, seed=3)
+    b = run(model, diffusion, plan, seed=3)
+    c = run(model, diffusion, plan, seed=4)
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-2
+
+
+def test_noise_per_frame_does_not_depend_on_grouping():
+    z = initial_noise(7, 10, LATENT)
+    sub = torch.cat([torch.randn((1, *LATENT), generator=g) for g in frame_generators(7, 0, [3, 8])])
+    assert torch.equal(sub, z[[3, 8]])
+    assert not torch.equal(z[0], z[1])
+
+
+def test_guidance_changes_result_and_bad_args(model, diffusion):
+    plan = anchored_plan(6, T)
+    base = run(model, diffusion, plan)
+    for guidance in ("both", "landmarks", "global"):
+        assert (run(model, diffusion, plan, guidance_scale=3.0, guidance=guidance) - base).abs().max() > 1e-3
+    assert torch.equal(run(model, diffusion, plan, guidance_scale=3.0, guidance="none"), base)
+    with pytest.raises(AnchorfaceError, match="sampler"):
+        run(model, diffusion, plan, sampler="euler")
+    with pytest.raises(AnchorfaceError, match="landmarks for"):
+        anchored_diffusion(model, diffusion, plan, *conditions(5), steps=1, latent_shape=LATENT, progress=False)
