@@ -1,0 +1,265 @@
+"""Global encoders G (§3.1, §4.4): one vector per source image (or text prompt) that conditions every frame.
+
+- `clip`    (`CLIPGlobalEncoder`): the paper's G, a frozen CLIP (transformers `CLIPModel`) image embedding;
+  text embeddings from the same model give text-to-video (§4.4). The authors' earlier code used ViT-L/14.
+- `learned` (`LearnedGlobalEncoder`): a small CNN trained jointly with the denoiser; the no-download path
+  for small-scale work. It has no text tower.
+
+Input pixels are `[N, 3, H, W]` float in [-1, 1]; embeddings are `[N, dim]` float32 on the input's device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anchorface.codecs import load_pretrained
+from anchorface.errors import AnchorfaceError, CheckpointError, MissingWeightsError
+
+TEXT_NEEDS_CLIP = "text prompts need the CLIP global encoder (data.encoder: clip)"
+
+
+class GlobalEncoder(nn.Module):
+    """G: images (and, for CLIP, texts) -> `[N, dim]` embeddings. `trainable` says whether it learns with the
+    denoiser (and is saved in the checkpoint) or is a frozen pretrained model."""
+
+    dim: int
+    trainable: bool = False
+
+    @property
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def encode_images(self, px: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        raise AnchorfaceError(TEXT_NEEDS_CLIP)
+
+    def forward(self, px: torch.Tensor) -> torch.Tensor:
+        return self.encode_images(px)
+
+
+def _check_pixels(px: torch.Tensor) -> None:
+    if px.ndim != 4 or px.shape[1] != 3:
+        raise ValueError(f"expected pixels [N, 3, H, W] in [-1, 1], got {tuple(px.shape)}")
+
+
+# ------------------------------------------------------------------------------------------------------- CLIP
+CLIP_HINT = ("download a CLIP model with its processor and tokenizer, e.g. `hf download "
+             "openai/clip-vit-large-patch14 --local-dir DIR` (ViT-L/14, the authors' earlier choice), and set "
+             "data.encoder_path: DIR (or use `data.encoder: learned`)")
+
+
+def _size_field(size, key: str):
+    """Read `shortest_edge` / `height` / `width` from a processor's size (a dict, or a SizeDict in transformers 5)."""
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+class CLIPGlobalEncoder(GlobalEncoder):
+    """Frozen CLIP projection embeddings (`get_image_features` / `get_text_features`).
+
+    Preprocessing follows the checkpoint's `CLIPImageProcessor` settings but runs on tensors (no PIL round trip):
+    resize the shortest side to `size.shortest_edge` (bicubic, antialiased), center-crop to `crop_size`,
+    normalise with `image_mean` / `image_std`. (Pillow's bicubic on uint8 differs by quantisation only.)
+    Embeddings are the unnormalised projections, as CLIP returns them; `normalize=True` L2-normalises them
+    (cosine similarity, as in CSIM, is unaffected either way)."""
+
+    def __init__(self, path: str | os.PathLike = "openai/clip-vit-large-patch14", normalize: bool = False,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        from transformers import CLIPModel
+
+        try:  # transformers >= 5 without torchvision: the PIL-backed class, under its own name (no warning)
+            from transformers import CLIPImageProcessorPil as ImageProcessor
+        except ImportError:
+            from transformers import CLIPImageProcessor as ImageProcessor
+
+        self.path, self.normalize, self.dtype = str(path), normalize, dtype
+        self.model, _ = load_pretrained(CLIPModel.from_pretrained, path, "CLIP", CLIP_HINT)
+        self.model.to(dtype)
+        proc, _ = load_pretrained(ImageProcessor.from_pretrained, path, "CLIP image processor", CLIP_HINT)
+        self._tokenizer = None  # loaded on the first text prompt: image-only use needs no tokenizer files
+        self.dim = int(self.model.config.projection_dim)
+        self.max_text_length = int(self.model.config.text_config.max_position_embeddings)
+
+        shortest = _size_field(proc.size, "shortest_edge")
+        self.resize = None if not proc.do_resize else \
+            int(shortest) if shortest else (int(_size_field(proc.size, "height")), int(_size_field(proc.size, "width")))
+        self.crop = (int(_size_field(proc.crop_size, "height")), int(_size_field(proc.crop_size, "width"))) \
+            if proc.do_center_crop else None
+        mean, std = (proc.image_mean, proc.image_std) if proc.do_normalize else ((0.0,) * 3, (1.0,) * 3)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "CLIPGlobalEncoder":  # frozen: always in eval mode
+        return super().train(False)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"type": "clip", "path": self.path, "dim": self.dim, "normalize": self.normalize}
+
+    def preprocess(self, px: torch.Tensor) -> torch.Tensor:
+        """`[N, 3, H, W]` in [-1, 1] -> CLIP's normalised input, on tensors."""
+        x = ((px.float() + 1) / 2).clamp(0, 1)
+        if self.resize is not None:
+            h, w = x.shape[-2:]
+            if isinstance(self.resize, int):
+                s = self.resize
+                size = (s, max(s, int(s * w / h))) if h <= w else (max(s, int(s * h / w)), s)
+            else:
+                size = self.resize
+            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        if self.crop is not None:
+            ch, cw = self.crop
+            h, w = x.shape[-2:]
+            if h < ch or w < cw:
+                raise ValueError(f"image {h}x{w} is smaller than CLIP's crop {ch}x{cw} (resizing is disabled)")
+            top, left = (h - ch) // 2, (w - cw) // 2
+            x = x[..., top:top + ch, left:left + cw]
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    @torch.no_grad()
+    def encode_images(self, px: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        _check_pixels(px)
+        device = next(self.model.parameters()).device
+        step = batch_size or max(px.shape[0], 1)
+        outs = []
+        for i in range(0, px.shape[0], step):
+            x = self.preprocess(px[i:i + step].to(device)).to(self.dtype)
+            outs.append(_features(self.model.get_image_features(pixel_values=x)))
+        return self._finish(torch.cat(outs), px.device)
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        if self._tokenizer is None:
+            self._tokenizer = self._load_tokenizer()
+        device = next(self.model.parameters()).device
+        tok = self._tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_text_length,
+                              return_tensors="pt").to(device)
+        out = self.model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+        return self._finish(_features(out), device)
+
+    def _load_tokenizer(self):
+        from transformers import CLIPTokenizer
+
+        missing = MissingWeightsError(f"CLIP tokenizer not found at '{self.path}' (no tokenizer.json, or vocab.json "
+                                      f"+ merges.txt); {CLIP_HINT}")
+        local = Path(self.path).expanduser()
+        if local.is_dir() and not ((local / "tokenizer.json").is_file()
+                                   or ((local / "vocab.json").is_file() and (local / "merges.txt").is_file())):
+            raise missing
+        tok, _ = load_pretrained(CLIPTokenizer.from_pretrained, self.path, "CLIP tokenizer", CLIP_HINT)
+        if len(tok) <= len(set(tok.all_special_tokens)):  # transformers 5 builds an empty BPE when files are absent
+            raise missing
+        return tok
+
+    def _finish(self, emb: torch.Tensor, device) -> torch.Tensor:
+        emb = emb.float()
+        if self.normalize:
+            emb = F.normalize(emb, dim=-1)
+        return emb.to(device)
+
+
+def _features(out) -> torch.Tensor:
+    """transformers < 5 returns the projected embedding; >= 5 returns an output whose `pooler_output` is it."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+# ---------------------------------------------------------------------------------------------------- learned
+class LearnedGlobalEncoder(GlobalEncoder):
+    """A small CNN G trained jointly with the denoiser: the no-download path for small-scale work (not the paper's
+    CLIP). Strided 3x3 conv stages with GroupNorm + SiLU, global average pooling, a linear map to `dim`.
+    Inputs of another size are resized (bilinear, antialiased) to `resolution` first."""
+
+    trainable = True
+
+    def __init__(self, dim: int, resolution: int, widths: tuple[int, ...] = (32, 64, 128, 256), groups: int = 8):
+        super().__init__()
+        if dim <= 0:
+            raise AnchorfaceError(f"the learned global encoder needs a positive dimension, got {dim}")
+        self.dim, self.resolution, self.widths, self.groups = int(dim), int(resolution), tuple(widths), int(groups)
+        layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
+        c_in = widths[0]
+        for c in widths:  # each stage halves the resolution
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(groups, c), nn.SiLU(),
+                       nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(groups, c), nn.SiLU()]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, self.dim)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"type": "learned", "dim": self.dim, "resolution": self.resolution, "widths": list(self.widths),
+                "groups": self.groups}
+
+    def encode_images(self, px: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        _check_pixels(px)
+        x = px.float()
+        if tuple(x.shape[-2:]) != (self.resolution, self.resolution):
+            x = F.interpolate(x, size=(self.resolution,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        step = batch_size or max(x.shape[0], 1)
+        return torch.cat([self.head(self.features(x[i:i + step]).mean(dim=(2, 3)))
+                          for i in range(0, x.shape[0], step)])
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """`config.json` + `model.safetensors`, each written atomically."""
+        from safetensors.torch import save_file
+
+        from anchorface.video import atomic_output
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_output(directory / "config.json") as tmp:
+            tmp.write_text(json.dumps(self.config, indent=2))
+        with atomic_output(directory / "model.safetensors") as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "LearnedGlobalEncoder":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        cfg_path, weights = directory / "config.json", directory / "model.safetensors"
+        for p in (cfg_path, weights):
+            if not p.is_file():
+                raise CheckpointError(f"learned global encoder: missing {p}")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+            if cfg.pop("type", "learned") != "learned":
+                raise ValueError("config.json is not a learned global encoder's")
+            enc = cls(**cfg)
+            enc.load_state_dict(load_file(str(weights)))
+        except (ValueError, TypeError, KeyError, RuntimeError, OSError) as e:
+            if isinstance(e, AnchorfaceError):
+                raise
+            raise CheckpointError(f"learned global encoder at {directory} cannot be loaded: "
+                                  f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        return enc
+
+
+def load_encoder(data_cfg, global_dim: int, dtype: torch.dtype = torch.float32) -> GlobalEncoder | None:
+    """The encoder named by `data.encoder` ("clip" | "learned") giving `global_dim`-d embeddings
+    (`model.global_dim`); None when `global_dim == 0` (no global conditioning)."""
+    if global_dim == 0:
+        return None
+    if data_cfg.encoder == "learned":
+        return LearnedGlobalEncoder(global_dim, data_cfg.resolution)
+    if data_cfg.encoder == "clip":
+        enc = CLIPGlobalEncoder(data_cfg.encoder_path, dtype=dtype)
+        if enc.dim != global_dim:
+            raise AnchorfaceError(f"the CLIP model at '{data_cfg.encoder_path}' gives {enc.dim}-d embeddings but "
+                                  f"model.global_dim is {global_dim}; set model.global_dim: {enc.dim}")
+        return enc
+    raise AnchorfaceError(f"unknown data.encoder '{data_cfg.encoder}'; choose 'clip' or 'learned'")
+
