@@ -428,3 +428,32 @@ def test_save_image_roundtrip_and_atomic(tmp_path):
     with pytest.raises(ImageError):
         save_image(tmp_path / "x.unknownext", img)
     assert leftovers(tmp_path) == ["x.png"]
+
+
+def test_decode_failure_midway_is_a_video_error(tmp_path, monkeypatch):
+    import anchorface.video as video
+
+    p = write_clip(tmp_path / "a.mp4", n=5)
+    real_open = video._open_input
+
+    def open_then_fail(path):  # test double: the real container, whose decoder fails after two frames
+        container, stream = real_open(path)
+
+        class Failing:
+            def decode(self, s):
+                frames = container.decode(s)
+                yield next(frames)
+                yield next(frames)
+                raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+
+            def close(self):
+                container.close()
+
+        return Failing(), stream
+
+    monkeypatch.setattr(video, "_open_input", open_then_fail)
+    it = iter_frames(p)
+    assert next(it).shape == (48, 64, 3) and next(it).shape == (48, 64, 3)
+    with pytest.raises(VideoError) as e:
+        next(it)
+    assert "at frame 2" in one_line(e) and "Invalid data" in str(e.value)

@@ -8,7 +8,7 @@ into place only when it is complete (`atomic_output`), so a failed run never lea
 
 from __future__ import annotations
 
-import math
+import itertools
 import os
 import secrets
 import shutil
@@ -364,26 +364,22 @@ class VideoWriter:
                 return
         except ValueError:  # the output format cannot hold this codec: transcode
             pass
-        layout = a.layout.name if a.channels <= 2 else "stereo"
+        layout = "mono" if a.channels == 1 else "stereo"
         self._audio_out = self._out.add_stream("aac", rate=a.rate, layout=layout)
         self._audio_out.bit_rate = AUDIO_BITRATE
         self._transcoder = av.AudioResampler(format=self._audio_out.format.name, layout=layout, rate=a.rate)
         self._audio_iter = self._transcoded_audio(a)
 
     def _transcoded_audio(self, a) -> Iterator[av.Packet]:
-        """Decode, resample, re-encode the source audio; yields AAC packets (pts in the encoder's time base)."""
+        """Decode, resample, re-encode the source audio from the video start on; yields AAC packets."""
+        frames = (f for f in self._audio_in.decode(a)
+                  if f.pts is None or float(f.pts * f.time_base) >= self._audio_shift)
         pts = 0
-        for frame in self._audio_in.decode(a):
-            if frame.pts is not None and float(frame.pts * frame.time_base) - self._audio_shift < 0:
-                continue
+        for frame in itertools.chain(frames, [None]):  # None flushes the resampler
             for rf in self._transcoder.resample(frame):
-                rf.pts, pts = pts, pts + rf.samples
-                rf.time_base = Fraction(1, a.rate)
+                rf.pts, rf.time_base = pts, Fraction(1, a.rate)
+                pts += rf.samples
                 yield from self._audio_out.encode(rf)
-        for rf in self._transcoder.resample(None):
-            rf.pts, pts = pts, pts + rf.samples
-            rf.time_base = Fraction(1, a.rate)
-            yield from self._audio_out.encode(rf)
 
     def _write_audio_until(self, t_end: float) -> None:
         """Mux the source audio up to output time `t_end` (seconds): interleaves audio with video as it is
