@@ -13,6 +13,7 @@ demo checkpoint, and writes the video and a side-by-side comparison (driving | a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,18 +151,22 @@ def _similarity(geo: FaceGeometry, angle: float, scale: float, tx: float, ty: fl
     return m
 
 
-def warp_frame(image: np.ndarray, geo: FaceGeometry, params: dict[str, float]) -> np.ndarray:
-    """Render one pseudo-frame: q = S(p + d(p)); sampled backwards with a fixed-point inverse of d."""
+def warp_frame(image: np.ndarray, geo: FaceGeometry, params: dict[str, float], grid_step: int = 4) -> np.ndarray:
+    """Render one pseudo-frame: q = S(p + d(p)); sampled backwards with a fixed-point inverse of d.
+
+    The backward map is smooth, so it is solved on a grid every `grid_step` pixels and upsampled."""
     h, w = image.shape[:2]
     s_inv = cv2.invertAffineTransform(_similarity(geo, params["angle"], params["scale"], params["tx"], params["ty"]))
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    q = np.stack([xs, ys], -1)
-    u = q @ s_inv[:, :2].T + s_inv[:, 2]  # u = p + d(p); solve for p by fixed-point iteration (d is small, smooth)
+    gh, gw = -(-h // grid_step) + 1, -(-w // grid_step) + 1
+    ys, xs = np.mgrid[0:gh, 0:gw].astype(np.float64) * grid_step
+    u = np.stack([xs, ys], -1) @ s_inv[:, :2].T + s_inv[:, 2]  # u = p + d(p); solve for p (d small and smooth)
     p = u.copy()
     for _ in range(6):
         p = u - local_displacement(p, geo, params["mouth"], params["blink"], params["brow"])
-    return cv2.remap(image, p[..., 0].astype(np.float32), p[..., 1].astype(np.float32), cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REFLECT101)
+    # grid node k sits at pixel k*grid_step; resize so that pixel coordinates line up exactly
+    full = cv2.resize(p.astype(np.float32), ((gw - 1) * grid_step + 1, (gh - 1) * grid_step + 1),
+                      interpolation=cv2.INTER_LINEAR)[:h, :w]
+    return cv2.remap(image, full[..., 0], full[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
 
 
 def portrait_geometry(image: np.ndarray) -> FaceGeometry:
@@ -174,15 +179,30 @@ def portrait_geometry(image: np.ndarray) -> FaceGeometry:
     return FaceGeometry.from_landmarks(lmk, image.shape[:2])
 
 
+def head_and_shoulders(image: np.ndarray) -> tuple[np.ndarray, FaceGeometry]:
+    """A square head-and-shoulders crop (side = 3 face heights, as in a talking-head video) and its geometry."""
+    geo = portrait_geometry(image)
+    side = int(min(3 * geo.size, *image.shape[:2]))
+    x0 = int(np.clip(geo.center[0] - side / 2, 0, image.shape[1] - side))
+    y0 = int(np.clip(geo.center[1] - side / 2, 0, image.shape[0] - side))
+    shift = np.array([x0, y0], dtype=np.float64)
+    geo = dataclasses.replace(geo, center=geo.center - shift, mouth=geo.mouth - shift, eyes=geo.eyes - shift,
+                              brows=geo.brows - shift)
+    return np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]), geo
+
+
 def write_pseudo_clip(path: Path, image: np.ndarray, geo: FaceGeometry, motion: Motion, size: int = 256) -> None:
     """Write one pseudo-clip as an mp4 (the same kind of file a user would give `anchorface prepare`)."""
     from anchorface.video import VideoWriter
 
-    scale = size / max(image.shape[:2])
+    s = size / max(image.shape[:2])
+    small = cv2.resize(image, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    geo = dataclasses.replace(geo, center=geo.center * s, size=geo.size * s, mouth=geo.mouth * s,
+                              mouth_width=geo.mouth_width * s, eyes=geo.eyes * s, eye_width=geo.eye_width * s,
+                              brows=geo.brows * s)
     with VideoWriter(path, FPS) as writer:
         for i in range(len(motion)):
-            frame = warp_frame(image, geo, motion.frame(i))
-            writer.write(cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
+            writer.write(warp_frame(small, geo, motion.frame(i)))
 
 
 def make_pseudo_clips(out_dir: str | Path, num_clips: int, num_frames: int, seed: int = 0, size: int = 256,
@@ -192,8 +212,7 @@ def make_pseudo_clips(out_dir: str | Path, num_clips: int, num_frames: int, seed
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    image = astronaut()
-    geo = portrait_geometry(image)
+    image, geo = head_and_shoulders(astronaut())
     paths = []
     for k in tqdm(range(num_clips), desc="pseudo-clips", disable=not progress):
         path = out / f"astronaut-{seed:03d}-{k:04d}.mp4"
@@ -217,12 +236,12 @@ def run_demo(output_dir: str | Path = "demo-output", checkpoint: str | Path | No
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    image = astronaut()
+    image, geo = head_and_shoulders(astronaut())
     source = out / "source.png"
     save_image(source, image)
     driving = out / "driving.mp4"
     # an unseen motion (seed outside the training range) of the same portrait
-    write_pseudo_clip(driving, image, portrait_geometry(image), random_motion(num_frames, 9_000_000 + seed))
+    write_pseudo_clip(driving, image, geo, random_motion(num_frames, 9_000_000 + seed))
     pipe = AnchorFacePipeline.from_pretrained(ckpt, device=device)
     result_path = out / "reenacted.mp4"
     compare_path = out / "compare.mp4"
