@@ -10,6 +10,8 @@ import sys
 
 # module -> provides `register(subparsers)`; order = order in `anchorface --help`
 COMMAND_MODULES = [
+    "anchorface.data",
+    "anchorface.train",
 ]
 
 

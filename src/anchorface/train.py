@@ -1,0 +1,477 @@
+"""`anchorface train`: the sDiT training loop (§3.1, §4.1, App. D), DiT-style, every hyper-parameter visible.
+
+One command for CPU, one GPU or many (`accelerate launch -m anchorface.cli train ...` or `torchrun`): Accelerate
+handles devices, DDP, bf16 autocast (GPU only) and gradient accumulation.
+
+- Data: `anchorface.data.ClipDataset` (precomputed latents, landmarks, source candidates; the sampler of §3.1 with
+  the joint condition dropout of supp. §4). Example k and the diffusion noise of step s are pure functions of the
+  seed, so `--resume` continues exactly: same step count and, with deterministic kernels, the same losses.
+- Loss: DiT's learned-sigma hybrid loss, the ε-MSE weighted by 1 + λ_ex on expressive landmark pixels (§4.1).
+- Optimiser: AdamW (default betas/eps), cosine schedule with optional warmup; two parameter groups, the mapping
+  network at lr * mapping_lr_scale (§4.1: 10x smaller) and everything else (with the learned G) at lr.
+- EMA of all trainable weights (DiT: updated after every step); checkpoints hold the EMA weights.
+
+Output directory::
+
+    OUT/config.yaml                 the run's config
+    OUT/log.csv, OUT/tb/            step, loss, mse, vb, lr, lr_mapping, samples_per_s (CSV and TensorBoard)
+    OUT/samples/step-XXXXXXX.png    driving | generated rows for a few held-out examples
+    OUT/checkpoint-XXXXXXX/         from_pretrained directory (anchorface.checkpoint, EMA weights) +
+        training_state/             accelerator.save_state (raw weights, AdamW, schedule, RNG) + trainer_state.json
+    OUT/latest                      name of the newest complete checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from anchorface.config import Config, load_config, save_config
+from anchorface.errors import AnchorfaceError, CheckpointError
+
+LOG_FIELDS = ["step", "loss", "mse", "vb", "lr", "lr_mapping", "samples_per_s", "elapsed_s"]
+PREVIEW_EXAMPLES = 2  # held-out examples in the periodic sample grid
+LATEST = "latest"
+TRAINER_STATE = "trainer_state.json"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What learns
+# --------------------------------------------------------------------------------------------------------------
+
+class Denoiser(nn.Module):
+    """The trainable system: the sDiT (with its mapping network) and, for `data.encoder: learned`, the global
+    encoder G trained jointly. `source` is a precomputed embedding [B, D] (frozen CLIP) or pixels [B, 3, H, W]."""
+
+    def __init__(self, sdit: nn.Module, encoder: nn.Module | None = None):
+        super().__init__()
+        self.sdit, self.encoder = sdit, encoder
+
+    def forward(self, x_t, t, source, landmarks, drop):
+        if self.sdit.mapping is None:  # global_dim == 0: a plain DiT
+            return self.sdit(x_t, t)
+        g = self.encoder.encode_images(source) if self.encoder is not None else source
+        return self.sdit(x_t, t, g, landmarks, drop=drop)
+
+
+def build_denoiser(cfg: Config, latent_shape) -> Denoiser:
+    from anchorface.encoders import LearnedGlobalEncoder
+    from anchorface.models.sdit import SDiT, SDiTConfig
+
+    C, h, w = latent_shape
+    sdit = SDiT(SDiTConfig.from_model_config(cfg.model, input_size=h, in_channels=C))
+    encoder = None
+    if cfg.data.encoder == "learned" and cfg.model.global_dim > 0:
+        encoder = LearnedGlobalEncoder(cfg.model.global_dim, cfg.data.resolution)
+    return Denoiser(sdit, encoder)
+
+
+def param_groups(model: Denoiser, lr: float, mapping_lr_scale: float) -> list[dict]:
+    """§4.1: the mapping network at lr * mapping_lr_scale, everything else (and the learned G) at lr."""
+    mapping = list(model.sdit.mapping.parameters()) if model.sdit.mapping is not None else []
+    ids = {id(p) for p in mapping}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": rest, "lr": lr, "name": "main"}]
+    if mapping:
+        groups.append({"params": mapping, "lr": lr * mapping_lr_scale, "name": "mapping"})
+    return groups
+
+
+class EMA:
+    """Exponential moving average of the weights (DiT: decay 0.9999, started from the initial weights, updated after
+    every optimizer step). Kept in float32 on the training device."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach().float(), 1.0 - self.decay)
+
+
+def diffusion_loss(model, diffusion, batch: dict, t: torch.Tensor, noise: torch.Tensor) -> dict:
+    """The per-sample hybrid loss of one batch (DiT; ε-MSE weighted by the expressive map, §4.1)."""
+    x0 = batch["latents"]
+    x_t = diffusion.q_sample(x0, t, noise)
+    out = model(x_t, t, batch["source"], batch["landmarks"], batch["drop"])
+    return diffusion.training_losses(out.float(), x0, x_t, t, noise, weight=batch["weight"])
+
+
+def step_noise(seed: int, step: int, micro: int, rank: int, shape, num_timesteps: int):
+    """Timesteps [B] and noise of optimizer step `step` (micro-step, process): a pure function of its arguments."""
+    s = int(np.random.SeedSequence([seed, 1, step, micro, rank]).generate_state(1, np.uint64)[0]) >> 1
+    gen = torch.Generator().manual_seed(s)
+    t = torch.randint(0, num_timesteps, (shape[0],), generator=gen)
+    return t, torch.randn(shape, generator=gen)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoints, logs, previews
+# --------------------------------------------------------------------------------------------------------------
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:07d}"
+
+
+def find_resume(output: Path, resume: str | None) -> Path | None:
+    """`--resume`: None -> start fresh; "auto" -> OUT/latest (or nothing to resume); else a checkpoint path."""
+    if resume is None:
+        return None
+    if resume != "auto":
+        path = Path(resume)
+        if not (path / "training_state" / TRAINER_STATE).exists():
+            raise CheckpointError(f"{path} is not a resumable training checkpoint (no training_state/{TRAINER_STATE})")
+        return path
+    latest = output / LATEST
+    if latest.exists():
+        path = output / latest.read_text().strip()
+        if (path / "training_state" / TRAINER_STATE).exists():
+            return path
+    found = sorted(p for p in output.glob("checkpoint-*") if (p / "training_state" / TRAINER_STATE).exists())
+    return found[-1] if found else None
+
+
+def save_training_checkpoint(accelerator, cfg: Config, output: Path, step: int, ema: EMA, trainer_state: dict):
+    """OUT/checkpoint-XXXXXXX (EMA weights, from_pretrained-loadable) + training_state/, renamed into place only
+    when complete; then OUT/latest. Collective: every process calls it."""
+    from anchorface.checkpoint import save_checkpoint
+
+    name = checkpoint_name(step)
+    partial = output / f".{name}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        save_checkpoint(partial, cfg, ema.model.sdit, ema.model.encoder)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial / "training_state"))
+    if accelerator.is_main_process:
+        (partial / "training_state" / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
+        final = output / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(partial, final)
+        tmp = output / f".{LATEST}.tmp"
+        tmp.write_text(name + "\n")
+        os.replace(tmp, output / LATEST)
+    accelerator.wait_for_everyone()
+    return output / name
+
+
+class CSVLog:
+    """OUT/log.csv, appended row by row; on resume the rows after the resumed step are dropped first."""
+
+    def __init__(self, path: Path, start_step: int):
+        self.path = path
+        rows = []
+        if start_step > 0 and path.exists():
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, LOG_FIELDS, lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+        self.f = path.open("a", newline="")
+        self.w = csv.DictWriter(self.f, LOG_FIELDS, lineterminator="\n")
+
+    def write(self, row: dict) -> None:
+        self.w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """log.csv as a list of dicts of floats (step as int)."""
+    with Path(path).open() as f:
+        return [{k: int(v) if k == "step" else float(v) if v != "" else math.nan for k, v in r.items()}
+                for r in csv.DictReader(f)]
+
+
+@torch.no_grad()
+def render_preview(ema: EMA, diffusion, codec, examples: list[dict], steps: int, seed: int, device) -> np.ndarray:
+    """uint8 grid: for each example a row of driving frames and a row of generated ones (DDIM, `steps` steps,
+    EMA weights, no guidance); with pixel sources the source crop leads the generated row."""
+    from anchorface.diffusion import sample_loop
+
+    batch = {k: torch.stack([e[k] for e in examples]).to(device) for k in examples[0]}
+    B, T, C, h, w = batch["latents"].shape
+    gen = torch.Generator().manual_seed(seed)
+    x_T = torch.randn((B, T, C, h, w), generator=gen).to(device)
+    scheduler = diffusion.make_scheduler("ddim", steps)
+    model = ema.model
+
+    def model_fn(x, t):
+        return model(x, t, batch["source"], batch["landmarks"], batch["drop"]).float()
+
+    z = sample_loop(model_fn, x_T, scheduler, generator=gen, progress=False)
+
+    def to_pixels(lat):  # [B, T, C, h, w] -> [B, T, 3, H, W]
+        px = codec.decode(lat.reshape(B * T, C, h, w).float().cpu())
+        return px.reshape(B, T, *px.shape[1:])
+
+    driving, generated = to_pixels(batch["latents"]), to_pixels(z)
+    H, W = driving.shape[-2:]
+    pixel_source = batch["source"].ndim == 4
+    cols = T + int(pixel_source)
+    grid = -torch.ones(2 * B, cols, 3, H, W)
+    for b in range(B):
+        grid[2 * b, cols - T:] = driving[b]
+        grid[2 * b + 1, cols - T:] = generated[b]
+        if pixel_source:
+            src = torch.nn.functional.interpolate(batch["source"][b:b + 1].float().cpu(), size=(H, W), mode="area")
+            grid[2 * b + 1, 0] = src[0]
+    img = grid.permute(0, 3, 1, 4, 2).reshape(2 * B * H, cols * W, 3)
+    return ((img.clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+
+
+def split_clips(index: dict, holdout_videos: int) -> tuple[list[str], list[str]]:
+    """Clip names for training and for previews: the clips of the last `holdout_videos` source videos (by name) are
+    held out when there are more videos than that; otherwise previews use training clips."""
+    videos = sorted({c["source_video"] for c in index["clips"]})
+    if holdout_videos <= 0 or len(videos) <= holdout_videos:
+        names = [c["name"] for c in index["clips"]]
+        return names, names
+    held = set(videos[-holdout_videos:])
+    return ([c["name"] for c in index["clips"] if c["source_video"] not in held],
+            [c["name"] for c in index["clips"] if c["source_video"] in held])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------------------
+
+def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | None = None, holdout_videos: int = 1,
+          deterministic: bool = False, progress: bool = True) -> dict:
+    """Train (or resume) a run; returns dict(step, checkpoint, last_loss). See the module docstring."""
+    from accelerate import Accelerator
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    from anchorface.checkpoint import load_checkpoint, read_config
+    from anchorface.codecs import load_codec
+    from anchorface.data import ClipDataset, StepSampler, check_compatible, load_index, sample_training_example
+    from anchorface.diffusion import GaussianDiffusion
+    from anchorface.errors import MissingWeightsError
+    from anchorface.video import save_image
+
+    output, data_dir = Path(output), Path(data_dir)
+    resume_from = find_resume(output, resume)
+    if resume_from is None and (output / LATEST).exists():
+        raise AnchorfaceError(f"{output} already holds a training run; pass --resume to continue it or choose "
+                              "another --output")
+    if resume_from is not None:  # the run's own config; only the step budget may change
+        saved = read_config(resume_from)
+        saved.train.max_steps = cfg.train.max_steps
+        cfg = saved
+    tc = cfg.train
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+    # ---- devices
+    mixed = tc.mixed_precision if torch.cuda.is_available() else "no"
+    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=tc.grad_accum)
+    device, P, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    if tc.batch_size % (P * tc.grad_accum):
+        raise AnchorfaceError(f"batch_size {tc.batch_size} is not divisible by processes ({P}) x grad_accum "
+                              f"({tc.grad_accum})")
+    local_batch = tc.batch_size // (P * tc.grad_accum)
+    main = accelerator.is_main_process
+
+    # ---- data
+    index = load_index(data_dir)
+    check_compatible(index, cfg)
+    train_clips, preview_clips = split_clips(index, holdout_videos)
+    dataset = ClipDataset(data_dir, cfg.model.num_frames, cfg.data.cond_dropout, cfg.diffusion.lambda_ex, tc.seed,
+                          clip_names=train_clips, index=index)
+    preview_set = ClipDataset(data_dir, cfg.model.num_frames, 0.0, cfg.diffusion.lambda_ex, tc.seed,
+                              clip_names=preview_clips, index=index)
+
+    # ---- model, optimiser, schedule, EMA
+    torch.manual_seed(tc.seed)
+    model = build_denoiser(cfg, index["latent_shape"])
+    diffusion = GaussianDiffusion(cfg.diffusion)
+    optimizer = torch.optim.AdamW(param_groups(model, tc.lr, tc.mapping_lr_scale), lr=tc.lr,
+                                  weight_decay=tc.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.max_steps)
+    ema = EMA(model, tc.ema_decay)
+    ema.model.to(device)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by us once per optimizer step (not prepared)
+
+    step, elapsed = 0, 0.0
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from / "training_state"))
+        state = json.loads((resume_from / "training_state" / TRAINER_STATE).read_text())
+        step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        _, ema_sdit, ema_encoder = load_checkpoint(resume_from, device=device)
+        ema.model.sdit.load_state_dict(ema_sdit.state_dict())
+        if ema.model.encoder is not None:
+            ema.model.encoder.load_state_dict(ema_encoder.state_dict())
+        if main:
+            print(f"resuming from {resume_from} at step {step}", file=sys.stderr)
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output / "config.yaml")
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=local_batch, num_workers=tc.num_workers, pin_memory=device.type == "cuda",
+        sampler=StepSampler(local_batch, tc.grad_accum, P, rank, start_step=step, max_steps=tc.max_steps))
+
+    # ---- previews: fixed held-out examples, decoded with the frozen codec
+    codec, examples = None, []
+    if main and tc.sample_every > 0:
+        try:
+            codec = load_codec(cfg.data)
+        except MissingWeightsError as e:
+            print(f"anchorface: warning: no sample grids ({e})", file=sys.stderr)
+        rng = np.random.default_rng(tc.seed)
+        for i in range(PREVIEW_EXAMPLES):
+            clip = i % len(preview_set.clips)
+            frames, src = sample_training_example(preview_set.clips[clip]["num_frames"], cfg.model.num_frames, rng)
+            examples.append(preview_set.load(clip, frames, src, drop=False))
+
+    log = CSVLog(output / "log.csv", step) if main else None
+    tb = SummaryWriter(str(output / "tb"), purge_step=step + 1 if step else None) if main else None
+    sums = torch.zeros(3, device=device)  # loss, mse, vb summed over the log interval
+    count, t0, overhead = 0, time.perf_counter(), 0.0  # overhead: checkpoint / preview time, not training
+    last_loss = float("nan")
+    bar = tqdm(total=tc.max_steps, initial=step, desc="train", unit="step", disable=not (progress and main))
+
+    model.train()
+    data_iter = iter(loader)
+    while step < tc.max_steps:
+        for micro in range(tc.grad_accum):
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(data_iter).items()}
+            t, noise = step_noise(tc.seed, step, micro, rank, batch["latents"].shape, diffusion.num_timesteps)
+            t, noise = t.to(device), noise.to(device)
+            with accelerator.accumulate(model):
+                losses = diffusion_loss(model, diffusion, batch, t, noise)
+                loss = losses["loss"].mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and tc.grad_clip:
+                    accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            sums += torch.stack([losses[k].detach().float().mean() for k in ("loss", "mse", "vb")]) / tc.grad_accum
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}  # used in this step
+        scheduler.step()
+        ema.update(accelerator.unwrap_model(model))
+        step += 1
+        count += 1
+        bar.update(1)
+
+        if step % tc.log_every == 0 or step == tc.max_steps:
+            mean = accelerator.reduce(sums, "mean") / count
+            dt = time.perf_counter() - t0 - overhead
+            elapsed += dt
+            row = {"step": step, "loss": mean[0].item(), "mse": mean[1].item(), "vb": mean[2].item(),
+                   "lr": lrs.get("main"), "lr_mapping": lrs.get("mapping", ""),
+                   "samples_per_s": count * tc.batch_size / max(dt, 1e-9), "elapsed_s": elapsed}
+            last_loss = row["loss"]
+            if main:
+                log.write(row)
+                for k in ("loss", "mse", "vb"):
+                    tb.add_scalar(f"loss/{k}", row[k], step)
+                tb.add_scalar("lr/main", row["lr"], step)
+                if row["lr_mapping"] != "":
+                    tb.add_scalar("lr/mapping", row["lr_mapping"], step)
+                tb.add_scalar("samples_per_s", row["samples_per_s"], step)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+            sums.zero_()
+            count, t0, overhead = 0, time.perf_counter(), 0.0
+
+        tick = time.perf_counter()
+        if main and codec is not None and examples and (step % tc.sample_every == 0 or step == tc.max_steps):
+            grid = render_preview(ema, diffusion, codec, examples, tc.sample_steps, tc.seed, device)
+            (output / "samples").mkdir(exist_ok=True)
+            save_image(output / "samples" / f"step-{step:07d}.png", grid)
+            tb.add_image("samples", grid, step, dataformats="HWC")
+
+        if step % tc.ckpt_every == 0 or step == tc.max_steps:
+            state = {"step": step, "samples_seen": step * tc.batch_size, "seed": tc.seed,
+                     "global_batch": tc.batch_size, "grad_accum": tc.grad_accum, "num_processes": P,
+                     "train_clips": len(dataset.clips), "elapsed_s": elapsed}
+            save_training_checkpoint(accelerator, cfg, output, step, ema, state)
+        overhead += time.perf_counter() - tick
+
+    bar.close()
+    if main:
+        log.close()
+        tb.close()
+    ckpt = output / checkpoint_name(step)
+    accelerator.end_training()
+    return {"step": step, "checkpoint": ckpt, "last_loss": last_loss}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------
+
+_OVERRIDES = {  # CLI flag -> TrainConfig field
+    "max_steps": "max_steps", "batch_size": "batch_size", "lr": "lr", "grad_accum": "grad_accum",
+    "num_workers": "num_workers", "seed": "seed", "log_every": "log_every", "ckpt_every": "ckpt_every",
+    "sample_every": "sample_every", "warmup_steps": "warmup_steps",
+}
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    for flag, field in _OVERRIDES.items():
+        if getattr(args, flag) is not None:
+            setattr(cfg.train, field, getattr(args, flag))
+    if args.gradient_checkpointing:
+        cfg.model.gradient_checkpointing = True
+    if args.resume is not None and any(getattr(args, f) is not None for f in _OVERRIDES if f != "max_steps"):
+        print("anchorface: warning: a resumed run keeps its saved config (only --max-steps applies)", file=sys.stderr)
+    out = train(cfg, args.data, args.output, resume=args.resume, holdout_videos=args.holdout_videos,
+                deterministic=args.deterministic, progress=not args.quiet)
+    print(f"step {out['step']}, loss {out['last_loss']:.4f}; checkpoint {out['checkpoint']}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train an sDiT on a prepared dataset",
+        description="Train the sequence DiT (§3.1, §4.1) with Accelerate on CPU, one or many GPUs "
+                    "(`accelerate launch -m anchorface.cli train ...`). Checkpoints are from_pretrained "
+                    "directories with EMA weights; --resume continues a run exactly.")
+    p.add_argument("--config", default="tiny", help="preset (tiny, paper-t4, paper-t8) or YAML file (default: tiny)")
+    p.add_argument("--data", required=True, help="dataset directory written by `anchorface prepare`")
+    p.add_argument("--output", required=True, help="run directory (checkpoints, logs, sample grids)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue a run: a checkpoint directory, or (no value) the latest one in --output")
+    p.add_argument("--max-steps", type=int, help="optimizer steps in total (config: train.max_steps)")
+    p.add_argument("--batch-size", type=int, help="global batch (config: train.batch_size)")
+    p.add_argument("--lr", type=float, help="base learning rate (config: train.lr)")
+    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps (config: train.grad_accum)")
+    p.add_argument("--warmup-steps", type=int, help="linear warmup steps (config: train.warmup_steps)")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers per process (config: train.num_workers)")
+    p.add_argument("--seed", type=int, help="data, noise and init seed (config: train.seed)")
+    p.add_argument("--log-every", type=int, help="config: train.log_every")
+    p.add_argument("--ckpt-every", type=int, help="config: train.ckpt_every")
+    p.add_argument("--sample-every", type=int, help="sample grid period, 0 = never (config: train.sample_every)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    p.add_argument("--holdout-videos", type=int, default=1,
+                   help="source videos held out of training for the sample grids (default: 1)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exactly repeatable runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
