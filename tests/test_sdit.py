@@ -263,3 +263,18 @@ def test_flop_formula_with_frames_and_conditioning():
         assert counter.get_total_flops() == pytest.approx(2 * 2 * T * flops_per_frame(cfg, T), rel=1e-12)
     # attention grows with T: per-frame cost strictly increases
     assert flops_per_frame(cfg, 8) > flops_per_frame(cfg, 4) > flops_per_frame(cfg, 1)
+
+
+@torch.no_grad()
+def test_bf16_weights_and_autocast():
+    model = tiny_model()
+    x, t, g, lmk = inputs(B=2)
+    ref = model(x, t, g, lmk)
+    pos = torch.tensor([0, 2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        anchored = model(x, t, g, lmk, anchor=AnchorOverride(positions=pos))
+        out = model(x, t, g, lmk)
+    assert torch.equal(anchored[0, 0], anchored[1, 2])
+    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+    out = model.to(torch.bfloat16)(x, t, g, lmk)  # float32 inputs are cast to the model's dtype
+    assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() < 0.1 * ref.abs().max()

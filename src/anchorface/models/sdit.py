@@ -125,7 +125,7 @@ class TimestepEmbedder(nn.Module):
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.timestep_embedding(t, self.freq_size))
+        return self.mlp(self.timestep_embedding(t, self.freq_size).to(self.mlp[0].weight.dtype))
 
 
 # ----------------------------------------------------------------------------------------------- blocks
@@ -259,7 +259,7 @@ class AnchorOverride:
 
     def apply(self, x: torch.Tensor, layer: int) -> torch.Tensor:  # x [B, T, N, D]
         if self.donor is None:
-            donor = x[self._rows[0], self._pos[0]].detach()
+            donor = x[self._rows[0], self._pos[0]].detach().clone()  # [N, D], not a view of x
         else:
             donor = self.donor[layer].to(device=x.device, dtype=x.dtype)
             if donor.shape != x.shape[2:]:
@@ -320,15 +320,18 @@ class SDiT(nn.Module):
         if (C, H, W) != (cfg.in_channels, cfg.input_size, cfg.input_size):
             raise ValueError(f"sDiT expects frames of {(cfg.in_channels, cfg.input_size, cfg.input_size)}, "
                              f"got {(C, H, W)}")
-        tokens = self.x_embedder(x.reshape(B * T, C, H, W)).flatten(2).transpose(1, 2)
-        tpe = sincos_1d(cfg.hidden_size, torch.arange(T, device=x.device)).to(tokens.dtype)
-        x = tokens.reshape(B, T, h * w, -1) + self.pos_embed.to(tokens.dtype) + tpe[:, None]  # [B, T, N, D]
+        dtype = self.x_embedder.weight.dtype  # inputs follow the model's dtype (autocast works on top)
+        tokens = self.x_embedder(x.reshape(B * T, C, H, W).to(dtype)).flatten(2).transpose(1, 2)
+        tpe = sincos_1d(cfg.hidden_size, torch.arange(T, device=x.device)).to(dtype)
+        x = tokens.reshape(B, T, h * w, -1) + self.pos_embed + tpe[:, None]  # [B, T, N, D]
 
         c = self.t_embedder(t.expand(B) if t.ndim == 0 else t)[:, None]  # [B, 1, D]
         if self.mapping is not None:
             if g is None or lmk is None:
                 raise ValueError("this sDiT is conditional: pass g [B, global_dim] and lmk [B, T, landmark_dim]")
-            c = c + self.mapping(g, lmk, drop, drop_global, drop_landmarks)  # c_t = t_emb + C_t: [B, T, D]
+            if lmk.shape[:2] != (B, T):
+                raise ValueError(f"landmarks {tuple(lmk.shape)} do not match {B} sequences of {T} frames")
+            c = c + self.mapping(g.to(dtype), lmk.to(dtype), drop, drop_global, drop_landmarks)  # c_t = t_emb + C_t: [B, T, D]
 
         anchored = anchor is not None and anchor.start(B, T, cfg.depth + 2, x.device)
         if anchored:
