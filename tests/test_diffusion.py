@@ -30,7 +30,8 @@ def test_schedule_is_dits_linear_schedule(diffusion):
     assert diffusion.betas[0] == pytest.approx(1e-4) and diffusion.betas[-1] == pytest.approx(0.02)
     x0, noise, t = rand(*SHAPE), rand(*SHAPE, seed=1), torch.tensor([0, 999])
     abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
-    expect = torch.stack([math.sqrt(abar[s]) * x0[i] + math.sqrt(1 - abar[s]) * noise[i] for i, s in enumerate([0, 999])])
+    expect = torch.stack([math.sqrt(abar[s]) * x0[i] + math.sqrt(1 - abar[s]) * noise[i]
+                          for i, s in enumerate([0, 999])])
     torch.testing.assert_close(diffusion.q_sample(x0, t, noise), expect)
 
 

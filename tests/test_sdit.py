@@ -95,9 +95,8 @@ def test_per_frame_conditioning_modulates_only_its_frame():
 def test_mapping_null_embeddings():
     torch.manual_seed(0)
     net = MappingNetwork(global_dim=16, landmark_dim=12, hidden_size=32, num_blocks=4)
-    nn_params = [net.null_global, net.null_landmarks]
-    for p in nn_params:
-        p.normal_()
+    net.null_global.normal_()
+    net.null_landmarks.normal_()
     _, _, g, lmk = inputs(B=2)
     g2, lmk2 = torch.randn_like(g), torch.randn_like(lmk)
     yes, no = torch.tensor([True, False]), torch.tensor([False, False])

@@ -331,7 +331,8 @@ class SDiT(nn.Module):
                 raise ValueError("this sDiT is conditional: pass g [B, global_dim] and lmk [B, T, landmark_dim]")
             if lmk.shape[:2] != (B, T):
                 raise ValueError(f"landmarks {tuple(lmk.shape)} do not match {B} sequences of {T} frames")
-            c = c + self.mapping(g.to(dtype), lmk.to(dtype), drop, drop_global, drop_landmarks)  # c_t = t_emb + C_t: [B, T, D]
+            # c_t = timestep embedding + C_t: [B, T, D]
+            c = c + self.mapping(g.to(dtype), lmk.to(dtype), drop, drop_global, drop_landmarks)
 
         anchored = anchor is not None and anchor.start(B, T, cfg.depth + 2, x.device)
         if anchored:
