@@ -26,6 +26,7 @@ Decoding and reordering to the timeline (Alg. 1 steps 4-5) are streamed by `anch
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -69,10 +70,13 @@ def frame_generators(seed: int, step: int, frames) -> list[torch.Generator]:
     return gens
 
 
-def initial_noise(seed: int, num_frames: int, latent_shape) -> torch.Tensor:
-    """Q_K: one noise tensor per timeline frame [N, C, h, w] (the anchor's noise is shared by every sequence)."""
-    return torch.cat([torch.randn((1, *latent_shape), generator=gen)
-                      for gen in frame_generators(seed, 0, range(num_frames))])
+def initial_noise(seed: int, num_frames: int, latent_shape, scale: float = 1.0, device=None) -> torch.Tensor:
+    """Q_K: one noise tensor per timeline frame [N, C, h, w] (the anchor's noise is shared by every sequence),
+    times `scale`; filled frame by frame in place (no second O(N) copy)."""
+    z = torch.empty((num_frames, *latent_shape), device=device)
+    for f in range(num_frames):
+        z[f] = torch.randn(tuple(latent_shape), generator=frame_generators(seed, 0, [f])[0]).mul_(scale)
+    return z
 
 
 def micro_batches(num_sequences: int, micro_batch: int) -> list[np.ndarray]:
@@ -125,7 +129,7 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
         raise AnchorfaceError(f"steps must be in [1, {diffusion.num_timesteps}], got {steps}")
     if int(micro_batch) < 1:
         raise AnchorfaceError(f"micro-batch must be >= 1, got {micro_batch}")
-    param = next(model.parameters())
+    param = next(itertools.chain(model.parameters(), model.buffers()))
     device, dtype = param.device, param.dtype
     N, slots = plan.num_frames, torch.as_tensor(plan.slots, device=device)
     lmk = torch.as_tensor(np.asarray(landmark_vectors, dtype=np.float32) if not torch.is_tensor(landmark_vectors)
@@ -141,7 +145,9 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
     def sdit(x, t, rows, drop: str | None, donor):
         """One forward pass over sequences `rows`, with the anchoring hook (record when donor is None)."""
         b = len(rows)
-        kwargs = dict(g=g.expand(b, -1), lmk=lmk[plan.slots[rows]].to(device, dtype)) if conditional else {}
+        kwargs = {}
+        if conditional:
+            kwargs = dict(g=None if g is None else g.expand(b, -1), lmk=lmk[plan.slots[rows]].to(device, dtype))
         if drop is not None:
             kwargs[drop] = torch.ones(b, dtype=torch.bool, device=device)
         hook = None
@@ -152,7 +158,7 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
 
     scheduler = diffusion.make_scheduler(sampler, int(steps))
     batches = micro_batches(plan.num_sequences, int(micro_batch))
-    z = (initial_noise(seed, N, tuple(latent_shape)) * scheduler.init_noise_sigma).to(device)  # Q_K
+    z = initial_noise(seed, N, tuple(latent_shape), float(scheduler.init_noise_sigma), device)  # Q_K
     was_training = model.training
     model.eval()
     try:

@@ -12,6 +12,7 @@ import sys
 COMMAND_MODULES = [
     "anchorface.data",
     "anchorface.train",
+    "anchorface.reenact",
 ]
 
 

@@ -1,0 +1,260 @@
+"""`AnchorFacePipeline`: the Python API of `anchorface reenact` (one photo + a driving video -> a video).
+
+    pipe = AnchorFacePipeline.from_pretrained("runs/tiny/checkpoint-0006000")
+    pipe.reenact("me.jpg", "driving.mp4", "out.mp4", merge="anchored", steps=50)
+
+The flow keeps only O(N) small arrays in memory (crop boxes, landmarks, latents), never the frames of the video:
+
+1. validate every input before any output exists (source image and its face, driving video);
+2. pass 1 over the driving video (streamed): crop boxes (App. B), then MediaPipe landmarks on 256-px crops (§3.1);
+   relative motion (landmarks re-targeted onto the source face, supp. §1) or the driving landmarks as they are;
+3. G = the global encoder on the source crop (§3.1), or CLIP text for text-to-video, or a mix for editing (§4.4);
+4. Anchored Diffusion (§3.2, Alg. 1) over the plan of the chosen merge strategy (`anchorface.anchored`);
+5. pass 2 over the driving video: decode the generated crops in small batches in timeline order (Alg. 1 steps
+   4-5), optionally paste them back into the full frames, and write the video with the driving clip's frame rate
+   and audio, atomically (no partial file on failure).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from anchorface import faces, landmarks
+from anchorface.anchored import anchored_diffusion
+from anchorface.config import Config
+from anchorface.errors import AnchorfaceError, NoFaceError
+from anchorface.plans import make_plan
+from anchorface.video import VideoWriter, iter_frames, load_image, probe_video
+
+LANDMARK_CROP = 256  # landmarks are always computed on >= 256-px crops (docs/design.md)
+DECODE_BATCH = 8  # generated frames decoded at once in pass 2
+COMPARE_HEIGHT = 256  # panel height of the --compare video (driving crop | anchored | multidiffusion)
+TEXT_NEEDS_CLIP = "--text needs a checkpoint trained with the CLIP global encoder"
+EDIT_NEEDS_CLIP = "--edit needs a checkpoint trained with the CLIP global encoder"
+
+
+@dataclass
+class ReenactResult:
+    output: Path
+    compare: Path | None
+    num_frames: int
+    fps: Fraction
+    has_audio: bool
+    frames_without_face: int  # driving frames whose landmarks were filled from the nearest frame with a face
+    merge: str
+    num_sequences: int  # B of the plan
+    seconds: float
+
+
+def to_pixels(img: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float [1, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def to_uint8(px: torch.Tensor) -> np.ndarray:
+    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
+    return ((px.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def full_frame_box(hw: tuple[int, int]) -> faces.Box:
+    """`crop=False`: the whole frame as the crop (a centred square; a non-square frame is padded by its edges)."""
+    h, w = hw
+    return faces.Box.square(w / 2, h / 2, float(max(h, w)))
+
+
+class AnchorFacePipeline:
+    """Checkpoint + codec + global encoder + diffusion, with the reenactment flow of the module docstring."""
+
+    def __init__(self, config: Config, sdit, codec, encoder=None, device: str | torch.device = "cpu"):
+        from anchorface.diffusion import GaussianDiffusion
+
+        self.config, self.sdit, self.codec, self.encoder = config, sdit.eval(), codec.eval(), encoder
+        self.device = torch.device(device)
+        self.diffusion = GaussianDiffusion(config.diffusion)
+        self.resolution = config.data.resolution
+        self.latent_shape = codec.latent_shape(self.resolution)
+        self.num_frames = config.model.num_frames  # T
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "AnchorFacePipeline":
+        """Load a checkpoint directory (`checkpoint.load_checkpoint`), its codec and its global encoder (the
+        learned one from the checkpoint, CLIP from `data.encoder_path`)."""
+        from anchorface.checkpoint import load_checkpoint
+        from anchorface.codecs import load_codec
+        from anchorface.encoders import load_encoder
+
+        cfg, sdit, encoder = load_checkpoint(directory, device=device, dtype=dtype)
+        if encoder is None:
+            encoder = load_encoder(cfg.data, cfg.model.global_dim)
+        if encoder is not None:
+            encoder = encoder.to(device).eval()
+        codec = load_codec(cfg.data).to(device)
+        return cls(cfg, sdit, codec, encoder, device)
+
+    # ------------------------------------------------------------------------------------------- building blocks
+    def global_signal(self, image_crop: np.ndarray | None = None, text: str | None = None,
+                      edit: str | None = None, edit_weight: float = 0.5) -> torch.Tensor | None:
+        """G [1, global_dim] (§3.1, §4.4): the encoder's image embedding of the source crop; the CLIP text
+        embedding for text-to-video; for editing, (1 - w) G_image + w G_text with G_text rescaled to the image
+        embedding's norm, so the mix stays at the scale the model was trained on (CLIP image and text embeddings
+        share a space but not a norm). None for a model without global conditioning."""
+        if self.encoder is None:
+            return None
+        clip = self.config.data.encoder == "clip"
+        if text is not None and not clip:
+            raise AnchorfaceError(TEXT_NEEDS_CLIP)
+        if edit is not None and not clip:
+            raise AnchorfaceError(EDIT_NEEDS_CLIP)
+        with torch.no_grad():
+            if text is not None:
+                return self.encoder.encode_text([text]).to(self.device).float()
+            if image_crop is None:
+                raise AnchorfaceError("a source image (or --text) is needed for the global signal G")
+            g = self.encoder.encode_images(to_pixels(image_crop).to(self.device)).float()
+            if edit is not None:
+                if not 0.0 <= edit_weight <= 1.0:
+                    raise AnchorfaceError(f"--edit-weight must be in [0, 1], got {edit_weight}")
+                g_text = self.encoder.encode_text([edit]).to(g.device).float()
+                g_text = g_text * (g.norm(dim=-1, keepdim=True) / g_text.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+                g = (1 - edit_weight) * g + edit_weight * g_text
+        return g
+
+    def generate(self, g: torch.Tensor | None, lmk: np.ndarray, *, merge: str | None = None,
+                 sampler: str | None = None, steps: int | None = None, guidance_scale: float | None = None,
+                 seed: int = 0, micro_batch: int | None = None, guidance: str = "both", progress: bool = True,
+                 callback: Callable | None = None) -> torch.Tensor:
+        """Latents [N, C, h, w] (timeline order) for landmarks [N, 478, 3] (crop coordinates) and G [1, Dg].
+        Unset options come from the checkpoint's `sample` config."""
+        s = self.config.sample
+        lmk = np.asarray(lmk, np.float32)
+        if lmk.ndim != 3 or lmk.shape[1:] != (landmarks.NUM_LANDMARKS, 3):
+            raise AnchorfaceError(f"expected landmarks [N, {landmarks.NUM_LANDMARKS}, 3], got {lmk.shape}")
+        plan = make_plan(merge or s.merge, len(lmk), self.num_frames)
+        return anchored_diffusion(
+            self.sdit, self.diffusion, plan, g, landmarks.landmark_vector(lmk), sampler=sampler or s.sampler,
+            steps=steps or s.steps, guidance_scale=s.guidance_scale if guidance_scale is None else guidance_scale,
+            micro_batch=micro_batch or s.micro_batch, seed=seed, latent_shape=self.latent_shape, guidance=guidance,
+            progress=progress, callback=callback)
+
+    def decode_frames(self, latents: torch.Tensor, batch_size: int = DECODE_BATCH) -> Iterator[np.ndarray]:
+        """Alg. 1 steps 4-5, streamed: uint8 [res, res, 3] crops in timeline order, decoded `batch_size` at once."""
+        for i in range(0, len(latents), batch_size):
+            z = latents[i:i + batch_size].to(self.device)
+            yield from to_uint8(self.codec.decode(z))
+
+    # ------------------------------------------------------------------------------------------- the whole flow
+    def reenact(self, source: str | Path | np.ndarray | None, driving: str | Path, output: str | Path, *,
+                merge: str | None = None, sampler: str | None = None, steps: int | None = None,
+                guidance_scale: float | None = None, seed: int = 0, relative: bool | None = None,
+                crop: bool = True, paste_back: bool = False, micro_batch: int | None = None,
+                compare_path: str | Path | None = None, text: str | None = None, edit: str | None = None,
+                edit_weight: float = 0.5, progress: bool = True) -> ReenactResult:
+        """Animate `source` (a photo path or uint8 image) with the motion of `driving`; write `output`.
+
+        relative: re-target the driving motion onto the source face (default when a source is given); False uses
+        the driving landmarks as they are (the default for text-to-video, which has no source face).
+        crop=False: the frames are already face crops (used whole). paste_back: write full driving frames with
+        the generated face pasted into the crop box, else the crops. compare_path: also write a side-by-side
+        video driving crop | anchored | multidiffusion. text: text-to-video (instead of `source`); edit: a text
+        mixed into the source's G with weight `edit_weight` (§4.4)."""
+        start = time.time()
+        merge = merge or self.config.sample.merge
+        # ---- 1. validate everything before any output exists
+        if text is not None and source is not None:
+            raise AnchorfaceError("give either a source image or --text (use --edit to combine a photo and a text)")
+        if text is None and source is None:
+            raise AnchorfaceError("a source image is needed (or --text for text-to-video)")
+        if edit is not None and source is None:
+            raise AnchorfaceError("--edit needs a source image to edit")
+        if relative is None:
+            relative = source is not None
+        if relative and source is None:
+            raise AnchorfaceError("relative motion needs a source face; use absolute motion with --text")
+        if (text is not None or edit is not None) and self.config.data.encoder != "clip":
+            raise AnchorfaceError(TEXT_NEEDS_CLIP if text is not None else EDIT_NEEDS_CLIP)
+        output, driving = Path(output), Path(driving)
+        outputs = [output] + ([Path(compare_path)] if compare_path is not None else [])
+        for out in outputs:
+            if out.exists() and out.resolve() == driving.resolve():
+                raise AnchorfaceError(f"the output {out} would overwrite the driving video")
+        if compare_path is not None and Path(compare_path).resolve() == output.resolve():
+            raise AnchorfaceError("--compare must be a different file from the output")
+        info = probe_video(driving)  # VideoError: missing / corrupt / empty
+        src_crop = src_lmk = None
+        if source is not None:
+            image = source if isinstance(source, np.ndarray) else load_image(source)
+            name = "the source image" if isinstance(source, np.ndarray) else f"the source image {source}"
+            box = faces.source_crop_box(image, name) if crop else full_frame_box(image.shape[:2])
+            src_crop = faces.crop(image, box, self.resolution)
+            with landmarks.LandmarkDetector(static_image_mode=True) as det:
+                src_lmk = det.detect(faces.crop(image, box, LANDMARK_CROP))
+            if src_lmk is None and relative:
+                raise NoFaceError(f"no face landmarks found in {name}")
+
+        # ---- 2. pass 1 over the driving video: crop boxes, then landmarks on 256-px crops (streamed)
+        if crop:
+            boxes = faces.track_crop_boxes(iter_frames(driving), progress=progress)
+            crops = (faces.crop(f, b, LANDMARK_CROP) for f, b in zip(iter_frames(driving), boxes))
+        else:
+            whole = full_frame_box((info.height, info.width))
+            crops = (faces.crop(f, whole, LANDMARK_CROP) for f in iter_frames(driving))
+        lmk, found = landmarks.track_landmarks(crops, progress=progress)
+        n = len(lmk)
+        if not crop:
+            boxes = np.tile(whole.as_array(), (n, 1))
+        elif n != len(boxes):
+            raise AnchorfaceError(f"the driving video gave {n} frames, expected {len(boxes)}")
+        motion = landmarks.relative_motion(lmk, src_lmk, reference=0) if relative else lmk
+
+        # ---- 3-4. G, then Anchored Diffusion (and the baselines for --compare)
+        g = self.global_signal(src_crop, text=text, edit=edit, edit_weight=edit_weight)
+        opts = dict(sampler=sampler, steps=steps, guidance_scale=guidance_scale, seed=seed, micro_batch=micro_batch,
+                    progress=progress)
+        latents = {merge: self.generate(g, motion, merge=merge, **opts)}
+        if compare_path is not None:
+            for kind in ("anchored", "multidiffusion"):
+                if kind not in latents:
+                    latents[kind] = self.generate(g, motion, merge=kind, **opts)
+
+        # ---- 5. pass 2: decode in timeline order, paste back or write crops, with the driving clip's audio
+        written = 0
+        with ExitStack() as stack:
+            writer = stack.enter_context(VideoWriter(output, info.fps, audio_from=driving))
+            cmp = stack.enter_context(VideoWriter(compare_path, info.fps, audio_from=driving)) if compare_path \
+                else None
+            streams = [self.decode_frames(latents[merge])]
+            if cmp is not None:
+                streams += [self.decode_frames(latents["anchored"]), self.decode_frames(latents["multidiffusion"])]
+            bar = tqdm(total=n, desc="writing", unit="frame", disable=not progress)
+            for frame, box, gen in zip(iter_frames(driving), boxes, zip(*streams)):
+                box = faces.Box.from_array(box)
+                writer.write(faces.paste_back(frame, gen[0], box) if paste_back else gen[0])
+                if cmp is not None:
+                    panels = [faces.crop(frame, box, COMPARE_HEIGHT)] + [_resize(x, COMPARE_HEIGHT) for x in gen[1:]]
+                    cmp.write(np.concatenate(panels, axis=1))
+                written += 1
+                bar.update()
+            bar.close()
+            if written != n:
+                raise AnchorfaceError(f"the driving video gave {written} frames in the second pass, expected {n}")
+        return ReenactResult(output=output, compare=Path(compare_path) if compare_path else None, num_frames=n,
+                             fps=info.fps, has_audio=info.has_audio, frames_without_face=int((~found).sum()),
+                             merge=merge, num_sequences=make_plan(merge, n, self.num_frames).num_sequences,
+                             seconds=time.time() - start)
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    if img.shape[0] == size:
+        return img
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC if size > img.shape[0] else cv2.INTER_AREA)

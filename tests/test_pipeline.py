@@ -1,0 +1,131 @@
+"""AnchorFacePipeline: generate / decode_frames ordering, G for text and editing, loading a real tiny checkpoint."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from anchorface.checkpoint import save_checkpoint
+from anchorface.codecs import PixelCodec
+from anchorface.config import load_config
+from anchorface.encoders import LearnedGlobalEncoder
+from anchorface.errors import AnchorfaceError
+from anchorface.models.sdit import SDiT, SDiTConfig
+from anchorface.pipeline import TEXT_NEEDS_CLIP, AnchorFacePipeline, full_frame_box
+
+RES, FACTOR = 32, 4  # pixel codec: 48 x 8 x 8 latents
+
+
+def tiny_config(encoder="learned"):
+    cfg = load_config("tiny")
+    cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads, cfg.model.global_dim = 32, 2, 2, 16
+    cfg.data.resolution, cfg.data.pixel_factor, cfg.data.encoder = RES, FACTOR, encoder
+    cfg.sample.steps, cfg.sample.micro_batch = 2, 4
+    return cfg
+
+
+class TargetModel(nn.Module):
+    """Test double with the sDiT's forward signature: predicts the eps for which x0 is a constant latent equal to
+    the frame's first landmark coordinate (2x - 1). With a deterministic last step the sampler then returns, for
+    every timeline frame, exactly that frame's value: any mix-up of frames, slots or sequences shows."""
+
+    def __init__(self, alphas_cumprod, frames):
+        super().__init__()
+        self.register_buffer("ab", torch.as_tensor(alphas_cumprod, dtype=torch.float64))
+        self.mapping = nn.Identity()  # conditional: the sampler passes g and lmk
+        self.frames = frames
+
+    def forward(self, x, t, g=None, lmk=None, drop=None, drop_global=None, drop_landmarks=None, anchor=None):
+        assert x.shape[1] == self.frames and lmk.shape[:2] == x.shape[:2]
+        ab = self.ab[t.long()].view(-1, 1, 1, 1, 1)
+        target = lmk[..., 0].double().view(*x.shape[:2], 1, 1, 1)
+        eps = (x.double() - ab.sqrt() * target) / (1 - ab).sqrt()
+        return torch.cat([eps, torch.zeros_like(eps)], dim=2).float()
+
+
+def frame_landmarks(values):
+    """Landmarks whose vector starts with `values` (landmark_vector maps x -> 2x - 1)."""
+    lmk = np.full((len(values), 478, 3), 0.5, np.float32)
+    lmk[:, 0, 0] = (np.asarray(values) + 1) / 2
+    return lmk
+
+
+@pytest.fixture(scope="module")
+def target_pipe():
+    cfg = tiny_config()
+    from anchorface.diffusion import GaussianDiffusion
+
+    model = TargetModel(GaussianDiffusion(cfg.diffusion).alphas_cumprod, cfg.model.num_frames)
+    return AnchorFacePipeline(cfg, model, PixelCodec(FACTOR), encoder=None)
+
+
+@pytest.mark.parametrize("merge", ["anchored", "multidiffusion", "independent"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("n", [1, 3, 11])
+def test_every_frame_once_in_order(target_pipe, merge, sampler, n):
+    values = np.linspace(-0.9, 0.9, n).astype(np.float32)
+    lmk = frame_landmarks(values)
+    lat = target_pipe.generate(torch.zeros(1, 16), lmk, merge=merge, sampler=sampler, steps=3, micro_batch=2,
+                               progress=False)
+    assert lat.shape == (n, 48, RES // FACTOR, RES // FACTOR)
+    np.testing.assert_allclose(lat.mean(dim=(1, 2, 3)).numpy(), values, atol=1e-4)
+    frames = list(target_pipe.decode_frames(lat, batch_size=3))
+    assert len(frames) == n and all(f.shape == (RES, RES, 3) and f.dtype == np.uint8 for f in frames)
+    expected = np.round((values + 1) * 127.5)
+    np.testing.assert_allclose([f.mean() for f in frames], expected, atol=0.51)
+
+
+class FakeCLIP(nn.Module):
+    """Test double for the CLIP encoder: fixed image / text embeddings of different norms."""
+
+    dim = 4
+
+    def encode_images(self, px):
+        return torch.tensor([[3.0, 0.0, 0.0, 4.0]]).expand(len(px), -1)
+
+    def encode_text(self, texts):
+        return torch.tensor([[0.0, 0.5, 0.0, 0.0]]).expand(len(texts), -1)
+
+
+def test_global_signal_text_and_edit(target_pipe):
+    cfg = tiny_config(encoder="clip")
+    pipe = AnchorFacePipeline(cfg, target_pipe.sdit, PixelCodec(FACTOR), encoder=FakeCLIP())
+    img = np.zeros((RES, RES, 3), np.uint8)
+    g_img = pipe.global_signal(img)
+    torch.testing.assert_close(g_img, torch.tensor([[3.0, 0.0, 0.0, 4.0]]))
+    torch.testing.assert_close(pipe.global_signal(text="a smiling statue"), torch.tensor([[0.0, 0.5, 0.0, 0.0]]))
+    # edit: the text embedding is brought to the image embedding's norm (5) before mixing
+    g = pipe.global_signal(img, edit="blond hair", edit_weight=0.25)
+    torch.testing.assert_close(g, torch.tensor([[0.75 * 3, 0.25 * 5, 0.0, 0.75 * 4]]))
+    torch.testing.assert_close(pipe.global_signal(img, edit="x", edit_weight=1.0), torch.tensor([[0.0, 5.0, 0, 0]]))
+    with pytest.raises(AnchorfaceError, match="edit-weight"):
+        pipe.global_signal(img, edit="x", edit_weight=1.5)
+    learned = AnchorFacePipeline(tiny_config(), target_pipe.sdit, PixelCodec(FACTOR),
+                                 encoder=LearnedGlobalEncoder(16, RES))
+    with pytest.raises(AnchorfaceError, match="CLIP global encoder"):
+        learned.global_signal(text="a statue")
+    with pytest.raises(AnchorfaceError, match=TEXT_NEEDS_CLIP):
+        learned.reenact(None, "missing.mp4", "out.mp4", text="a statue")
+
+
+def test_from_pretrained_tiny_checkpoint(tmp_path):
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    sdit = SDiT(SDiTConfig.from_model_config(cfg.model, input_size=RES // FACTOR, in_channels=3 * FACTOR**2))
+    with torch.no_grad():
+        sdit.final_layer.linear.weight.normal_(0, 0.02)
+    save_checkpoint(tmp_path / "ckpt", cfg, sdit, LearnedGlobalEncoder(16, RES))
+    pipe = AnchorFacePipeline.from_pretrained(tmp_path / "ckpt")
+    assert pipe.latent_shape == (48, 8, 8) and pipe.num_frames == 4
+    g = pipe.global_signal(np.full((RES, RES, 3), 128, np.uint8))
+    assert g.shape == (1, 16)
+    lmk = frame_landmarks(np.zeros(6))
+    a = pipe.generate(g, lmk, progress=False, seed=1)
+    b = pipe.generate(g, lmk, progress=False, seed=1, micro_batch=1)
+    assert a.shape == (6, 48, 8, 8) and (a - b).abs().max() <= 1e-5
+    assert len(list(pipe.decode_frames(a))) == 6
+
+
+def test_full_frame_box_is_square_and_centered():
+    box = full_frame_box((480, 640))
+    assert box.width == box.height == 640 and box.center == (320, 240)
