@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from anchorface.errors import AnchorfaceError, NoFaceError
-from anchorface.faces import (CROP_SHIFT_UP, FACE_HEIGHT_RATIO, FACE_SCORE_ON_CROP, FACE_WIDTH_RATIO, MAX_INSIDE_SHIFT, Box,
-                              FaceDetector, crop, crop_box, crop_side, detect_face_boxes, feather_mask, iou, paste_back,
-                              smooth_boxes, source_crop_box, track_crop_boxes)
+from anchorface.faces import (CROP_SHIFT_UP, FACE_HEIGHT_RATIO, FACE_SCORE_ON_CROP, FACE_WIDTH_RATIO,
+                              MAX_INSIDE_SHIFT, Box, FaceDetector, crop, crop_box, crop_side, detect_face_boxes,
+                              feather_mask, iou, paste_back, smooth_boxes, source_crop_box, track_crop_boxes)
 from anchorface.video import iter_frames, load_image
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/faces"
@@ -213,7 +213,8 @@ def test_unmodified_crop_pasted_back_reproduces_the_frame(where):
         ys, xs = inside(box, frame.shape[:2])
         assert psnr(out[ys, xs], frame[ys, xs]) > 40, (where, feather)
         outside = np.ones(frame.shape[:2], bool)  # pixels not even partly covered by the box stay untouched
-        outside[max(0, int(np.floor(box.y0))):int(np.ceil(box.y1)), max(0, int(np.floor(box.x0))):int(np.ceil(box.x1))] = False
+        y0, x0 = max(0, int(np.floor(box.y0))), max(0, int(np.floor(box.x0)))
+        outside[y0:int(np.ceil(box.y1)), x0:int(np.ceil(box.x1))] = False
         np.testing.assert_array_equal(out[outside], frame[outside])
     # the model-sized crop comes back blurrier but aligned
     small = crop(frame, box, 256)

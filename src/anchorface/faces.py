@@ -29,7 +29,7 @@ FACE_HEIGHT_RATIO, FACE_HEIGHT_STD = 0.53, 0.07
 # Crop centre above the face-box centre, in face-box heights. Not in the paper (ours): MediaPipe's box runs from
 # the brows to the chin and leaves out forehead and hair, and talking-head framing (e.g. the example driving clips
 # of LivePortrait, where MediaPipe's box centre sits a median 0.135 box heights below the frame centre) keeps room
-# above the face. With the ratio below this puts the box centre at ~0.56 of the crop height.
+# above the face. With `crop_side`'s ratio (~0.477) this puts the box centre at ~0.56 of the crop height.
 CROP_SHIFT_UP = 0.13
 # When the crop leaves the frame, slide it back inside by at most this fraction of its side (less edge padding,
 # framing still within a few percent of App. B's).
