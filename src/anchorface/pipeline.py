@@ -30,10 +30,10 @@ import torch
 from tqdm.auto import tqdm
 
 from anchorface import faces, landmarks
-from anchorface.anchored import anchored_diffusion
+from anchorface.anchored import SAMPLERS, anchored_diffusion
 from anchorface.config import Config
 from anchorface.errors import AnchorfaceError, NoFaceError
-from anchorface.plans import make_plan
+from anchorface.plans import KINDS, make_plan
 from anchorface.video import VideoWriter, iter_frames, load_image, probe_video
 
 LANDMARK_CROP = 256  # landmarks are always computed on >= 256-px crops (docs/design.md)
@@ -183,6 +183,12 @@ class AnchorFacePipeline:
             raise AnchorfaceError("relative motion needs a source face; use absolute motion with --text")
         if (text is not None or edit is not None) and self.config.data.encoder != "clip":
             raise AnchorfaceError(TEXT_NEEDS_CLIP if text is not None else EDIT_NEEDS_CLIP)
+        if merge not in KINDS:
+            raise AnchorfaceError(f"unknown merge strategy '{merge}'; choose one of {', '.join(KINDS)}")
+        if sampler is not None and sampler not in SAMPLERS:
+            raise AnchorfaceError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+        if steps is not None and not 1 <= steps <= self.diffusion.num_timesteps:
+            raise AnchorfaceError(f"steps must be in [1, {self.diffusion.num_timesteps}], got {steps}")
         output, driving = Path(output), Path(driving)
         outputs = [output] + ([Path(compare_path)] if compare_path is not None else [])
         for out in outputs:

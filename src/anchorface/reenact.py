@@ -25,7 +25,8 @@ def register(subparsers) -> None:
         "reenact", help="animate a face photo with the motion of a driving video",
         description="Animate SOURCE (a face photo) with the motion of DRIVING (a video): a long, consistent video "
                     "generated with Anchored Diffusion. With --text, give DRIVING only (text-to-video).")
-    p.add_argument("inputs", nargs="+", metavar="[SOURCE] DRIVING", help="source photo and driving video")
+    p.add_argument("source", nargs="?", metavar="SOURCE", help="the face photo to animate (omit with --text)")
+    p.add_argument("driving", metavar="DRIVING", help="the driving video")
     p.add_argument("-o", "--output", required=True, help="output video (.mp4)")
     p.add_argument("--checkpoint", help="checkpoint directory (default: the installed demo checkpoint)")
     p.add_argument("--merge", choices=MERGES, help="how sequences form the long video (default: checkpoint's, "
@@ -67,14 +68,11 @@ def resolve_device(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.text is not None:
-        if len(args.inputs) != 1:
-            raise AnchorfaceError("with --text give only the driving video (the text replaces the source photo)")
-        source, driving = None, args.inputs[0]
-    else:
-        if len(args.inputs) != 2:
-            raise AnchorfaceError("expected SOURCE DRIVING (a face photo and a driving video)")
-        source, driving = args.inputs
+    source, driving = args.source, args.driving
+    if args.text is not None and source is not None:
+        raise AnchorfaceError("with --text give only the driving video (the text replaces the source photo)")
+    if args.text is None and source is None:
+        raise AnchorfaceError("expected SOURCE DRIVING (a face photo and a driving video)")
     for name in ("steps", "micro_batch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise AnchorfaceError(f"--{name.replace('_', '-')} must be >= 1")
