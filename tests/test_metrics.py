@@ -269,3 +269,35 @@ def test_pad_frames_mirrors():
     np.testing.assert_array_equal(metrics.pad_frames(v, 10), [0, 1, 2, 3, 2, 1, 0, 1, 2, 3])
     np.testing.assert_array_equal(metrics.pad_frames(np.arange(1), 3), [0, 0, 0])
     assert metrics.pad_frames(np.arange(12), 10).shape == (12,)
+
+
+def test_first_frame_csim_and_appearance_drift():
+    e = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert metrics.first_frame_csim(e) == pytest.approx(0.0)
+    assert metrics.first_frame_csim(e[:2] * 5) == pytest.approx(1.0)
+    still = np.full((3, 32, 32, 3), 100, np.uint8)
+    assert metrics.appearance_drift(still) == 0.0
+    brighter = still.copy()
+    brighter[1:] += 10  # a global brightness change of 10 -> drift 10
+    assert metrics.appearance_drift(brighter) == pytest.approx(10.0)
+    moving = np.zeros((2, 64, 64, 3), np.uint8)
+    moving[0, 30:34, 30:34] = 255  # a small blob moving by one pixel barely changes the 8x8 appearance
+    moving[1, 31:35, 30:34] = 255
+    assert metrics.appearance_drift(moving) < 1.0
+
+
+def test_fid_low_rank_path_matches_full_computation():
+    # fewer samples than dimensions: the exact span computation equals frechet_distance (whose eps offset adds
+    # ~1e-6 per dimension) ...
+    real, fake = RNG.normal(size=(6, 40)), RNG.normal(size=(9, 40)) * 2 + 0.3
+    full = metrics.frechet_distance(*metrics.feature_statistics(real), *metrics.feature_statistics(fake))
+    assert metrics.fid_from_features(real, fake) == pytest.approx(full, abs=1e-3)
+    # ... and in the commuting case the closed form: scaled copies of one set
+    x = RNG.normal(size=(5, 30))
+    c = metrics.feature_statistics(x)[1]
+    expected = 4.0 + np.trace(c) * (1 + 9 - 2 * 3)  # mean shift |d|^2 = 4, S2 = 9 S1
+    shift = np.zeros(30)
+    shift[0] = 2.0
+    assert metrics.fid_from_features(x, 3 * x + shift - 2 * x.mean(0)) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(AnchorfaceError, match="at least 2"):
+        metrics.fid_from_features(x[:1], x)

@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "anchorface.data",
     "anchorface.train",
     "anchorface.reenact",
+    "anchorface.evaluate",
 ]
 
 

@@ -4,7 +4,8 @@
   generated and the driving video, over all points or the expressive ones (eyes, irises, brows, lips).
 - **Consistency.** `csim`: minimum cosine similarity between the source's and the generated frames' global
   embeddings (CLIP in the paper; any `GlobalEncoder` here). `self_csim`: |min pairwise cosine within the
-  generated video - min pairwise cosine within the driving video|.
+  generated video - min pairwise cosine within the driving video|. For the consistency-vs-length study (Fig. 5)
+  also `first_frame_csim` and the landmark-free `appearance_drift`.
 - **Fidelity.** `frechet_distance` over Inception pool features (FID) and I3D features (FVD); the networks are
   the standard TorchScript files supplied by the user (`InceptionFeatures`, `I3DFeatures`). `psnr` / `ssim` for
   self-reenactment, where the driving frames are the ground truth.
@@ -116,6 +117,29 @@ def self_csim(gen_embs, drv_embs) -> float:
     return abs(min_pairwise_cosine(gen_embs) - min_pairwise_cosine(drv_embs))
 
 
+def first_frame_csim(gen_embs) -> float:
+    """Consistency over time (Fig. 5 study): min cosine similarity between the first frame and every later one."""
+    e = np.asarray(gen_embs)
+    return 1.0 if len(e) < 2 else float(cosine_matrix(e[:1], e[1:]).min())
+
+
+APPEARANCE_DRIFT_SIZE = 8  # frames are area-averaged to 8x8 before comparison: colour/lighting/background, not pose
+
+
+def appearance_drift(frames) -> float:
+    """Landmark-free appearance drift (Fig. 5 study): mean absolute difference (0-255) between each later frame and
+    the first, after area-averaging every frame to 8x8 so fine motion (mouth, eyes) barely counts while changes of
+    colour, lighting, outfit or background do."""
+    import cv2
+
+    f = _frames(frames)
+    if len(f) < 2:
+        return 0.0
+    small = np.stack([cv2.resize(x, (APPEARANCE_DRIFT_SIZE,) * 2, interpolation=cv2.INTER_AREA)
+                      for x in f]).astype(np.float64)
+    return float(np.abs(small[1:] - small[:1]).mean())
+
+
 @torch.no_grad()
 def embed_frames(encoder, frames: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
     """Global embeddings [N, dim] of uint8 RGB frames with a `GlobalEncoder` (`encode_images` takes [-1, 1]).
@@ -195,8 +219,27 @@ def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def fid_from_features(real, fake) -> float:
-    """Fréchet distance between two feature sets [N, D] (FID with Inception, FVD with I3D features)."""
-    return frechet_distance(*feature_statistics(real), *feature_statistics(fake))
+    """Fréchet distance between two feature sets [N, D] (FID with Inception, FVD with I3D features).
+
+    With fewer samples than dimensions (a small evaluation: tens of frames, 2048-d Inception features) the
+    covariances S1 = A^T A, S2 = B^T B (A, B: centred features / sqrt(N - 1)) have rank < D, and the trace term is
+    computed exactly in the samples' span: tr (S1 S2)^(1/2) = nuclear norm of A B^T, an [N1, N2] matrix (the
+    non-zero eigenvalues of S1 S2 are those of (A B^T)(A B^T)^T). That is O(N^2 D) instead of the O(D^3) of
+    `frechet_distance`, with no eps offset; otherwise `frechet_distance(*feature_statistics(...))`.
+    """
+    r, f = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    if r.ndim != 2 or f.ndim != 2 or r.shape[1] != f.shape[1]:
+        raise AnchorfaceError(f"feature sets must be [N, D] with one D, got {r.shape} and {f.shape}")
+    if min(len(r), len(f)) < 2:
+        raise AnchorfaceError(f"feature statistics need at least 2 feature vectors [N, D], got {len(r)} and "
+                              f"{len(f)}")
+    if max(len(r), len(f)) >= r.shape[1]:
+        return frechet_distance(*feature_statistics(r), *feature_statistics(f))
+    a = (r - r.mean(0)) / np.sqrt(len(r) - 1)
+    b = (f - f.mean(0)) / np.sqrt(len(f) - 1)
+    nuclear = np.linalg.svd(a @ b.T, compute_uv=False).sum()
+    diff = r.mean(0) - f.mean(0)
+    return float(diff @ diff + (a * a).sum() + (b * b).sum() - 2.0 * nuclear)
 
 
 def psnr(a, b) -> float:

@@ -1,0 +1,196 @@
+"""`anchorface evaluate`: protocol selection (§4.3), the conditions ablation hook, aggregation, and an end-to-end
+smoke run on a randomly initialised tiny checkpoint with a real driving clip."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from anchorface import evaluate
+from anchorface.errors import AnchorfaceError
+
+FACES = Path(__file__).resolve().parents[2] / "shared/data/faces"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Selection
+
+
+def test_self_window_is_consecutive_and_source_is_furthest():
+    for seed in range(50):
+        n, L = 30, 8
+        idx, src = evaluate.self_window(n, L, random.Random(seed))
+        assert idx == list(range(idx[0], idx[0] + L)) and 0 <= idx[0] and idx[-1] < n
+        assert src not in idx
+        dist = lambda f: min(abs(f - i) for i in idx)  # noqa: E731
+        assert dist(src) == max(dist(f) for f in range(n))  # the frame furthest in time from the window
+    assert evaluate.self_window(8, 8, random.Random(0)) is None  # no frame left for the source
+    idx, src = evaluate.self_window(9, 8, random.Random(0))
+    assert src in (0, 8) and src not in idx
+
+
+def test_pair_sources_skips_faceless_and_same_identity():
+    videos = [Path("d1.mp4"), Path("d2.mp4"), Path("d3.mp4")]
+    photos = [Path("drv_d1.jpg"), Path("cat.jpg"), Path("s1.jpg"), Path("d2.jpg")]
+    checked = []
+
+    def has_face(p):
+        checked.append(p)
+        return p.name != "cat.jpg"
+
+    pairs, notes = evaluate.pair_sources(videos, photos, has_face, seed=0)
+    assert set(pairs) == set(videos)
+    for v, p in pairs.items():
+        assert p.name != "cat.jpg" and not evaluate.same_identity(p, v)
+    assert len(checked) == len(set(checked))  # each photo is checked once
+    assert any("cat.jpg" in n for n in notes)
+    pairs, notes = evaluate.pair_sources([Path("d1.mp4")], [Path("drv_d1.jpg")], lambda p: True, seed=0)
+    assert pairs == {} and "no usable photo" in notes[0]
+
+
+class RecordingSDiT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mapping = nn.Identity()
+        self.calls = []
+
+    def forward(self, x, t, g=None, lmk=None, drop=None, drop_global=None, drop_landmarks=None, anchor=None):
+        self.calls.append((drop, drop_global, drop_landmarks))
+        return x
+
+
+def test_given_conditions_drops_the_right_signals():
+    x = torch.zeros(3, 2, 1, 1, 1)
+    for name, (dg, dl) in evaluate.CONDITIONS.items():
+        inner = RecordingSDiT()
+        evaluate.GivenConditions(inner, dg, dl)(x, torch.zeros(3))
+        _, got_g, got_l = inner.calls[-1]
+        assert (got_g is not None and bool(got_g.all())) == dg, name
+        assert (got_l is not None and bool(got_l.all())) == dl, name
+    # a CFG pass that already drops landmarks for some rows keeps them dropped
+    inner = RecordingSDiT()
+    evaluate.GivenConditions(inner, True, False)(x, torch.zeros(3), drop_landmarks=torch.tensor([True, False, True]))
+    assert inner.calls[-1][2].tolist() == [True, False, True] and inner.calls[-1][1].all()
+
+
+def test_aggregate_means_and_frechet_over_pooled_features():
+    rng = np.random.default_rng(0)
+    feats = lambda: dict(fid_fake=rng.normal(size=(4, 3)), fid_real=rng.normal(size=(4, 3)))  # noqa: E731
+    scored = [{"metrics": {"lmse": 2.0, "csim": 0.5, "face_found_rate": 1.0}, "features": feats()},
+              {"metrics": {"lmse": float("nan"), "csim": 0.7, "face_found_rate": 0.0}, "features": feats()}]
+    notes = []
+    out = evaluate.aggregate(scored, notes, "x")
+    assert out["lmse"] == 2.0  # the video without any face has no LMSE and is left out
+    assert out["csim"] == pytest.approx(0.6) and out["face_found_rate"] == 0.5
+    real = np.concatenate([s["features"]["fid_real"] for s in scored])
+    fake = np.concatenate([s["features"]["fid_fake"] for s in scored])
+    from anchorface.metrics import fid_from_features
+
+    assert out["fid"] == pytest.approx(fid_from_features(real, fake)) and out["fid_samples"] == 8
+    one = [{"metrics": {}, "features": {"fvd_fake": np.zeros((1, 3)), "fvd_real": np.zeros((1, 3))}}]
+    evaluate.aggregate(one, notes, "y")
+    assert "fvd" not in evaluate.aggregate(one, [], "y") and "FVD needs at least 2 videos" in notes[-1]
+
+
+def test_jsonable_is_strict_json():
+    obj = {"a": float("nan"), "b": float("inf"), "c": np.float32(1.5), "d": [np.int64(3)], "e": Path("x")}
+    text = json.dumps(evaluate.jsonable(obj), allow_nan=False)
+    assert json.loads(text) == {"a": None, "b": "inf", "c": 1.5, "d": [3], "e": "x"}
+
+
+def test_bad_options_raise_one_line_errors(tmp_path):
+    base = dict(checkpoints=[tmp_path], driving=[str(tmp_path)], output=tmp_path / "out")
+    with pytest.raises(AnchorfaceError, match="--sources"):
+        evaluate._check_options(evaluate.Options(**base, protocols=("cross",)))
+    with pytest.raises(AnchorfaceError, match="unknown merge"):
+        evaluate._check_options(evaluate.Options(**base, merges=("averaged",), protocols=("self",)))
+    keep = tmp_path / "precious"
+    keep.mkdir()
+    (keep / "thesis.tex").write_text("x")
+    with pytest.raises(AnchorfaceError, match="not an earlier evaluation report"):
+        evaluate._check_options(evaluate.Options(checkpoints=[tmp_path], driving=[], output=keep,
+                                                 protocols=("self",)))
+    with pytest.raises(AnchorfaceError, match="no driving videos"):
+        evaluate.list_videos([str(keep)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# End to end on a tiny random checkpoint
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    from anchorface.checkpoint import save_checkpoint
+    from anchorface.codecs import PixelCodec
+    from anchorface.config import load_config
+    from anchorface.encoders import LearnedGlobalEncoder
+    from anchorface.models.sdit import SDiT, SDiTConfig
+
+    cfg = load_config("tiny")
+    cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads, cfg.model.global_dim = 32, 2, 2, 16
+    cfg.data.resolution, cfg.data.pixel_factor = 32, 4
+    cfg.sample.steps, cfg.sample.micro_batch = 2, 4
+    c, h, _ = PixelCodec(4).latent_shape(32)
+    torch.manual_seed(0)
+    sdit = SDiT(SDiTConfig.from_model_config(cfg.model, input_size=h, in_channels=c))
+    with torch.no_grad():  # random, not zero-initialised, output layers: the conditions and merges matter
+        for p in sdit.parameters():
+            p.normal_(0.0, 0.05)
+    return save_checkpoint(path, cfg, sdit, LearnedGlobalEncoder(16, 32))
+
+
+def test_evaluate_smoke_end_to_end(tmp_path):
+    if not FACES.is_dir():
+        pytest.skip(f"real face data not found at {FACES} (../shared/data/faces beside the checkout)")
+    from test_metrics import TinyI3D, TinyInception  # TorchScript nets with the real files' calling conventions
+
+    from anchorface.cli import main
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    sources = tmp_path / "sources"  # one photo with a face, one without (skipped with a note)
+    sources.mkdir()
+    for name in ("s1.jpg", "s22.jpg"):
+        (sources / name).symlink_to(FACES / "source" / name)
+    inception, i3d = tmp_path / "inception-2015-12-05.pt", tmp_path / "i3d_torchscript.pt"
+    torch.jit.script(TinyInception()).save(str(inception))
+    torch.jit.script(TinyI3D()).save(str(i3d))
+    out = tmp_path / "report"
+    t0 = time.time()
+    rc = main(["evaluate", "--checkpoint", str(ckpt), "--driving", str(FACES / "driving" / "d18.mp4"),
+               str(FACES / "driving" / "d19.mp4"), "--sources", str(sources), "--output", str(out),
+               "--steps", "2", "--frames", "4", "--lengths", "4", "8", "--ablation-steps", "1",
+               "--ablation-scales", "1", "2", "--ablation-conditions", "none", "both",
+               "--inception", str(inception), "--i3d", str(i3d), "--quiet"])
+    elapsed = time.time() - t0
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+    for png in ("consistency.png", "grid-self.png", "grid-cross.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Table 1" in md and "Fig. 5" in md and "supp. Table 1" in md
+    assert "learned global encoder" in report["csim_embedding"]
+    self_res = report["results"]["self"]["ckpt"]
+    assert set(self_res) == set(evaluate.MERGES)
+    for merge, r in self_res.items():
+        assert r["videos"] == 2 and -1 <= r["csim"] <= 1 and 0 <= r["self_csim"] <= 2
+        assert r["psnr"] is not None and 0 <= r["face_found_rate"] <= 1
+        assert r["fid"] is not None and r["fid_samples"] == 8 and r["fvd"] is not None and r["fvd_samples"] == 2
+        assert [v["frames"] for v in r["per_video"]] == [4, 4]
+    cross = report["results"]["cross"]["ckpt"]["anchored"]["per_video"]
+    assert all(v["video"].endswith("<-s1") for v in cross)
+    assert "psnr" not in report["results"]["cross"]["ckpt"]["anchored"]  # no ground truth across identities
+    assert any("s22.jpg" in n and "no face" in n for n in report["notes"])  # the animal photo was skipped
+    cons = {(r["length"], r["merge"]): r for r in report["consistency"]}
+    assert set(cons) == {(L, m) for L in (4, 8) for m in evaluate.MERGES}
+    # 8 frames with T=4: the strategies plan different sequences, so their videos differ
+    assert cons[(8, "anchored")]["appearance_drift"] != cons[(8, "independent")]["appearance_drift"]
+    ablation = {(r["steps"], r["guidance_scale"], r["conditions"]): r for r in report["ablation"]}
+    assert set(ablation) == {(2, 1.0, "both"), (2, 2.0, "both"), (1, 1.0, "both"), (2, 1.0, "none")}
+    assert ablation[(2, 1.0, "none")]["csim"] != ablation[(2, 1.0, "both")]["csim"]
+    assert elapsed < 90, f"smoke run took {elapsed:.0f} s"
