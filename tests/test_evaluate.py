@@ -194,3 +194,28 @@ def test_evaluate_smoke_end_to_end(tmp_path):
     assert set(ablation) == {(2, 1.0, "both"), (2, 2.0, "both"), (1, 1.0, "both"), (2, 1.0, "none")}
     assert ablation[(2, 1.0, "none")]["csim"] != ablation[(2, 1.0, "both")]["csim"]
     assert elapsed < 90, f"smoke run took {elapsed:.0f} s"
+
+
+def test_scorer_on_real_clip_perfect_and_shifted_generation():
+    """The scoring chain on real frames: a generator that returns the driving crops scores LMSE 0, Self-CSIM 0,
+    PSNR inf, SSIM 1; one whose crops are shifted by 4 px (of a 256-px crop) scores LMSE ~ 4^2 = 16."""
+    if not FACES.is_dir():
+        pytest.skip(f"real face data not found at {FACES} (../shared/data/faces beside the checkout)")
+    from anchorface import faces
+    from anchorface.encoders import LearnedGlobalEncoder
+
+    video = FACES / "driving" / "d18.mp4"
+    got = evaluate.read_frames(video, list(range(40, 46)) + [0])
+    case = evaluate.make_case("d18", video, [got[i] for i in range(40, 46)], got[0], "frame 0")
+    torch.manual_seed(0)
+    scorer = evaluate.Scorer(LearnedGlobalEncoder(16, 64).eval())
+    real = case.driving_crops(256)
+    m = scorer.score(case, real, case.drv_lmk, with_reference=True)["metrics"]
+    assert m["face_found_rate"] == 1.0 and m["lmse"] == pytest.approx(0.0, abs=1e-6)
+    assert m["self_csim"] == pytest.approx(0.0, abs=1e-9) and m["psnr"] == float("inf") and m["ssim"] == 1.0
+    shift = 4.0
+    moved = np.stack([faces.crop(f, b + np.array([1, 0, 1, 0]) * shift * (b[2] - b[0]) / 256, 256)
+                      for f, b in zip(case.frames, case.boxes)])  # content moves 4 px left in the crop
+    m = scorer.score(case, moved, case.drv_lmk, with_reference=True)["metrics"]
+    assert 0.8 * shift ** 2 < m["lmse"] < 1.25 * shift ** 2, m["lmse"]  # measured 15.8
+    assert m["psnr"] < 40

@@ -132,6 +132,9 @@ def test_expressive_lmse_uses_expressive_points():
     assert m["face_found_rate"] == pytest.approx(2 / 3)
     assert m["e_lmse"] == pytest.approx(4.0, rel=1e-4)
     assert m["lmse"] == pytest.approx(4.0 * len(idx) / 478, rel=1e-4)
+    gen[0] = 0.0  # a driving frame without a face (filled landmarks) is excluded as well
+    m = metrics.motion_metrics(gen, np.ones(3, bool), drv, drv_found=np.array([False, True, True]))
+    assert m["e_lmse"] == pytest.approx(4.0, rel=1e-4) and m["face_found_rate"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -237,8 +237,8 @@ def generate(pipe, case: Case, s: Settings, relative: bool) -> tuple[np.ndarray,
 class Scorer:
     """Per-video metrics (§4.2) of generated crops against a case, plus features for FID / FVD."""
 
-    def __init__(self, embedder=None, embedder_name: str = "none", inception=None, i3d=None):
-        self.embedder, self.embedder_name, self.inception, self.i3d = embedder, embedder_name, inception, i3d
+    def __init__(self, embedder=None, inception=None, i3d=None):
+        self.embedder, self.inception, self.i3d = embedder, inception, i3d
 
     def embed(self, frames) -> np.ndarray | None:
         return None if self.embedder is None else metrics.embed_frames(self.embedder, frames)
@@ -251,7 +251,8 @@ class Scorer:
             gen_lmk, gen_found = landmarks.track_landmarks(big, progress=False)
         except NoFaceError:
             gen_lmk, gen_found = np.zeros_like(target_lmk), np.zeros(len(gen), bool)
-        out = {"video": case.name, "frames": len(gen), **metrics.motion_metrics(gen_lmk, gen_found, target_lmk)}
+        out = {"video": case.name, "frames": len(gen),
+               **metrics.motion_metrics(gen_lmk, gen_found, target_lmk, drv_found=case.drv_found)}
         e_gen = self.embed(gen)
         if e_gen is not None:
             e_src, e_drv = self.embed(case.source_crop(res)[None]), self.embed(real)
@@ -504,7 +505,7 @@ def run_evaluation(o: Options) -> dict:
         notes.append("FID not computed: pass --inception PATH/inception-2015-12-05.pt")
     if i3d is None:
         notes.append("FVD not computed: pass --i3d PATH/i3d_torchscript.pt")
-    scorer = Scorer(embedder, embedder_name, inception, i3d)
+    scorer = Scorer(embedder, inception, i3d)
 
     def settings(pipe, merge, seed, **kw) -> Settings:
         s = pipe.config.sample
@@ -517,7 +518,7 @@ def run_evaluation(o: Options) -> dict:
     infos = {v: probe_video(v) for v in videos}
     lengths_needed = sorted({o.frames} | (set(o.lengths) if "consistency" in o.protocols else set()))
     windows: dict[tuple[Path, int], tuple[list[int], int]] = {}
-    for vi, v in enumerate(videos):
+    for v in videos:
         for L in lengths_needed:
             w = self_window(infos[v].num_frames, L, random.Random(f"{rng_seed}:{v.name}:{L}"))
             if w is None:
@@ -575,12 +576,9 @@ def run_evaluation(o: Options) -> dict:
     for proto, proto_cases in (("self", self_cases), ("cross", cross_cases)):
         if proto in o.protocols:
             jobs += [(proto, n, m, ci, c) for n in pipes for m in o.merges for ci, c in enumerate(proto_cases)]
-    consistency_jobs = []
-    if "consistency" in o.protocols:
-        for L in o.lengths:
-            for v in videos:
-                if (c := self_case(v, L)) is not None:
-                    consistency_jobs += [(L, n, m, c) for n in pipes for m in o.merges]
+    consistency_lengths = list(o.lengths) if "consistency" in o.protocols else []
+    consistency_total = sum((v, L) in windows for L in consistency_lengths for v in videos) * len(pipes) * \
+        len(o.merges)
     ablation_jobs = []
     if "ablation" in o.protocols:
         abl_cases = cross_cases or self_cases
@@ -596,10 +594,10 @@ def run_evaluation(o: Options) -> dict:
         merge = o.merges[0]
         ablation_jobs = [(row, first, merge, ci, c) for row in rows for ci, c in enumerate(abl_cases)]
 
-    total = len(jobs) + len(consistency_jobs) + len(ablation_jobs)
+    total = len(jobs) + consistency_total + len(ablation_jobs)
     if total == 0:
-        raise AnchorfaceError("nothing to evaluate: no usable driving video (see the notes above)" +
-                              ("; " + "; ".join(notes[-3:]) if notes else ""))
+        raise AnchorfaceError("nothing to evaluate: " + ("; ".join(dict.fromkeys(notes[-3:])) if notes else
+                                                         "no usable driving video"))
     bar = tqdm(total=total, desc="evaluate", unit="video", disable=not o.progress)
     scored: dict[tuple, list] = {}
     for proto, n, m, ci, c in jobs:
@@ -614,10 +612,18 @@ def run_evaluation(o: Options) -> dict:
 
     consistency_rows = []
     cons_scored: dict[tuple, list] = {}
-    for L, n, m, c in consistency_jobs:
-        gen, target = generate(pipes[n], c, settings(pipes[n], m, o.seed), o.relative)
-        cons_scored.setdefault((L, n, m), []).append(scorer.score(c, gen, target, with_reference=True))
-        bar.update()
+    for L in consistency_lengths:  # one window length at a time: long windows are freed after use
+        for v in videos:
+            c = self_case(v, L)
+            for n in pipes:
+                for m in o.merges:
+                    if c is not None:
+                        gen, target = generate(pipes[n], c, settings(pipes[n], m, o.seed), o.relative)
+                        cons_scored.setdefault((L, n, m), []).append(scorer.score(c, gen, target,
+                                                                                  with_reference=True))
+                    bar.update(int((v, L) in windows))
+            if L != o.frames:
+                cases.pop((v, L), None)
     for (L, n, m), sc in cons_scored.items():
         agg = aggregate(sc, notes, f"consistency/{n}/{m}/{L}")
         consistency_rows.append({"length": L, "checkpoint": n, "merge": m, **agg})

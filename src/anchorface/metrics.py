@@ -78,10 +78,12 @@ def expressive_lmse(gen_lmk, drv_lmk, valid=None) -> float:
     return lmse(gen_lmk, drv_lmk, indices=EXPRESSIVE_INDICES, valid=valid)
 
 
-def motion_metrics(gen_lmk, gen_found, drv_lmk) -> dict[str, float]:
-    """LMSE, E-LMSE and the face-found rate of the generated video (frames without a face are excluded)."""
+def motion_metrics(gen_lmk, gen_found, drv_lmk, drv_found=None) -> dict[str, float]:
+    """LMSE, E-LMSE and the face-found rate of the generated video. Frames without a face in the generated video
+    (or, when `drv_found` is given, in the driving video) are excluded from LMSE / E-LMSE."""
     found = np.asarray(gen_found, bool)
-    return {"lmse": lmse(gen_lmk, drv_lmk, valid=found), "e_lmse": expressive_lmse(gen_lmk, drv_lmk, valid=found),
+    valid = found if drv_found is None else found & np.asarray(drv_found, bool)
+    return {"lmse": lmse(gen_lmk, drv_lmk, valid=valid), "e_lmse": expressive_lmse(gen_lmk, drv_lmk, valid=valid),
             "face_found_rate": float(found.mean()) if found.size else float("nan")}
 
 
