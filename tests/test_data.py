@@ -220,3 +220,60 @@ def test_invalid_datasets(tmp_path):
     with pytest.raises(AnchorfaceError, match="at least 4 frames"):
         write_synthetic_dataset(tmp_path / "s", cfg, num_clips=2, frames=(3,))
         ClipDataset(tmp_path / "s", 4, 0.1, 1.0, 0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# `anchorface prepare` on a real face clip (~1 s of a driving video) and a clip without a face
+# --------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    if not (FACES / "driving/d0.mp4").exists():
+        pytest.skip(f"real face corpus not found at {FACES}")
+    from anchorface.video import VideoWriter, iter_frames
+
+    root = tmp_path_factory.mktemp("videos")
+    with VideoWriter(root / "face.mp4", 25) as w:
+        for frame in iter_frames(FACES / "driving/d0.mp4", max_frames=25):
+            w.write(frame)
+    rng = np.random.default_rng(0)
+    with VideoWriter(root / "noface.mp4", 25) as w:
+        for _ in range(6):
+            w.write(np.repeat(rng.integers(0, 255, (1, 256, 3), dtype=np.uint8), 256, axis=0))
+    (root / "notes.txt").write_text("not a video")
+    return root
+
+
+def test_prepare_real_clip(videos, tmp_path):
+    from anchorface.cli import main
+    from anchorface.codecs import PixelCodec
+    from anchorface.data import prepare_dataset
+
+    cfg = tiny_cfg(32)
+    with pytest.warns(UserWarning, match="noface.mp4"):
+        summary = prepare_dataset(videos, tmp_path / "ds", cfg, max_seconds=0.5, progress=False)
+    assert summary == {"videos": 2, "clips": 3, "frames": 25, "skipped_no_face": 1, "skipped_unreadable": 0}
+    index = load_index(tmp_path / "ds")
+    check_compatible(index, cfg)
+    assert [c["num_frames"] for c in index["clips"]] == [8, 9, 8]  # 1 s cut into equal segments <= 0.5 s
+    assert {c["source_video"] for c in index["clips"]} == {"face.mp4"} and index["clips"][0]["fps"] == 25.0
+    assert index["latent_shape"] == [48, 8, 8] and index["data"]["codec_config"] == {"type": "pixel", "factor": 4}
+
+    from safetensors.torch import load_file
+
+    t = load_file(tmp_path / "ds" / index["clips"][1]["shard"])
+    name = index["clips"][1]["name"]
+    lmk = t[f"{name}/landmarks"].numpy()
+    assert lmk.shape == (9, 478, 3) and np.all((lmk[..., :2] > 0) & (lmk[..., :2] < 1))
+    assert abs(lmk[..., 0].mean() - 0.5) < 0.1 and abs(lmk[..., 1].mean() - 0.55) < 0.15  # a centred face
+    # the stored first/last crops are the frames the latents encode
+    px = PixelCodec(4).decode(t[f"{name}/latents"].float())
+    for end, i in (("first", 0), ("last", -1)):
+        crop = t[f"{name}/source_{end}"].permute(2, 0, 1).float() / 127.5 - 1
+        torch.testing.assert_close(px[i], crop, atol=2e-3, rtol=0)
+
+    # the CLI: the same command, and one-line errors for an empty or missing folder
+    assert main(["prepare", str(videos), str(tmp_path / "ds"), "--config", "tiny", "--quiet"]) == 1  # exists
+    (tmp_path / "empty").mkdir()
+    assert main(["prepare", str(tmp_path / "empty"), str(tmp_path / "x"), "--quiet"]) == 1
+    assert main(["prepare", str(tmp_path / "missing"), str(tmp_path / "x"), "--quiet"]) == 1

@@ -166,6 +166,9 @@ class DatasetWriter:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             save_file(self._pending, str(tmp), metadata={"format": FORMAT, "version": str(VERSION)})
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -302,8 +302,13 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     train_clips, preview_clips = split_clips(index, holdout_videos)
     dataset = ClipDataset(data_dir, cfg.model.num_frames, cfg.data.cond_dropout, cfg.diffusion.lambda_ex, tc.seed,
                           clip_names=train_clips, index=index)
-    preview_set = ClipDataset(data_dir, cfg.model.num_frames, 0.0, cfg.diffusion.lambda_ex, tc.seed,
-                              clip_names=preview_clips, index=index)
+    try:
+        preview_set = ClipDataset(data_dir, cfg.model.num_frames, 0.0, cfg.diffusion.lambda_ex, tc.seed,
+                                  clip_names=preview_clips, index=index)
+    except AnchorfaceError:  # held-out clips too short: preview training clips
+        preview_clips = train_clips
+        preview_set = ClipDataset(data_dir, cfg.model.num_frames, 0.0, cfg.diffusion.lambda_ex, tc.seed,
+                                  clip_names=preview_clips, index=index)
 
     # ---- model, optimiser, schedule, EMA
     torch.manual_seed(tc.seed)
@@ -331,6 +336,10 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     if main:
         output.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output / "config.yaml")
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"train: {len(dataset.clips)} clips ({dataset.skipped_short} too short, {len(preview_clips)} for "
+              f"previews), {n_params / 1e6:.2f} M parameters, global batch {tc.batch_size} = {P} processes x "
+              f"{tc.grad_accum} accumulation x {local_batch}, {device}, mixed precision {mixed}", file=sys.stderr)
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=local_batch, num_workers=tc.num_workers, pin_memory=device.type == "cuda",
