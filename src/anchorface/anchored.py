@@ -13,8 +13,8 @@ construction, with a shared initial noise (the paper's "Override" of the anchor,
 - Alg. 1, Override(Q'_{k-1}): each frame takes the prediction of its owner slot (with the hook this is the
   override: the anchor's owner is sequence 0); multidiffusion averages the slots of a frame (Fig. 3a).
 - Alg. 1, DiffusionUpdateStep: one step of the diffusers scheduler (`GaussianDiffusion.make_scheduler`,
-  `diffusion.scheduler_step`), applied frame-wise. A frame is updated as soon as the last sequence that reads it has been run in this step (owners,
-  duplicates and the anchor included), so the only O(N) state is z itself. The scheduler's noise for frame f at
+  `diffusion.scheduler_step`), applied frame-wise. A frame is updated as soon as the last sequence that reads it
+  has been run in this step (owners, duplicates and the anchor included), so the only O(N) state is z itself. The scheduler's noise for frame f at
   step k comes from a generator seeded by (seed, k, f): results do not depend on micro-batching or on which
   frames are updated together.
 - Classifier-free guidance (scale != 1): a second, unconditional pass per micro-batch with the guided signals
@@ -167,7 +167,8 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
                 merge = _FrameMerge(plan, batches)
                 donor = donor_uncond = None  # sequence 0's anchor tokens at this step (cond / uncond pass)
                 for m, rows in enumerate(batches):
-                    x = scheduler.scale_model_input(z[slots[torch.as_tensor(rows, device=device)]], t)  # gather Q_k: [b, T, C, h, w]
+                    gather = slots[torch.as_tensor(rows, device=device)]
+                    x = scheduler.scale_model_input(z[gather], t)  # gather Q_k: [b, T, C, h, w]
                     out, hook = sdit(x, t, rows, None, donor)  # Q'_{k-1}, anchor overridden in all layers
                     hook_u = None
                     if cfg:
