@@ -24,7 +24,7 @@ import torch
 
 from anchorface.config import load_config
 from anchorface.diffusion import GaussianDiffusion
-from anchorface.train import EMA, build_denoiser, diffusion_loss, param_groups, step_noise
+from anchorface.train import EMA, build_denoiser, diffusion_loss, param_groups, example_noise
 
 
 def synthetic_batch(cfg, latent_shape, batch: int, device) -> dict:
@@ -53,7 +53,8 @@ def measure(cfg, latent_shape, batch: int, warmup: int, steps: int, device, bf16
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def one_step(i):
-        t, noise = step_noise(0, i, 0, 0, data["latents"].shape, diffusion.num_timesteps)
+        idx = torch.arange(i * batch, (i + 1) * batch)
+        t, noise = example_noise(0, idx, data["latents"].shape[1:], diffusion.num_timesteps)
         with autocast:
             loss = diffusion_loss(model, diffusion, data, t.to(device), noise.to(device))["loss"].mean()
         loss.backward()

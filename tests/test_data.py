@@ -174,13 +174,13 @@ def test_synthetic_dataset_round_trip(tmp_path):
         px = stored[f"{c}/source_{end}"].permute(2, 0, 1).float() / 127.5 - 1
         torch.testing.assert_close(item["source"], px)
         assert item["source"].min() >= -1 and item["source"].max() <= 1
-        assert bool(item["drop"]) == ex.drop
+        assert bool(item["drop"]) == ex.drop and int(item["index"]) == k
     assert any(bool((ds[k]["weight"] > 1).any()) for k in range(5))
 
     # the same examples through worker processes
     loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=StepSampler(2, 1, 1, 0, 0, 3), num_workers=2)
     batches = list(loader)
-    assert len(batches) == 3
+    assert len(batches) == 3 and batches[1]["index"].tolist() == [2, 3]
     torch.testing.assert_close(batches[1]["latents"][0], ds[2]["latents"])
 
 
@@ -277,3 +277,43 @@ def test_prepare_real_clip(videos, tmp_path):
     (tmp_path / "empty").mkdir()
     assert main(["prepare", str(tmp_path / "empty"), str(tmp_path / "x"), "--quiet"]) == 1
     assert main(["prepare", str(tmp_path / "missing"), str(tmp_path / "x"), "--quiet"]) == 1
+
+
+def test_prepare_with_a_frozen_clip_encoder_stores_embeddings(videos, tmp_path):
+    """`clip` G is frozen, so prepare stores the CLIP embeddings of the first and last frame (a tiny random CLIP)."""
+    from safetensors.torch import load_file
+    from transformers import CLIPConfig, CLIPModel
+
+    from anchorface.codecs import PixelCodec
+    from anchorface.data import prepare_dataset
+    from anchorface.encoders import CLIPGlobalEncoder
+
+    try:
+        from transformers import CLIPImageProcessorPil as Processor
+    except ImportError:
+        from transformers import CLIPImageProcessor as Processor
+    clip_dir = tmp_path / "clip"
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, max_position_embeddings=16),
+                         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, image_size=32, patch_size=8),
+                         projection_dim=16)).save_pretrained(clip_dir)
+    Processor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(clip_dir)
+
+    cfg = tiny_cfg(32)
+    cfg.data.encoder, cfg.data.encoder_path, cfg.model.global_dim = "clip", str(clip_dir), 16
+    prepare_dataset(videos, tmp_path / "ds", cfg, max_seconds=10, progress=False)
+    index = load_index(tmp_path / "ds")
+    assert index["source_kind"] == "embedding" and index["global_dim"] == 16
+    assert index["data"]["encoder_path"] == str(clip_dir)
+    (clip,) = index["clips"]
+    t = load_file(tmp_path / "ds" / clip["shard"])
+    first, last = t[f"{clip['name']}/source_first"], t[f"{clip['name']}/source_last"]
+    assert first.shape == (16,) and first.dtype == torch.float32 and not torch.allclose(first, last)
+    ends = PixelCodec(4).decode(t[f"{clip['name']}/latents"][[0, -1]].float())  # the crops, up to fp16 rounding
+    expected = CLIPGlobalEncoder(clip_dir).encode_images(ends)
+    err = (torch.stack([first, last]) - expected).norm(dim=1)
+    assert err.max() < 0.02 * (first - last).norm()  # far closer than the two ends are to each other
+    ds = ClipDataset(tmp_path / "ds", 4, 0.1, 1.0, 0)
+    assert ds[0]["source"].shape == (16,)

@@ -287,7 +287,7 @@ class ClipDataset(torch.utils.data.Dataset):
     `dataset[k]` is example k of `SequenceSampler` (k is a global sample counter, not bounded by the data size):
     dict(latents float32 [T, C, h, w], landmarks float32 [T, 1434] (`landmark_vector`), weight float32
     [T, 1, h, w] (`expressive_weight_maps`, 1 + lambda_ex on expressive pixels, §4.1), source (float32 [D]
-    embedding, or float32 [3, res, res] pixels in [-1, 1]), drop bool tensor).
+    embedding, or float32 [3, res, res] pixels in [-1, 1]), drop bool tensor, index = k).
     Clips shorter than `num_frames` are left out (counted in `skipped_short`).
     """
 
@@ -343,7 +343,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> dict:
         ex = self.sampler(k)
-        return self.load(ex.clip, ex.frames, ex.source, ex.drop)
+        return self.load(ex.clip, ex.frames, ex.source, ex.drop) | {"index": torch.tensor(int(k))}
 
 
 class StepSampler(torch.utils.data.Sampler):

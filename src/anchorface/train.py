@@ -111,12 +111,17 @@ def diffusion_loss(model, diffusion, batch: dict, t: torch.Tensor, noise: torch.
     return diffusion.training_losses(out.float(), x0, x_t, t, noise, weight=batch["weight"])
 
 
-def step_noise(seed: int, step: int, micro: int, rank: int, shape, num_timesteps: int):
-    """Timesteps [B] and noise of optimizer step `step` (micro-step, process): a pure function of its arguments."""
-    s = int(np.random.SeedSequence([seed, 1, step, micro, rank]).generate_state(1, np.uint64)[0]) >> 1
-    gen = torch.Generator().manual_seed(s)
-    t = torch.randint(0, num_timesteps, (shape[0],), generator=gen)
-    return t, torch.randn(shape, generator=gen)
+def example_noise(seed: int, indices, frame_shape, num_timesteps: int):
+    """Timesteps [B] and noise [B, *frame_shape] of training examples `indices` (global sample counters k): each a
+    pure function of (seed, k), so a step's noise does not depend on how the global batch is split over processes
+    and accumulation micro-steps, and a resumed run draws exactly what an uninterrupted one would."""
+    ts, noises = [], []
+    for k in torch.as_tensor(indices).tolist():
+        s = int(np.random.SeedSequence([seed, 1, int(k)]).generate_state(1, np.uint64)[0]) >> 1
+        gen = torch.Generator().manual_seed(s)
+        ts.append(torch.randint(0, num_timesteps, (1,), generator=gen))
+        noises.append(torch.randn(tuple(frame_shape), generator=gen))
+    return torch.cat(ts), torch.stack(noises)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -287,8 +292,9 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
         torch.backends.cudnn.benchmark = False
 
     # ---- devices
-    mixed = tc.mixed_precision if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=tc.grad_accum)
+    gpu = torch.cuda.is_available()
+    mixed = tc.mixed_precision if gpu else "no"  # bf16 autocast on GPU; CPU runs in fp32
+    accelerator = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=tc.grad_accum, cpu=not gpu)
     device, P, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     if tc.batch_size % (P * tc.grad_accum):
         raise AnchorfaceError(f"batch_size {tc.batch_size} is not divisible by processes ({P}) x grad_accum "
@@ -368,9 +374,9 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     model.train()
     data_iter = iter(loader)
     while step < tc.max_steps:
-        for micro in range(tc.grad_accum):
+        for _micro in range(tc.grad_accum):
             batch = {k: v.to(device, non_blocking=True) for k, v in next(data_iter).items()}
-            t, noise = step_noise(tc.seed, step, micro, rank, batch["latents"].shape, diffusion.num_timesteps)
+            t, noise = example_noise(tc.seed, batch["index"], batch["latents"].shape[1:], diffusion.num_timesteps)
             t, noise = t.to(device), noise.to(device)
             with accelerator.accumulate(model):
                 losses = diffusion_loss(model, diffusion, batch, t, noise)
@@ -428,7 +434,7 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
         tb.close()
     ckpt = output / checkpoint_name(step)
     accelerator.end_training()
-    return {"step": step, "checkpoint": ckpt, "last_loss": last_loss}
+    return {"step": step, "checkpoint": ckpt, "last_loss": last_loss, "main": main}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -453,7 +459,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print("anchorface: warning: a resumed run keeps its saved config (only --max-steps applies)", file=sys.stderr)
     out = train(cfg, args.data, args.output, resume=args.resume, holdout_videos=args.holdout_videos,
                 deterministic=args.deterministic, progress=not args.quiet)
-    print(f"step {out['step']}, loss {out['last_loss']:.4f}; checkpoint {out['checkpoint']}", file=sys.stderr)
+    if out["main"]:
+        print(f"step {out['step']}, loss {out['last_loss']:.4f}; checkpoint {out['checkpoint']}", file=sys.stderr)
     return 0
 
 
