@@ -207,6 +207,10 @@ def test_missing_feature_weights_name_the_file(tmp_path):
     bad.write_bytes(b"not a torchscript archive")
     with pytest.raises(MissingWeightsError, match="not a TorchScript"):
         metrics.InceptionFeatures(bad)
+    fid_pth = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    fid_pth.write_bytes(b"a pickled state dict")
+    with pytest.raises(MissingWeightsError, match="pytorch-fid's state dict.*inception-2015-12-05.pt"):
+        metrics.InceptionFeatures(fid_pth)
 
 
 class TinyInception(nn.Module):

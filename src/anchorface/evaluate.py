@@ -496,11 +496,11 @@ def run_evaluation(o: Options) -> dict:
     if o.max_videos is not None:
         videos = videos[:o.max_videos]
     notes = o.notes
+    inception = metrics.InceptionFeatures(o.inception, device=o.device) if o.inception else None
+    i3d = metrics.I3DFeatures(o.i3d, device=o.device) if o.i3d else None
     names = _unique_names(o.checkpoints)
     pipes = {n: AnchorFacePipeline.from_pretrained(p, device=o.device) for n, p in zip(names, o.checkpoints)}
     embedder, embedder_name = _load_embedder(o, pipes)
-    inception = metrics.InceptionFeatures(o.inception, device=o.device) if o.inception else None
-    i3d = metrics.I3DFeatures(o.i3d, device=o.device) if o.i3d else None
     if inception is None:
         notes.append("FID not computed: pass --inception PATH/inception-2015-12-05.pt")
     if i3d is None:
@@ -676,11 +676,12 @@ def run_evaluation(o: Options) -> dict:
 
 def render_markdown(report: dict, names: list[str], o: Options) -> str:
     out = ["# anchorface evaluation", ""]
-    out += [f"- checkpoints: " + ", ".join(f"`{n}` ({p})" for n, p in report["checkpoints"].items()),
+    motion = "re-targeted to the source face (--relative)" if o.relative else "driving landmarks as they are (paper)"
+    out += ["- checkpoints: " + ", ".join(f"`{n}` ({p})" for n, p in report["checkpoints"].items()),
             f"- driving videos: {len(report['videos'])} ({', '.join(report['videos'])})",
             f"- CSIM / Self-CSIM embedding: {report['csim_embedding']}",
             f"- LMSE unit: {report['lmse_unit']}",
-            f"- motion: {'re-targeted to the source face (--relative)' if o.relative else 'driving landmarks as they are (paper)'}",
+            f"- motion: {motion}",
             f"- steps: {o.steps or 'checkpoint default'}, CFG scale: "
             f"{o.guidance_scale if o.guidance_scale is not None else 'checkpoint default'}, seed: {o.seed}",
             f"- time: {report['seconds']:.0f} s", ""]
@@ -734,18 +735,24 @@ def register(subparsers) -> None:
                    help="driving videos, or directories of them")
     p.add_argument("--sources", metavar="DIR", help="photos of other identities (cross-identity and ablation)")
     p.add_argument("--output", "-o", required=True, metavar="REPORT_DIR")
-    p.add_argument("--merge", nargs="+", default=list(MERGES), choices=MERGES)
-    p.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
-    p.add_argument("--steps", type=int, help="denoising steps (default: each checkpoint's)")
-    p.add_argument("--guidance-scale", type=float, help="CFG scale (default: each checkpoint's)")
-    p.add_argument("--frames", type=int, default=SELF_FRAMES, help="driving window length for self/cross (8)")
-    p.add_argument("--max-videos", type=int, default=8, help="use at most K driving videos (default 8)")
-    p.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS),
-                   help="video lengths of the consistency study")
-    p.add_argument("--ablation-steps", type=int, nargs="+", help="step counts of the ablation (default: N and 2N)")
-    p.add_argument("--ablation-scales", type=float, nargs="+", default=list(ABLATION_SCALES))
+    p.add_argument("--merge", nargs="+", default=list(MERGES), choices=MERGES, metavar="KIND",
+                   help=f"merge strategies to compare: {' '.join(MERGES)} (default: all; the ablation uses the first)")
+    p.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS, metavar="NAME",
+                   help=f"what to run: {' '.join(PROTOCOLS)} (default: all)")
+    p.add_argument("--steps", type=int, metavar="N", help="denoising steps (default: each checkpoint's)")
+    p.add_argument("--guidance-scale", type=float, metavar="S", help="CFG scale (default: each checkpoint's)")
+    p.add_argument("--frames", type=int, default=SELF_FRAMES, metavar="N",
+                   help="driving window length for self/cross (default 8, §4.3.1)")
+    p.add_argument("--max-videos", type=int, default=8, metavar="K", help="use at most K driving videos (default 8)")
+    p.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS), metavar="L",
+                   help="video lengths of the consistency study (default: 8 16 32 64)")
+    p.add_argument("--ablation-steps", type=int, nargs="+", metavar="N",
+                   help="step counts of the ablation (default: --steps and twice that)")
+    p.add_argument("--ablation-scales", type=float, nargs="+", default=list(ABLATION_SCALES), metavar="S",
+                   help="CFG scales of the ablation (default: 1 2 4 8, as supp. Table 1)")
     p.add_argument("--ablation-conditions", nargs="+", default=["none", "landmarks", "global", "both"],
-                   choices=list(CONDITIONS))
+                   choices=list(CONDITIONS), metavar="C",
+                   help="conditions given at sampling in the ablation: none landmarks global both (default: all)")
     p.add_argument("--clip", metavar="PATH", help="CLIP model directory for CSIM (default: the checkpoint's encoder)")
     p.add_argument("--inception", metavar="PATH", help="inception-2015-12-05.pt (StyleGAN2-ADA TorchScript) for FID")
     p.add_argument("--i3d", metavar="PATH", help="i3d_torchscript.pt (StyleGAN-V TorchScript) for FVD")

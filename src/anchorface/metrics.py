@@ -295,8 +295,10 @@ def _load_torchscript(path, what: str, file: str, url: str, device) -> torch.jit
     try:
         return torch.jit.load(str(path), map_location=device).eval()
     except Exception as e:  # noqa: BLE001 - any load failure is a bad weights file for the user
-        raise MissingWeightsError(f"{what} weights at {path} are not a TorchScript file ({file} from {url}): "
-                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        hint = " (pt_inception-*.pth is pytorch-fid's state dict, not TorchScript)" \
+            if Path(path).name.startswith("pt_inception") else ""
+        raise MissingWeightsError(f"{what} weights at {path} are not a TorchScript file{hint}; download {file} "
+                                  f"from {url}") from None
 
 
 class InceptionFeatures:
