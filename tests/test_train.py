@@ -128,6 +128,8 @@ def test_sigkill_and_resume_continues_exactly(micro, reference):
     assert cfg.model.depth == 2 and encoder is not None and sdit.config.hidden_size == 32
     assert (run / "latest").read_text().strip() == "checkpoint-0000016"
     assert not list(run.glob(".*partial*"))
+    assert len(list(ref.glob("checkpoint-*/sdit"))) == 8  # every checkpoint keeps its EMA weights,
+    assert len(list(ref.glob("checkpoint-*/training_state"))) == 2  # only the newest 2 their training state
 
     # previews: 2 held-out examples x (driving, generated) rows of 16 px, source + T = 4 columns
     from anchorface.video import load_image

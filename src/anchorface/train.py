@@ -175,6 +175,13 @@ def save_training_checkpoint(accelerator, cfg: Config, output: Path, step: int, 
     return output / name
 
 
+def prune_training_states(output: Path, keep: int) -> None:
+    """Delete training_state/ of all but the newest `keep` checkpoints (their EMA weights stay)."""
+    states = sorted(p.parent for p in output.glob("checkpoint-*/training_state"))
+    for ckpt in states[:-keep]:
+        shutil.rmtree(ckpt / "training_state", ignore_errors=True)
+
+
 class CSVLog:
     """OUT/log.csv, appended row by row; on resume the rows after the resumed step are dropped first."""
 
@@ -261,9 +268,15 @@ def split_clips(index: dict, holdout_videos: int) -> tuple[list[str], list[str]]
 # The loop
 # --------------------------------------------------------------------------------------------------------------
 
-def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | None = None, holdout_videos: int = 1,
-          deterministic: bool = False, progress: bool = True) -> dict:
-    """Train (or resume) a run; returns dict(step, checkpoint, last_loss). See the module docstring."""
+def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | None = None,
+          max_steps: int | None = None, holdout_videos: int = 1, keep_states: int = 2, deterministic: bool = False,
+          progress: bool = True) -> dict:
+    """Train (or resume) a run; returns dict(step, checkpoint, last_loss, main). See the module docstring.
+
+    resume: None (fresh run), "auto" (the latest checkpoint in `output`, if any) or a checkpoint directory; a resumed
+    run uses its saved config, except `max_steps` when given. keep_states: training_state/ is kept in the newest
+    `keep_states` checkpoints only (0 = all); the EMA weights of every checkpoint are kept.
+    """
     from accelerate import Accelerator
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from torch.utils.tensorboard import SummaryWriter
@@ -282,9 +295,9 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
         raise AnchorfaceError(f"{output} already holds a training run; pass --resume to continue it or choose "
                               "another --output")
     if resume_from is not None:  # the run's own config; only the step budget may change
-        saved = read_config(resume_from)
-        saved.train.max_steps = cfg.train.max_steps
-        cfg = saved
+        cfg = read_config(resume_from)
+    if max_steps is not None:
+        cfg.train.max_steps = max_steps
     tc = cfg.train
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -426,6 +439,8 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
                      "global_batch": tc.batch_size, "grad_accum": tc.grad_accum, "num_processes": P,
                      "train_clips": len(dataset.clips), "elapsed_s": elapsed}
             save_training_checkpoint(accelerator, cfg, output, step, ema, state)
+            if main and keep_states > 0:
+                prune_training_states(output, keep_states)
         overhead += time.perf_counter() - tick
 
     bar.close()
@@ -441,10 +456,10 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
 # CLI
 # --------------------------------------------------------------------------------------------------------------
 
-_OVERRIDES = {  # CLI flag -> TrainConfig field
-    "max_steps": "max_steps", "batch_size": "batch_size", "lr": "lr", "grad_accum": "grad_accum",
-    "num_workers": "num_workers", "seed": "seed", "log_every": "log_every", "ckpt_every": "ckpt_every",
-    "sample_every": "sample_every", "warmup_steps": "warmup_steps",
+_OVERRIDES = {  # CLI flag -> TrainConfig field (max_steps is handled by `train` so that it applies on resume too)
+    "batch_size": "batch_size", "lr": "lr", "grad_accum": "grad_accum", "num_workers": "num_workers",
+    "seed": "seed", "log_every": "log_every", "ckpt_every": "ckpt_every", "sample_every": "sample_every",
+    "warmup_steps": "warmup_steps",
 }
 
 
@@ -455,10 +470,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             setattr(cfg.train, field, getattr(args, flag))
     if args.gradient_checkpointing:
         cfg.model.gradient_checkpointing = True
-    if args.resume is not None and any(getattr(args, f) is not None for f in _OVERRIDES if f != "max_steps"):
+    if args.resume is not None and (any(getattr(args, f) is not None for f in _OVERRIDES)
+                                    or args.gradient_checkpointing):
         print("anchorface: warning: a resumed run keeps its saved config (only --max-steps applies)", file=sys.stderr)
-    out = train(cfg, args.data, args.output, resume=args.resume, holdout_videos=args.holdout_videos,
-                deterministic=args.deterministic, progress=not args.quiet)
+    out = train(cfg, args.data, args.output, resume=args.resume, max_steps=args.max_steps,
+                holdout_videos=args.holdout_videos, keep_states=args.keep_states, deterministic=args.deterministic,
+                progress=not args.quiet)
     if out["main"]:
         print(f"step {out['step']}, loss {out['last_loss']:.4f}; checkpoint {out['checkpoint']}", file=sys.stderr)
     return 0
@@ -488,6 +505,8 @@ def register(subparsers) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     p.add_argument("--holdout-videos", type=int, default=1,
                    help="source videos held out of training for the sample grids (default: 1)")
+    p.add_argument("--keep-states", type=int, default=2,
+                   help="keep training_state/ (for --resume) in the newest N checkpoints only; 0 = all (default: 2)")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exactly repeatable runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
