@@ -60,7 +60,7 @@ def measure(cfg, latent_shape, batch: int, warmup: int, steps: int, device, bf16
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        ema.update(model)
+        ema.update(model, i)
         return loss
 
     for i in range(warmup):

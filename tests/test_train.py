@@ -58,9 +58,14 @@ def test_param_groups_and_ema(micro):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    ema.update(model)
+    ema.update(model, 1000)  # past the warm-up: the configured decay
     for e, b, p in zip(ema.model.parameters(), before, model.parameters()):
         torch.testing.assert_close(e, 0.75 * b + 0.25 * p)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10) == pytest.approx(11 / 20)  # warm-up
+    before = [p.detach().clone() for p in ema.model.parameters()]
+    ema.update(model, 0)  # first update: decay 0.1, the average jumps most of the way to the weights
+    for e, b, p in zip(ema.model.parameters(), before, model.parameters()):
+        torch.testing.assert_close(e, 0.1 * b + 0.9 * p)
 
 
 def test_example_noise_depends_only_on_the_example():
