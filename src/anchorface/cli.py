@@ -10,9 +10,10 @@ import sys
 
 # module -> provides `register(subparsers)`; order = order in `anchorface --help`
 COMMAND_MODULES = [
+    "anchorface.reenact",
+    "anchorface.demo",
     "anchorface.data",
     "anchorface.train",
-    "anchorface.reenact",
     "anchorface.evaluate",
 ]
 

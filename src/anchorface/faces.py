@@ -20,6 +20,7 @@ from scipy.ndimage import gaussian_filter1d
 from tqdm.auto import tqdm
 
 from anchorface.errors import AnchorfaceError, NoFaceError
+from anchorface.landmarks import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,8 @@ class FaceDetector:
             mp.solutions.face_detection.FaceDetection(model_selection=sel, min_detection_confidence=min_confidence)
             for sel in (1, 0)
         )
+        for model in (self._full, self._short):
+            warm_up(model)
 
     @staticmethod
     def _run(model, frame: np.ndarray) -> list[tuple[Box, float]]:

@@ -11,6 +11,9 @@ coordinates of the face crop (x, y in [0, 1] of its width/height; z in about the
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from collections.abc import Iterable
 
 import cv2
@@ -103,6 +106,32 @@ def _check_frame(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Hide what native code writes to file descriptor 2 meanwhile. MediaPipe's C++ graphs print absl/TFLite
+    start-up lines there on their first frame, before any logging setting can apply; users should not see them."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced (pytest capture, notebooks): nothing to hide
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def warm_up(mediapipe_solution) -> None:
+    """Run a MediaPipe solution once on a blank frame with native stderr hidden (its start-up messages)."""
+    with native_stderr_silenced():
+        mediapipe_solution.process(np.zeros((32, 32, 3), np.uint8))
+
+
 class LandmarkDetector:
     """MediaPipe face mesh, one face, 478 XYZ points (§3.1, §4.2).
 
@@ -119,6 +148,7 @@ class LandmarkDetector:
             min_detection_confidence=MIN_DETECTION_CONFIDENCE,
             min_tracking_confidence=MIN_TRACKING_CONFIDENCE,
         )
+        warm_up(self._mesh)
 
     def detect(self, frame_rgb: np.ndarray) -> np.ndarray | None:
         """Landmarks ``float32 [478, 3]`` of the face in an RGB uint8 frame, or None when there is none."""
