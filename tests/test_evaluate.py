@@ -133,7 +133,8 @@ def tiny_checkpoint(path: Path) -> Path:
     from anchorface.models.sdit import SDiT, SDiTConfig
 
     cfg = load_config("tiny")
-    cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads, cfg.model.global_dim = 32, 2, 2, 16
+    cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads, cfg.model.global_dim = 48, 2, 2, 16
+    cfg.model.patch_size = 1  # 48 values per token: the width must hold them
     cfg.data.resolution, cfg.data.pixel_factor = 32, 4
     cfg.sample.steps, cfg.sample.micro_batch = 2, 4
     c, h, _ = PixelCodec(4).latent_shape(32)

@@ -18,7 +18,8 @@ RES, FACTOR = 32, 4  # pixel codec: 48 x 8 x 8 latents
 
 def tiny_config(encoder="learned"):
     cfg = load_config("tiny")
-    cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads, cfg.model.global_dim = 32, 2, 2, 16
+    cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads, cfg.model.global_dim = 48, 2, 2, 16
+    cfg.model.patch_size = 1  # 48 values per token: the width must hold them
     cfg.data.resolution, cfg.data.pixel_factor, cfg.data.encoder = RES, FACTOR, encoder
     cfg.sample.steps, cfg.sample.micro_batch = 2, 4
     return cfg

@@ -24,7 +24,8 @@ RES = 64
 def checkpoint(tmp_path_factory):
     """The `tiny` preset, narrowed, randomly initialised: 64 px, pixel codec, learned global encoder."""
     cfg = load_config("tiny")
-    cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads, cfg.model.global_dim = 32, 2, 2, 16
+    cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads, cfg.model.global_dim = 48, 2, 2, 16
+    cfg.model.patch_size = 1  # 48 values per token: the width must hold them
     cfg.sample.micro_batch = 4
     torch.manual_seed(0)
     sdit = SDiT(SDiTConfig.from_model_config(cfg.model, input_size=RES // 4, in_channels=48))

@@ -218,8 +218,11 @@ def test_config_from_model_config():
     assert (cfg.depth, cfg.hidden_size, cfg.num_heads, cfg.patch_size, cfg.num_frames) == (28, 1152, 16, 2, 4)
     cfg = SDiTConfig.from_model_config(ModelConfig(preset="B/4", depth=6), 32, 4)
     assert (cfg.depth, cfg.hidden_size, cfg.patch_size) == (6, 768, 4)
-    custom = ModelConfig(preset="custom", hidden_size=128, depth=4, num_heads=4, patch_size=2)
-    assert SDiTConfig.from_model_config(custom, 16, 48).hidden_size == 128
+    custom = ModelConfig(preset="custom", hidden_size=256, depth=4, num_heads=4, patch_size=2)
+    assert SDiTConfig.from_model_config(custom, 16, 48).hidden_size == 256
+    with pytest.raises(AnchorfaceError, match="smaller than the 2x2x48 = 192 values of a patch"):
+        SDiTConfig.from_model_config(ModelConfig(preset="custom", hidden_size=128, depth=4, num_heads=4,
+                                                 patch_size=2), 16, 48)
     with pytest.raises(AnchorfaceError, match="needs model.depth"):
         SDiTConfig.from_model_config(ModelConfig(preset="custom", hidden_size=128, num_heads=4, patch_size=2),
                                      16, 48)

@@ -23,9 +23,9 @@ from anchorface.train import EMA, build_denoiser, param_groups, read_log, exampl
 sys.path.insert(0, str(Path(__file__).parent))
 from test_data import write_synthetic_dataset  # noqa: E402
 
-# A micro model: 2 layers, width 32, 16x16 crops -> 4x4x48 pixel-codec latents, learned G, T = 4.
+# A micro model: 2 layers, width 48, patch 1, 16x16 crops -> 4x4x48 pixel-codec latents, learned G, T = 4.
 MICRO = {
-    "model": {"preset": "custom", "hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": 2, "num_frames": 4,
+    "model": {"preset": "custom", "hidden_size": 48, "depth": 2, "num_heads": 2, "patch_size": 1, "num_frames": 4,
               "global_dim": 16, "mapping_blocks": 1},
     "data": {"resolution": 16, "codec": "pixel", "pixel_factor": 4, "encoder": "learned"},
     "train": {"batch_size": 4, "lr": 1.0e-3, "max_steps": 16, "warmup_steps": 3, "ema_decay": 0.99, "num_workers": 0,
@@ -130,7 +130,7 @@ def test_sigkill_and_resume_continues_exactly(micro, reference):
         for k in wa:
             assert torch.equal(wb[k], wa[k]), k
     cfg, sdit, encoder = load_checkpoint(run / "checkpoint-0000016")
-    assert cfg.model.depth == 2 and encoder is not None and sdit.config.hidden_size == 32
+    assert cfg.model.depth == 2 and encoder is not None and sdit.config.hidden_size == 48
     assert (run / "latest").read_text().strip() == "checkpoint-0000016"
     assert not list(run.glob(".*partial*"))
     assert len(list(ref.glob("checkpoint-*/sdit"))) == 8  # every checkpoint keeps its EMA weights,

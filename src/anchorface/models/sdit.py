@@ -55,6 +55,12 @@ class SDiTConfig:
     def __post_init__(self):
         if self.input_size % self.patch_size:
             raise AnchorfaceError(f"input size {self.input_size} is not a multiple of patch size {self.patch_size}")
+        if self.hidden_size < self.patch_size ** 2 * self.in_channels:
+            raise AnchorfaceError(
+                f"hidden size {self.hidden_size} is smaller than the {self.patch_size}x{self.patch_size}x"
+                f"{self.in_channels} = {self.patch_size ** 2 * self.in_channels} values of a patch: the sDiT could not "
+                "pass its input through (predicting the noise at large t needs that); use a wider model or a "
+                "smaller patch")
         if self.hidden_size % self.num_heads or self.hidden_size % 4:
             raise AnchorfaceError(f"hidden size {self.hidden_size} must be divisible by 4 and by num_heads "
                                   f"{self.num_heads}")
