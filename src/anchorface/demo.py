@@ -152,20 +152,24 @@ def _similarity(geo: FaceGeometry, angle: float, scale: float, tx: float, ty: fl
 
 
 def warp_frame(image: np.ndarray, geo: FaceGeometry, params: dict[str, float], grid_step: int = 4) -> np.ndarray:
-    """Render one pseudo-frame: q = S(p + d(p)); sampled backwards with a fixed-point inverse of d.
+    """Render one pseudo-frame: q = S(p + d(p)), sampled backwards: p = u - d(p) with u = S^-1(q).
 
-    The backward map is smooth, so it is solved on a grid every `grid_step` pixels and upsampled."""
+    u is exact per pixel; the expression displacement d is smooth, so the fixed point is solved on a grid every
+    `grid_step` pixels and only the displacement is upsampled."""
     h, w = image.shape[:2]
     s_inv = cv2.invertAffineTransform(_similarity(geo, params["angle"], params["scale"], params["tx"], params["ty"]))
-    gh, gw = -(-h // grid_step) + 1, -(-w // grid_step) + 1
-    ys, xs = np.mgrid[0:gh, 0:gw].astype(np.float64) * grid_step
-    u = np.stack([xs, ys], -1) @ s_inv[:, :2].T + s_inv[:, 2]  # u = p + d(p); solve for p (d small and smooth)
+
+    def backward_similarity(xs, ys):
+        return np.stack([xs, ys], -1) @ s_inv[:, :2].T + s_inv[:, 2]
+
+    ys, xs = np.mgrid[0:h:grid_step, 0:w:grid_step].astype(np.float64)
+    u = backward_similarity(xs, ys)
     p = u.copy()
-    for _ in range(6):
+    for _ in range(6):  # d is small and smooth: the iteration converges fast
         p = u - local_displacement(p, geo, params["mouth"], params["blink"], params["brow"])
-    # grid node k sits at pixel k*grid_step; resize so that pixel coordinates line up exactly
-    full = cv2.resize(p.astype(np.float32), ((gw - 1) * grid_step + 1, (gh - 1) * grid_step + 1),
-                      interpolation=cv2.INTER_LINEAR)[:h, :w]
+    disp = cv2.resize((u - p).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    full = (backward_similarity(xs, ys) - disp).astype(np.float32)
     return cv2.remap(image, full[..., 0], full[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
 
 

@@ -20,7 +20,7 @@ from scipy.ndimage import gaussian_filter1d
 from tqdm.auto import tqdm
 
 from anchorface.errors import AnchorfaceError, NoFaceError
-from anchorface.landmarks import warm_up
+from anchorface.landmarks import native_stderr_silenced, run_quietly
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +126,18 @@ class FaceDetector:
 
     def __init__(self, min_confidence: float = MIN_DETECTION_CONFIDENCE, exhaustive: bool = True):
         self.exhaustive = exhaustive
-        self._full, self._short = (
-            mp.solutions.face_detection.FaceDetection(model_selection=sel, min_detection_confidence=min_confidence)
-            for sel in (1, 0)
-        )
-        for model in (self._full, self._short):
-            warm_up(model)
+        with native_stderr_silenced():  # TFLite announces its CPU delegate on fd 2
+            self._full, self._short = (
+                mp.solutions.face_detection.FaceDetection(model_selection=sel,
+                                                          min_detection_confidence=min_confidence)
+                for sel in (1, 0)
+            )
 
     @staticmethod
     def _run(model, frame: np.ndarray) -> list[tuple[Box, float]]:
         h, w = frame.shape[:2]
         out = []
-        for d in model.process(frame).detections or []:
+        for d in run_quietly(model, frame).detections or []:
             r = d.location_data.relative_bounding_box
             box = Box(r.xmin * w, r.ymin * h, (r.xmin + r.width) * w, (r.ymin + r.height) * h)
             out.append((box, float(d.score[0])))

@@ -126,10 +126,10 @@ def native_stderr_silenced():
         os.close(saved)
 
 
-def warm_up(mediapipe_solution) -> None:
-    """Run a MediaPipe solution once on a blank frame with native stderr hidden (its start-up messages)."""
+def run_quietly(mediapipe_solution, frame: np.ndarray):
+    """`solution.process(frame)` with MediaPipe's native log lines (start-up, ROI notices) kept off the terminal."""
     with native_stderr_silenced():
-        mediapipe_solution.process(np.zeros((32, 32, 3), np.uint8))
+        return mediapipe_solution.process(frame)
 
 
 class LandmarkDetector:
@@ -141,18 +141,18 @@ class LandmarkDetector:
 
     def __init__(self, static_image_mode: bool = False):
         self.static_image_mode = static_image_mode
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=static_image_mode,
-            max_num_faces=1,
-            refine_landmarks=True,
-            min_detection_confidence=MIN_DETECTION_CONFIDENCE,
-            min_tracking_confidence=MIN_TRACKING_CONFIDENCE,
-        )
-        warm_up(self._mesh)
+        with native_stderr_silenced():  # TFLite announces its CPU delegate on fd 2
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=static_image_mode,
+                max_num_faces=1,
+                refine_landmarks=True,
+                min_detection_confidence=MIN_DETECTION_CONFIDENCE,
+                min_tracking_confidence=MIN_TRACKING_CONFIDENCE,
+            )
 
     def detect(self, frame_rgb: np.ndarray) -> np.ndarray | None:
         """Landmarks ``float32 [478, 3]`` of the face in an RGB uint8 frame, or None when there is none."""
-        result = self._mesh.process(_check_frame(frame_rgb))
+        result = run_quietly(self._mesh, _check_frame(frame_rgb))
         if not result.multi_face_landmarks:
             return None
         points = result.multi_face_landmarks[0].landmark
