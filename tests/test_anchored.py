@@ -41,10 +41,32 @@ class EpsNearInput(torch.nn.Module):
     def mapping(self):
         return self.inner.mapping
 
+    @property
+    def config(self):  # learn_sigma: the sampler reads it to choose the scheduler's variance
+        return self.inner.config
+
     def forward(self, x, t, *args, **kwargs):
         out = self.inner(x, t, *args, **kwargs)
         C = x.shape[2]
         return torch.cat([x + 0.01 * out[:, :, :C], out[:, :, C:]], dim=2)
+
+
+class LowestLearnedVariance(torch.nn.Module):
+    """Test double: a model without learned sigma (eps only) given a constant v = -1 channel block, i.e. a
+    learned-sigma model whose variance sits at the low end of the learned range: the posterior variance, which is
+    the fixed ("fixed_small") variance a model without learned sigma samples with."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def mapping(self):
+        return self.inner.mapping
+
+    def forward(self, x, t, *args, **kwargs):
+        eps = self.inner(x, t, *args, **kwargs)
+        return torch.cat([eps, -torch.ones_like(eps)], dim=2)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +77,19 @@ def diffusion():
 def conditions(n, seed=1):
     rng = np.random.default_rng(seed)
     return torch.from_numpy(rng.normal(size=GDIM).astype(np.float32)), rng.uniform(-1, 1, (n, LDIM)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_fixed_sigma():
+    """The sDiT without learned sigma (learn_sigma=False: C output channels, eps only)."""
+    torch.manual_seed(0)
+    m = SDiT(SDiTConfig(input_size=S, in_channels=C, patch_size=2, hidden_size=32, depth=2, num_heads=2,
+                        num_frames=T, global_dim=GDIM, landmark_dim=LDIM, mapping_blocks=1, learn_sigma=False))
+    with torch.no_grad():
+        for blk in [*m.blocks, m.final_layer]:
+            blk.adaLN_modulation[-1].weight.normal_(0, 0.05)
+        m.final_layer.linear.weight.normal_(0, 0.05)
+    return m.eval()
 
 
 def run(model, diffusion, plan, **kw):
@@ -158,3 +193,18 @@ def test_guidance_changes_result_and_bad_args(model, diffusion):
         run(model, diffusion, plan, sampler="euler")
     with pytest.raises(AnchorfaceError, match="landmarks for"):
         anchored_diffusion(model, diffusion, plan, *conditions(5), steps=1, latent_shape=LATENT, progress=False)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_model_without_learned_sigma(model_fixed_sigma, diffusion, sampler):
+    """learn_sigma=False samples with the fixed posterior variance (it used to crash under DDPM: the scheduler
+    expected a variance channel block): the same result as a learned-sigma model that outputs v = -1."""
+    model = EpsNearInput(model_fixed_sigma)
+    plan = anchored_plan(9, T)
+    events = []
+    out = run(model, diffusion, plan, sampler=sampler, steps=4, callback=events.append)
+    assert out.shape == (9, *LATENT) and torch.isfinite(out).all()
+    assert events[0].outputs.shape[2] == C  # eps only
+    ref = run(LowestLearnedVariance(model), diffusion, plan, sampler=sampler, steps=4)
+    assert (out - ref).abs().max().item() <= 1e-4
+    assert (out - run(model, diffusion, plan, sampler=sampler, steps=4, seed=1)).abs().max() > 1e-2

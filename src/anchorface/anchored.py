@@ -118,7 +118,7 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
     g: [Dg] or [1, Dg] global signal G; landmark_vectors: [N, Dl] per-frame L (numpy or torch). `sampler` and
     `steps` choose the diffusers scheduler; `guidance_scale` != 1 enables classifier-free guidance on the
     `guidance` signals. See the module docstring for the formulation."""
-    from anchorface.diffusion import guided, scheduler_step
+    from anchorface.diffusion import guided, learns_sigma, scheduler_step
     from anchorface.models.sdit import AnchorOverride
 
     if sampler not in SAMPLERS:
@@ -156,7 +156,7 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
         out = model(x.to(dtype), torch.full((b,), int(t), device=device), anchor=hook, **kwargs)
         return out.float(), hook
 
-    scheduler = diffusion.make_scheduler(sampler, int(steps))
+    scheduler = diffusion.make_scheduler(sampler, int(steps), learned_sigma=learns_sigma(model))
     batches = micro_batches(plan.num_sequences, int(micro_batch))
     z = initial_noise(seed, N, tuple(latent_shape), float(scheduler.init_noise_sigma), device)  # Q_K
     was_training = model.training

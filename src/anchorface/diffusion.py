@@ -145,6 +145,12 @@ class GaussianDiffusion:
         return sched
 
 
+def learns_sigma(model) -> bool:
+    """Whether a denoiser outputs [eps, v] (2C channels, DiT's learned sigma) or eps only: its config's
+    `learn_sigma` (an `SDiT`, or a wrapper exposing the sDiT's `config`); True when it has none."""
+    return bool(getattr(getattr(model, "config", None), "learn_sigma", True))
+
+
 def guided(out_cond: torch.Tensor, out_uncond: torch.Tensor, scale: float, eps_channels: int,
            dim: int = CHANNEL_DIM) -> torch.Tensor:
     """Classifier-free guidance on the ε channels: eps = eps_u + scale (eps_c - eps_u); the learned-variance

@@ -190,6 +190,7 @@ class GivenConditions(nn.Module):
         super().__init__()
         self.sdit, self.drop_global_all, self.drop_landmarks_all = sdit, drop_global, drop_landmarks
         self.mapping = sdit.mapping
+        self.config = getattr(sdit, "config", None)  # learn_sigma picks the sampler's variance
 
     def forward(self, x, t, g=None, lmk=None, drop=None, drop_global=None, drop_landmarks=None, anchor=None):
         ones = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)

@@ -228,14 +228,14 @@ def read_log(path: str | Path) -> list[dict]:
 def render_preview(ema: EMA, diffusion, codec, examples: list[dict], steps: int, seed: int, device) -> np.ndarray:
     """uint8 grid: for each example a row of driving frames and a row of generated ones (DDIM, `steps` steps,
     EMA weights, no guidance); with pixel sources the source crop leads the generated row."""
-    from anchorface.diffusion import sample_loop
+    from anchorface.diffusion import learns_sigma, sample_loop
 
     batch = {k: torch.stack([e[k] for e in examples]).to(device) for k in examples[0]}
     B, T, C, h, w = batch["latents"].shape
     gen = torch.Generator().manual_seed(seed)
     x_T = torch.randn((B, T, C, h, w), generator=gen).to(device)
-    scheduler = diffusion.make_scheduler("ddim", steps)
     model = ema.model
+    scheduler = diffusion.make_scheduler("ddim", steps, learned_sigma=learns_sigma(model.sdit))
 
     def model_fn(x, t):
         return model(x, t, batch["source"], batch["landmarks"], batch["drop"]).float()
