@@ -364,6 +364,44 @@ def test_atomic_output_files_and_directories(tmp_path):
     assert (ckpt / "weights").read_text() == "2" and leftovers(tmp_path) == ["ckpt", "sub"]
 
 
+def test_atomic_output_failed_rename_is_one_line_and_leaves_no_temp(tmp_path):
+    """The final rename can fail (the target is a directory, or a file where a directory goes): VideoError, the
+    temporary output removed, whatever was at the target untouched."""
+    folder = tmp_path / "out.json"
+    folder.mkdir()
+    (folder / "keep").write_text("x")
+    with pytest.raises(VideoError) as e:
+        with atomic_output(folder) as tmp:
+            tmp.write_text("{}")
+    assert "out.json" in one_line(e) and "directory" in one_line(e)
+    assert leftovers(tmp_path) == ["out.json"] and (folder / "keep").read_text() == "x"
+
+    plain = tmp_path / "data"
+    plain.write_text("old")
+    with pytest.raises(VideoError):
+        with atomic_output(plain) as tmp:
+            tmp.mkdir()
+            (tmp / "index.json").write_text("{}")
+    assert plain.read_text() == "old" and sorted(leftovers(tmp_path)) == ["data", "out.json"]
+
+    with pytest.raises(VideoError, match="cannot create its folder"):  # the parent is a file
+        with atomic_output(plain / "x.json") as tmp:
+            tmp.write_text("{}")
+    (tmp_path / "img.png").mkdir()
+    with pytest.raises(ImageError, match="cannot write image .*img.png: it is a directory"):
+        save_image(tmp_path / "img.png", np.zeros((4, 4, 3), np.uint8))
+    assert sorted(leftovers(tmp_path)) == ["data", "img.png", "out.json"]
+
+
+def test_writer_onto_a_directory_is_a_video_error(tmp_path):
+    out = tmp_path / "out.mp4"
+    out.mkdir()
+    with pytest.raises(VideoError) as e:
+        with VideoWriter(out, 25, preset=FAST) as w:
+            w.write(frame_at(0))
+    assert "out.mp4" in one_line(e) and leftovers(tmp_path) == ["out.mp4"] and out.is_dir()
+
+
 # ----------------------------------------------------------------------------------------------------- images
 def test_load_image_applies_exif_orientation(tmp_path):
     img = np.zeros((20, 40, 3), np.uint8)

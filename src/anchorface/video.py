@@ -36,7 +36,10 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     onto `path` when the block succeeds, delete it when the block raises. Works for files and directories
     (an existing directory at `path` is replaced only once the new one is complete). Parent folders are created."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VideoError(f"cannot write {path}: cannot create its folder ({_one_line(e)})") from None
     tmp = path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
     try:
         yield tmp
@@ -45,13 +48,28 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise
     if not tmp.exists():
         raise FileNotFoundError(f"atomic_output: nothing was written to the temporary path for {path}")
-    if tmp.is_dir() and path.is_dir():
-        old = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
-        os.replace(path, old)
+    try:
+        _rename_into_place(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        what = "it is a directory" if path.is_dir() and not tmp.is_dir() else _one_line(e)
+        raise VideoError(f"cannot write {path}: {what}") from None
+
+
+def _rename_into_place(tmp: Path, path: Path) -> None:
+    """os.replace, except that a directory replaces an existing directory too (the old one is moved aside and
+    put back if the new one cannot take its place)."""
+    if not (tmp.is_dir() and path.is_dir()):
         os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    old = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
+    os.replace(path, old)
+    try:
         os.replace(tmp, path)
+    except OSError:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _remove(p: Path) -> None:
@@ -103,6 +121,8 @@ def save_image(path: str | Path, img: np.ndarray, quality: int = 95) -> None:
         with atomic_output(path) as tmp:
             kwargs = {"quality": quality} if path.suffix.lower() in (".jpg", ".jpeg", ".webp") else {}
             Image.fromarray(img).save(tmp, **kwargs)
+    except VideoError as e:  # from atomic_output: the folder or the final rename
+        raise ImageError(str(e).replace("cannot write", "cannot write image", 1)) from None
     except (OSError, ValueError, KeyError) as e:
         raise ImageError(f"cannot write image {path}: {_one_line(e)}") from None
 
@@ -290,7 +310,10 @@ class VideoWriter:
                 if isinstance(e, _AV_ERRORS):
                     raise VideoError(f"cannot write video {self.path}: {_one_line(e)}") from None
                 raise
-            self._stack.__exit__(None, None, None)
+            try:
+                self._stack.__exit__(None, None, None)  # closes the file and renames it into place
+            except _AV_ERRORS as e:  # (atomic_output raises VideoError itself)
+                raise VideoError(f"cannot write video {self.path}: {_one_line(e)}") from None
             return False
         self._stack.__exit__(exc_type, exc, tb)  # removes the temporary file, re-raises nothing itself
         return False
