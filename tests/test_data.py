@@ -39,12 +39,12 @@ def synthetic_landmarks(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_synthetic_dataset(root: Path, cfg, num_clips: int = 3, frames=(12, 20, 9), seed: int = 0,
-                            shard_bytes: int = 2**28, embeddings: bool = False) -> dict:
+                            shard_bytes: int = 2**28, embeddings: bool = False, overwrite: bool = False) -> dict:
     """A dataset in the real on-disk format (pixel codec shapes); one source video per clip."""
     rng = np.random.default_rng(seed)
     res, f = cfg.data.resolution, cfg.data.pixel_factor
     shape, data = (3 * f * f, res // f, res // f), data_signature(cfg.data)
-    with DatasetWriter(root, data, shape, shard_bytes=shard_bytes) as w:
+    with DatasetWriter(root, data, shape, shard_bytes=shard_bytes, overwrite=overwrite) as w:
         for i in range(num_clips):
             n = frames[i % len(frames)]
             if embeddings:
@@ -220,6 +220,35 @@ def test_invalid_datasets(tmp_path):
     with pytest.raises(AnchorfaceError, match="at least 4 frames"):
         write_synthetic_dataset(tmp_path / "s", cfg, num_clips=2, frames=(3,))
         ClipDataset(tmp_path / "s", 4, 0.1, 1.0, 0)
+
+
+def test_overwrite_replaces_the_dataset_only_when_complete(tmp_path):
+    cfg = tiny_cfg(16)
+    root = tmp_path / "d"
+    old = write_synthetic_dataset(root, cfg, num_clips=2, seed=0)
+    shape, data = (48, 4, 4), data_signature(cfg.data)
+    rng = np.random.default_rng(1)
+    with pytest.raises(KeyboardInterrupt):  # an interrupted `prepare --overwrite`
+        with DatasetWriter(root, data, shape, overwrite=True) as w:
+            w.add_clip("new-000", rng.normal(size=(9, *shape)), synthetic_landmarks(9, rng),
+                       *(rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8) for _ in range(2)), fps=25.0)
+            w._flush()  # a new shard is on disk...
+            assert load_index(root) == old  # ...but the old dataset is still complete meanwhile
+            raise KeyboardInterrupt
+    assert load_index(root) == old and sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    with pytest.raises(AnchorfaceError, match="no clip"):  # nothing to write: the old dataset stays too
+        with DatasetWriter(root, data, shape, overwrite=True):
+            pass
+    assert load_index(root) == old and sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    new = write_synthetic_dataset(root, cfg, num_clips=3, seed=2, overwrite=True)
+    assert len(new["clips"]) == 3 and load_index(root) == new
+    assert sorted(p.name for p in root.iterdir()) == ["index.json", "shards"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(AnchorfaceError, match="notes.txt"):  # a folder is replaced whole: refuse a foreign one
+        write_synthetic_dataset(tmp_path / "mine", cfg)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ On-disk format (version 1; see also docs/dataset.md)::
         <clip>/source_last    and its last:  float32 [D] global embedding (`clip` encoder, frozen), or
                               uint8 [res, res, 3] crop pixels (`learned` encoder, trained jointly)
 
-A clip is a segment of at most `--max-seconds` of one video (long videos are cut into equal segments). Every file
-is written to a temporary name and renamed into place; the index is written after all shards.
+A clip is a segment of at most `--max-seconds` of one video (long videos are cut into equal segments). The dataset
+is written into a temporary sibling folder (index last) that is renamed onto DATASET_DIR only when complete, so an
+interrupted `prepare --overwrite` leaves the previous dataset intact.
 
 The sampler (§3.1): training example `k` is a pure function of `(seed, k)`: a clip drawn uniformly, T distinct
 sorted frames drawn uniformly at random from it (non-uniform spacing), the source frame furthest in time from the
@@ -35,6 +36,7 @@ import math
 import os
 import sys
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,21 +90,28 @@ class DatasetWriter:
                    source_video=..)
 
     `source_*` are float [D] embeddings or uint8 [res, res, 3] crops (one kind per dataset). An existing dataset
-    in `dataset_dir` is an error unless `overwrite`. Nothing is indexed if the block raises.
+    in `dataset_dir` is an error unless `overwrite`. The new dataset is written into a temporary sibling directory
+    that replaces `dataset_dir` only once its index is written (`video.atomic_output`): if the block raises, or the
+    run is interrupted, an existing dataset is left as it was and nothing new appears.
     """
 
     def __init__(self, dataset_dir: str | Path, data: dict, latent_shape, overwrite: bool = False,
                  shard_bytes: int = SHARD_BYTES):
+        from anchorface.video import atomic_output
+
         self.dir = Path(dataset_dir)
         if self.dir.exists() and not self.dir.is_dir():
             raise AnchorfaceError(f"dataset path {self.dir} exists and is not a directory")
-        if (self.dir / INDEX).exists():
-            if not overwrite:
-                raise AnchorfaceError(f"{self.dir} already holds a dataset (pass --overwrite to replace it)")
-            (self.dir / INDEX).unlink()
-        (self.dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        for old in (self.dir / SHARD_DIR).glob("shard-*.safetensors"):
-            old.unlink()
+        if (self.dir / INDEX).exists() and not overwrite:
+            raise AnchorfaceError(f"{self.dir} already holds a dataset (pass --overwrite to replace it)")
+        if self.dir.is_dir():  # the whole folder is replaced: it may hold nothing but a dataset
+            other = sorted(p.name for p in self.dir.iterdir() if p.name not in (INDEX, SHARD_DIR))
+            if other:
+                raise AnchorfaceError(f"{self.dir} holds files that are not part of a dataset ({other[0]}"
+                                      f"{', ...' if len(other) > 1 else ''}); choose an empty or new folder")
+        self._stack = ExitStack()
+        self._tmp = self._stack.enter_context(atomic_output(self.dir))  # renamed onto self.dir by close()
+        (self._tmp / SHARD_DIR).mkdir(parents=True)
         self.data = dict(data)
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.shard_bytes = shard_bytes
@@ -162,7 +171,7 @@ class DatasetWriter:
 
         if not self._pending:
             return
-        path = self.dir / self._shard_name
+        path = self._tmp / self._shard_name
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             save_file(self._pending, str(tmp), metadata={"format": FORMAT, "version": str(VERSION)})
@@ -176,14 +185,25 @@ class DatasetWriter:
         self._shard += 1
 
     def close(self) -> dict:
-        """Flush the last shard and write the index; returns the index."""
-        if not self.clips:
-            raise AnchorfaceError(f"no clip to write to {self.dir}")
-        self._flush()
-        index = {"format": FORMAT, "version": VERSION, "data": self.data, "latent_shape": list(self.latent_shape),
-                 "source_kind": self.source_kind, "global_dim": self.global_dim, "clips": self.clips}
-        _atomic_write_bytes(self.dir / INDEX, json.dumps(index, indent=1).encode())
+        """Flush the last shard, write the index and move the dataset into place; returns the index."""
+        try:
+            if not self.clips:
+                raise AnchorfaceError(f"no clip to write to {self.dir}")
+            self._flush()
+            index = {"format": FORMAT, "version": VERSION, "data": self.data,
+                     "latent_shape": list(self.latent_shape), "source_kind": self.source_kind,
+                     "global_dim": self.global_dim, "clips": self.clips}
+            _atomic_write_bytes(self._tmp / INDEX, json.dumps(index, indent=1).encode())
+        except BaseException as e:
+            self.abort(e)
+            raise
+        self._stack.close()  # the rename (VideoError, temporary directory removed, if it fails)
         return index
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Drop what was written; an existing dataset in `dataset_dir` stays as it was."""
+        exc = exc or RuntimeError("aborted")
+        self._stack.__exit__(type(exc), exc, exc.__traceback__)
 
     def __enter__(self) -> "DatasetWriter":
         return self
@@ -191,6 +211,8 @@ class DatasetWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+        else:
+            self.abort(exc)
 
 
 def load_index(dataset_dir: str | Path) -> dict:
