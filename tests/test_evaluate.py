@@ -55,6 +55,20 @@ def test_pair_sources_skips_faceless_and_same_identity():
     assert pairs == {} and "no usable photo" in notes[0]
 
 
+def test_pair_sources_skips_unreadable_photos():
+    from anchorface.errors import ImageError
+
+    def has_face(p):
+        if p.name == "broken.jpg":
+            raise ImageError(f"cannot read image {p}: not an image file (or a format Pillow cannot read)")
+        return True
+
+    pairs, notes = evaluate.pair_sources([Path("d1.mp4"), Path("d2.mp4")], [Path("broken.jpg"), Path("s1.jpg")],
+                                         has_face, seed=0)
+    assert pairs == {Path("d1.mp4"): Path("s1.jpg"), Path("d2.mp4"): Path("s1.jpg")}
+    assert [n for n in notes if "broken.jpg" in n and "not an image file" in n] and len(notes) == 1
+
+
 class RecordingSDiT(nn.Module):
     def __init__(self):
         super().__init__()

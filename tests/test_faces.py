@@ -165,6 +165,57 @@ def test_video_boxes_fill_gaps_and_need_a_face():
         track_crop_boxes([blank, blank], progress=False)
 
 
+@needs_data
+def test_track_video_is_boxes_then_landmarks_on_crops(tmp_path):
+    """The first pass shared by reenact, prepare and evaluate: crop boxes, then landmarks on crops of
+    landmark_crop_size(resolution) px (256 up to a 256-px model, the model resolution above), the same for a
+    path (decoded twice) and for frames in memory."""
+    from anchorface.errors import VideoError
+    from anchorface.faces import source_landmarks, track_video
+    from anchorface.landmarks import LandmarkDetector, landmark_crop_size, track_landmarks
+    from anchorface.video import VideoWriter
+
+    assert [landmark_crop_size(r) for r in (None, 64, 256, 512)] == [256, 256, 256, 512]
+    path = tmp_path / "clip.mp4"
+    with VideoWriter(path, 25, preset="ultrafast") as w:
+        for f in frames("d12", limit=8):
+            w.write(f)
+    clip = list(iter_frames(path))
+    track = track_video(path, 64, keep_crops=True, progress=False)
+    boxes = track_crop_boxes(clip, progress=False)
+    np.testing.assert_array_equal(track.boxes, boxes)
+    lmk, found = track_landmarks([crop(f, Box.from_array(b), 256) for f, b in zip(clip, boxes)], progress=False)
+    np.testing.assert_array_equal(track.landmarks, lmk)
+    np.testing.assert_array_equal(track.found, found)
+    assert found.all() and track.crops.shape == (8, 64, 64, 3)
+    np.testing.assert_array_equal(track.crops[3], crop(clip[3], Box.from_array(boxes[3]), 64))
+    in_memory = track_video(clip, 64, progress=False)
+    np.testing.assert_array_equal(in_memory.landmarks, track.landmarks)
+    assert in_memory.crops is None
+    big = track_video(clip[:3], 320, progress=False)  # above 256 px the crops follow the model resolution
+    lmk320, _ = track_landmarks([crop(f, Box.from_array(b), 320) for f, b in zip(clip, big.boxes)], progress=False)
+    np.testing.assert_array_equal(big.landmarks, lmk320)
+
+    whole = Box(0, 0, clip[0].shape[1], clip[0].shape[0])
+    fixed = track_video(clip[:3], 64, fixed_box=whole, progress=False)
+    assert fixed.boxes.shape == (3, 4) and (fixed.boxes == whole.as_array()).all()
+
+    class ShorterSecondTime:  # the second decoding gives fewer frames than the first
+        calls = 0
+
+        def __iter__(self):
+            self.calls += 1
+            return iter(clip[:4] if self.calls == 1 else clip[:3])
+
+    with pytest.raises(VideoError, match="second decoding gave 3 frames, the first 4"):
+        track_video(ShorterSecondTime(), 64, progress=False)
+
+    photo = source("s1")
+    box = source_crop_box(photo)
+    with LandmarkDetector(static_image_mode=True) as det:
+        np.testing.assert_array_equal(source_landmarks(photo, box, 64), det.detect(crop(photo, box, 256)))
+
+
 # ---- crop and paste-back -------------------------------------------------------------------------------------------
 
 def test_crop_is_exact_at_unit_scale_and_repeats_edges():

@@ -13,7 +13,8 @@ On-disk format (version 1; see also docs/dataset.md)::
          "clips": [{"name", "shard", "num_frames", "fps", "source_video"}, ...]}
     DATASET_DIR/shards/shard-00000.safetensors, ...  (rotated at ~256 MB; a clip never spans two shards)
         <clip>/latents        float16 [N, C, h, w]   codec.encode of the face crops at data.resolution
-        <clip>/landmarks      float32 [N, 478, 3]    MediaPipe face mesh on the same crops at >= 256 px
+        <clip>/landmarks      float32 [N, 478, 3]    MediaPipe face mesh on the same crops at
+                                                     `landmarks.landmark_crop_size(resolution)` px (>= 256)
         <clip>/source_first   the clip's first frame as a source candidate:
         <clip>/source_last    and its last:  float32 [D] global embedding (`clip` encoder, frozen), or
                               uint8 [res, res, 3] crop pixels (`learned` encoder, trained jointly)
@@ -51,7 +52,6 @@ FORMAT, VERSION = "anchorface-dataset", 1
 INDEX = "index.json"
 SHARD_DIR = "shards"
 SHARD_BYTES = 256 * 2**20  # start a new shard when the current one would exceed this
-LANDMARK_CROP = 256  # landmarks are always computed on crops of at least this size (docs/design.md)
 DEFAULT_MAX_SECONDS = 5.0  # segment length cap; the paper's segments are 3.29 +- 2.07 s (§3.3)
 ENCODE_BATCH = 16  # frames per codec.encode call
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
@@ -431,23 +431,12 @@ def _encode(codec, crops: np.ndarray, device) -> torch.Tensor:
 
 def prepare_video(path: Path, cfg: Config, codec, encoder, max_seconds: float, device="cpu", progress=False):
     """Face crops, landmarks, latents and source candidates of one video, as a list of segment dicts."""
-    from anchorface.faces import crop, track_crop_boxes
-    from anchorface.landmarks import track_landmarks
-    from anchorface.video import iter_frames, probe_video
+    from anchorface.faces import track_video
+    from anchorface.video import probe_video
 
     info = probe_video(path)
-    boxes = track_crop_boxes(iter_frames(path), progress=progress)  # NoFaceError when no frame has a face
-    res, lmk_res = cfg.data.resolution, max(LANDMARK_CROP, cfg.data.resolution)
-    crops: list[np.ndarray] = []
-
-    def landmark_crops():
-        for frame, box in zip(iter_frames(path), boxes):
-            crops.append(crop(frame, box, res))
-            yield crop(frame, box, lmk_res)
-
-    lmk, _found = track_landmarks(landmark_crops(), progress=progress)
-    n = min(len(crops), len(lmk))
-    crops_arr, lmk = np.stack(crops[:n]), lmk[:n]
+    track = track_video(path, cfg.data.resolution, keep_crops=True, progress=progress)  # NoFaceError: no face
+    crops_arr, lmk, n = track.crops, track.landmarks, len(track.landmarks)
     fps = float(info.fps)
     segments = []
     for a, b in segment_bounds(n, fps, max_seconds):

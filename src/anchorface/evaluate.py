@@ -15,9 +15,9 @@ Protocols (`--protocol`):
   sampling (none / landmarks / global / both).
 
 Everything is measured on face crops: the driving crop boxes are tracked and smoothed as in the pipeline
-(`faces.track_crop_boxes`), the model generates crops at its resolution, and the generated crops are compared with
+(`faces.track_video`), the model generates crops at its resolution, and the generated crops are compared with
 the driving crops at that resolution (PSNR / SSIM, Self-CSIM, FID / FVD). Landmarks are MediaPipe's on crops
-resized to 256 px (docs/design.md). The model is conditioned on the driving landmarks as they are (the paper's
+resized to `landmarks.landmark_crop_size(resolution)` px (256 for models up to 256 px, docs/design.md). The model is conditioned on the driving landmarks as they are (the paper's
 setting; the supplement's limitations name the driving head shape leaking into cross-identity results), or on
 the motion re-targeted to the source face with `--relative`; LMSE compares the generated landmarks with the
 landmarks the model was conditioned on.
@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from anchorface import faces, landmarks, metrics
-from anchorface.errors import AnchorfaceError, NoFaceError
+from anchorface.errors import AnchorfaceError, ImageError, NoFaceError
 
 MERGES = ("anchored", "multidiffusion", "independent")
 PROTOCOLS = ("self", "cross", "consistency", "ablation")
@@ -51,7 +51,6 @@ ABLATION_SCALES = (1.0, 2.0, 4.0, 8.0)  # supp. Table 1, CFG column
 CONDITIONS = {"both": (False, False), "landmarks": (True, False), "global": (False, True), "none": (True, True)}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
-LANDMARK_CROP = 256  # landmarks are computed on 256-px crops (docs/design.md)
 GRID_FRAMES = 8  # columns of a frame grid
 GRID_CELL = 128  # pixels per grid cell
 
@@ -79,7 +78,8 @@ def same_identity(photo: Path, video: Path) -> bool:
 def pair_sources(videos: list[Path], photos: list[Path], has_face: Callable[[Path], bool], seed: int
                  ) -> tuple[dict[Path, Path], list[str]]:
     """§4.3.2: give each driving video a photo of another identity, in a seeded random rotation over the photos,
-    skipping photos without a face (checked once each) and photos of the same identity. Returns (pairs, notes)."""
+    skipping photos without a face (checked once each; `has_face` may raise ImageError for an unreadable photo,
+    which is skipped too) and photos of the same identity. Returns (pairs, notes)."""
     order = list(photos)
     random.Random(seed).shuffle(order)
     notes, usable, pairs = [], {}, {}
@@ -89,9 +89,12 @@ def pair_sources(videos: list[Path], photos: list[Path], has_face: Callable[[Pat
             photo = order[k % len(order)]
             k += 1
             if photo not in usable:
-                usable[photo] = has_face(photo)
+                try:
+                    usable[photo], why = has_face(photo), "no face found"
+                except ImageError as e:  # an unreadable photo is skipped like a faceless one
+                    usable[photo], why = False, str(e)
                 if not usable[photo]:
-                    notes.append(f"cross-identity: skipped source photo {photo.name} (no face found)")
+                    notes.append(f"cross-identity: skipped source photo {photo.name} ({why})")
             if usable[photo] and not same_identity(photo, video):
                 pairs[video] = photo
                 break
@@ -137,7 +140,7 @@ class Case:
     source_name: str
     frames: list[np.ndarray]  # driving window, full frames
     boxes: np.ndarray  # [n, 4] smoothed driving crop boxes
-    drv_lmk: np.ndarray  # [n, 478, 3] on 256-px crops
+    drv_lmk: np.ndarray  # [n, 478, 3] on crops of landmark_crop_size(resolution) px
     drv_found: np.ndarray  # [n] bool
     source: np.ndarray  # full source image
     src_box: faces.Box
@@ -161,20 +164,15 @@ def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
     return out
 
 
-def source_landmarks(image: np.ndarray, box: faces.Box) -> np.ndarray | None:
-    with landmarks.LandmarkDetector(static_image_mode=True) as det:
-        return det.detect(faces.crop(image, box, LANDMARK_CROP))
-
-
 def make_case(name: str, video: Path, frames: list[np.ndarray], source: np.ndarray, source_name: str,
-              src_box: faces.Box | None = None) -> Case:
-    """Track the driving window's crop boxes and landmarks and find the source face (NoFaceError if none)."""
-    boxes = faces.track_crop_boxes(frames, progress=False)
-    crops = (faces.crop(f, b, LANDMARK_CROP) for f, b in zip(frames, boxes))
-    drv_lmk, drv_found = landmarks.track_landmarks(crops, progress=False)
+              src_box: faces.Box | None = None, resolution: int | None = None) -> Case:
+    """Track the driving window's crop boxes and landmarks and find the source face (NoFaceError if none), as the
+    pipeline does (`faces.track_video`, `faces.source_landmarks`; landmarks on crops of
+    `landmark_crop_size(resolution)` px, `resolution` = the largest model resolution evaluated)."""
+    track = faces.track_video(frames, resolution, progress=False)
     src_box = src_box or faces.source_crop_box(source, source_name)
-    return Case(name, video.name, source_name, frames, boxes, drv_lmk, drv_found, source, src_box,
-                source_landmarks(source, src_box))
+    return Case(name, video.name, source_name, frames, track.boxes, track.landmarks, track.found, source, src_box,
+                faces.source_landmarks(source, src_box, resolution))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,7 +245,8 @@ class Scorer:
     def score(self, case: Case, gen: np.ndarray, target_lmk: np.ndarray, with_reference: bool) -> dict:
         res = gen.shape[1]
         real = case.driving_crops(res)
-        big = [cv2.resize(x, (LANDMARK_CROP,) * 2, interpolation=cv2.INTER_CUBIC) for x in gen]
+        size = landmarks.landmark_crop_size(res)
+        big = [x if res == size else cv2.resize(x, (size, size), interpolation=cv2.INTER_CUBIC) for x in gen]
         try:
             gen_lmk, gen_found = landmarks.track_landmarks(big, progress=False)
         except NoFaceError:
@@ -502,6 +501,7 @@ def run_evaluation(o: Options) -> dict:
     names = _unique_names(o.checkpoints)
     pipes = {n: AnchorFacePipeline.from_pretrained(p, device=o.device) for n, p in zip(names, o.checkpoints)}
     embedder, embedder_name = _load_embedder(o, pipes)
+    lmk_res = max(p.resolution for p in pipes.values())  # landmark crops: landmark_crop_size(lmk_res) px
     if inception is None:
         notes.append("FID not computed: pass --inception PATH/inception-2015-12-05.pt")
     if i3d is None:
@@ -542,7 +542,7 @@ def run_evaluation(o: Options) -> dict:
                     return None
                 try:
                     cases[(v, L)] = make_case(f"{v.stem}[{idx[0]}:{idx[-1] + 1}]<-f{src}", v, [got[i] for i in idx],
-                                              got[src], f"frame {src} of {v.name}")
+                                              got[src], f"frame {src} of {v.name}", resolution=lmk_res)
                 except NoFaceError as e:
                     notes.append(f"{v.name} ({L} frames): skipped, {e}")
         return cases[(v, L)]
@@ -569,7 +569,7 @@ def run_evaluation(o: Options) -> dict:
             base, (image, box) = cases[(v, o.frames)], found[photo]
             cross_cases.append(Case(f"{base.name.split('<-')[0]}<-{photo.stem}", v.name, photo.name, base.frames,
                                     base.boxes, base.drv_lmk, base.drv_found, image, box,
-                                    source_landmarks(image, box)))
+                                    faces.source_landmarks(image, box, lmk_res)))
 
     results: dict = {"self": {}, "cross": {}}
     grids: dict[str, dict] = {}

@@ -12,6 +12,7 @@ import logging
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import mediapipe as mp
@@ -19,8 +20,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from tqdm.auto import tqdm
 
-from anchorface.errors import AnchorfaceError, NoFaceError
-from anchorface.landmarks import native_stderr_silenced, run_quietly
+from anchorface.errors import AnchorfaceError, NoFaceError, VideoError
+from anchorface.landmarks import (LandmarkDetector, landmark_crop_size, native_stderr_silenced, run_quietly,
+                                  track_landmarks)
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +292,56 @@ def track_crop_boxes(frames: Iterable[np.ndarray], progress: bool = True, every:
     faces, _, frame_hw = detect_face_boxes(frames, progress, every)
     crops = np.stack([crop_box(Box.from_array(b), frame_hw).as_array() for b in faces])
     return smooth_boxes(crops, center_sigma)
+
+
+@dataclass
+class FaceTrack:
+    """What `track_video` finds in a video of N frames."""
+
+    boxes: np.ndarray  # [N, 4] crop boxes (App. B), smoothed over time
+    landmarks: np.ndarray  # [N, 478, 3] MediaPipe landmarks of the crops, missing faces filled from the nearest
+    found: np.ndarray  # [N] bool: a face was found in this frame's crop
+    crops: np.ndarray | None = None  # [N, res, res, 3] uint8 crops at the model resolution (`keep_crops`)
+
+
+def track_video(video, resolution: int, fixed_box: Box | None = None, keep_crops: bool = False,
+                progress: bool = True) -> FaceTrack:
+    """The face of a video, as every consumer of a driving video needs it (§3.1, App. B): crop boxes
+    (`track_crop_boxes`, or `fixed_box` for every frame), then MediaPipe landmarks in tracking mode
+    (`landmarks.track_landmarks`) on the crops at `landmark_crop_size(resolution)` pixels.
+
+    `video`: a path (decoded twice, streamed: only the boxes, landmarks and `keep_crops` crops stay in memory) or a
+    sequence of uint8 RGB frames. NoFaceError when no frame has a face."""
+    from anchorface.video import iter_frames
+
+    def frames():
+        return iter_frames(video) if isinstance(video, (str, Path)) else iter(video)
+
+    boxes = None if fixed_box is not None else track_crop_boxes(frames(), progress=progress)
+    size, kept, used = landmark_crop_size(resolution), [], []
+
+    def landmark_crops():
+        for i, frame in enumerate(frames()):
+            if boxes is not None and i >= len(boxes):
+                break
+            box = fixed_box if boxes is None else Box.from_array(boxes[i])
+            used.append(box.as_array())
+            if keep_crops:
+                kept.append(crop(frame, box, resolution))
+            yield crop(frame, box, size)
+
+    lmk, found = track_landmarks(landmark_crops(), progress=progress)
+    if boxes is not None and len(lmk) != len(boxes):
+        raise VideoError(f"{video if isinstance(video, (str, Path)) else 'the video'}: the second decoding gave "
+                         f"{len(lmk)} frames, the first {len(boxes)}")
+    return FaceTrack(np.stack(used), lmk, found, np.stack(kept) if keep_crops else None)
+
+
+def source_landmarks(image: np.ndarray, box: Box, resolution: int | None = None) -> np.ndarray | None:
+    """MediaPipe landmarks ``[478, 3]`` (static-image mode) of the face of a photo, on its crop `box` at
+    `landmark_crop_size(resolution)` pixels, as `track_video` does for video frames; None when there is none."""
+    with LandmarkDetector(static_image_mode=True) as det:
+        return det.detect(crop(image, box, landmark_crop_size(resolution)))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ from anchorface.errors import AnchorfaceError, NoFaceError
 NUM_LANDMARKS = 478  # face mesh with refine_landmarks=True (468 mesh points + 2 x 5 iris points)
 LANDMARK_DIM = NUM_LANDMARKS * 3
 
+# Landmarks are always computed on face crops of at least this many pixels, so they do not depend on the model
+# resolution (docs/design.md); `landmark_crop_size` is the one rule every caller uses.
+LANDMARK_CROP = 256
+
 # Face-mesh thresholds (MediaPipe's defaults, named here so they are visible).
 MIN_DETECTION_CONFIDENCE = 0.5
 MIN_TRACKING_CONFIDENCE = 0.5
@@ -98,6 +102,11 @@ _OUTER_LIP = next(chain for chain, closed in _REGION_CHAINS["lips"] if closed an
 # --------------------------------------------------------------------------------------------------------------
 # Detection and tracking
 # --------------------------------------------------------------------------------------------------------------
+
+def landmark_crop_size(resolution: int | None = None) -> int:
+    """Side in pixels of the face crop MediaPipe sees: the model resolution, but at least ``LANDMARK_CROP``."""
+    return max(LANDMARK_CROP, int(resolution or 0))
+
 
 def _check_frame(frame: np.ndarray) -> np.ndarray:
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:

@@ -6,7 +6,8 @@
 The flow keeps only O(N) small arrays in memory (crop boxes, landmarks, latents), never the frames of the video:
 
 1. validate every input before any output exists (source image and its face, driving video);
-2. pass 1 over the driving video (streamed): crop boxes (App. B), then MediaPipe landmarks on 256-px crops (§3.1);
+2. pass 1 over the driving video (streamed, `faces.track_video`): crop boxes (App. B), then MediaPipe landmarks
+   on crops of `landmarks.landmark_crop_size(resolution)` px (§3.1);
    relative motion (landmarks re-targeted onto the source face, supp. §1) or the driving landmarks as they are;
 3. G = the global encoder on the source crop (§3.1), or CLIP text for text-to-video, or a mix for editing (§4.4);
 4. Anchored Diffusion (§3.2, Alg. 1) over the plan of the chosen merge strategy (`anchorface.anchored`);
@@ -36,7 +37,6 @@ from anchorface.errors import AnchorfaceError, NoFaceError
 from anchorface.plans import KINDS, make_plan
 from anchorface.video import VideoWriter, iter_frames, load_image, probe_video
 
-LANDMARK_CROP = 256  # landmarks are always computed on >= 256-px crops (docs/design.md)
 DECODE_BATCH = 8  # generated frames decoded at once in pass 2
 COMPARE_HEIGHT = 256  # panel height of the --compare video (driving crop | anchored | multidiffusion)
 TEXT_NEEDS_CLIP = "--text needs a checkpoint trained with the CLIP global encoder"
@@ -203,24 +203,14 @@ class AnchorFacePipeline:
             name = "the source image" if isinstance(source, np.ndarray) else f"the source image {source}"
             box = faces.source_crop_box(image, name) if crop else full_frame_box(image.shape[:2])
             src_crop = faces.crop(image, box, self.resolution)
-            with landmarks.LandmarkDetector(static_image_mode=True) as det:
-                src_lmk = det.detect(faces.crop(image, box, LANDMARK_CROP))
+            src_lmk = faces.source_landmarks(image, box, self.resolution)
             if src_lmk is None and relative:
                 raise NoFaceError(f"no face landmarks found in {name}")
 
-        # ---- 2. pass 1 over the driving video: crop boxes, then landmarks on 256-px crops (streamed)
-        if crop:
-            boxes = faces.track_crop_boxes(iter_frames(driving), progress=progress)
-            crops = (faces.crop(f, b, LANDMARK_CROP) for f, b in zip(iter_frames(driving), boxes))
-        else:
-            whole = full_frame_box((info.height, info.width))
-            crops = (faces.crop(f, whole, LANDMARK_CROP) for f in iter_frames(driving))
-        lmk, found = landmarks.track_landmarks(crops, progress=progress)
-        n = len(lmk)
-        if not crop:
-            boxes = np.tile(whole.as_array(), (n, 1))
-        elif n != len(boxes):
-            raise AnchorfaceError(f"the driving video gave {n} frames, expected {len(boxes)}")
+        # ---- 2. pass 1 over the driving video (streamed): crop boxes, then landmarks on the crops
+        whole = None if crop else full_frame_box((info.height, info.width))
+        track = faces.track_video(driving, self.resolution, fixed_box=whole, progress=progress)
+        lmk, found, boxes, n = track.landmarks, track.found, track.boxes, len(track.landmarks)
         motion = landmarks.relative_motion(lmk, src_lmk, reference=0) if relative else lmk
 
         # ---- 3-4. G, then Anchored Diffusion (and the baselines for --compare)
