@@ -4,7 +4,8 @@
   4 channels, latents scaled by the VAE config's `scaling_factor` (0.18215 for SD 1.x).
 - `pixel`   (`PixelCodec`): exact, weight-free space-to-depth; the no-download path for small-scale work.
 
-Pixels are `[N, 3, H, W]` float in [-1, 1]; latents are `[N, C, H/f, W/f]` float32.
+Pixels are `[N, 3, H, W]` float in [-1, 1] (`to_pixels` / `to_uint8` convert from / to uint8 RGB frames);
+latents are `[N, C, H/f, W/f]` float32.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +23,18 @@ from torch import nn
 from anchorface.errors import AnchorfaceError, MissingWeightsError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def to_pixels(frames) -> torch.Tensor:
+    """uint8 RGB frames `[..., H, W, 3]` (numpy or torch) -> float32 pixels `[..., 3, H, W]` in [-1, 1], the range
+    the codecs and encoders take (the inverse of `to_uint8` up to rounding)."""
+    x = frames if torch.is_tensor(frames) else torch.from_numpy(np.ascontiguousarray(frames))
+    return x.movedim(-1, -3).float() / 127.5 - 1.0
+
+
+def to_uint8(px: torch.Tensor) -> np.ndarray:
+    """float pixels `[..., 3, H, W]` in [-1, 1] -> uint8 RGB frames `[..., H, W, 3]` (numpy; clamped, rounded)."""
+    return ((px.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
 
 
 class LatentCodec(nn.Module):

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from anchorface.codecs import to_pixels
 from anchorface.config import Config, DataConfig, load_config
 from anchorface.errors import AnchorfaceError, NoFaceError, VideoError
 
@@ -54,7 +55,6 @@ SHARD_DIR = "shards"
 SHARD_BYTES = 256 * 2**20  # start a new shard when the current one would exceed this
 DEFAULT_MAX_SECONDS = 5.0  # segment length cap; the paper's segments are 3.29 +- 2.07 s (§3.3)
 ENCODE_BATCH = 16  # frames per codec.encode call
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -255,13 +255,21 @@ def check_compatible(index: dict, cfg: Config) -> None:
 # The training sampler (§3.1)
 # --------------------------------------------------------------------------------------------------------------
 
+def furthest_end(first: int, last: int, num_frames: int) -> int:
+    """The source frame of a sequence spanning frames [first, last] of a clip of `num_frames` (§3.1, §4.3.1): the
+    end of the clip furthest in time from it, i.e. frame 0 if the sequence starts at least as far from it as it ends
+    from the last frame, else the last frame (ties -> frame 0)."""
+    return 0 if first >= (num_frames - 1) - last else num_frames - 1
+
+
 def sample_training_example(clip_len: int, T: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """T sorted distinct frame indices of a clip of `clip_len` frames, and the source frame index (§3.1).
 
     The T frames are a uniformly random T-subset (so the spacing is random and non-uniform). The source is the
-    frame "furthest in time from the chosen sequence": the first frame if the sequence starts further from it than
-    it ends from the last, else the last (ties -> the first). With clip_len > T the source is never one of the T
-    frames: subsets containing both the first and the last frame are redrawn (uniform over the other subsets).
+    frame "furthest in time from the chosen sequence" (`furthest_end`): the first frame if the sequence starts
+    further from it than it ends from the last, else the last (ties -> the first). With clip_len > T the source is
+    never one of the T frames: subsets containing both the first and the last frame are redrawn (uniform over the
+    other subsets).
     With clip_len == T the sequence is the whole clip and the source is its first frame (the only case where the
     source is also in the sequence). clip_len < T is a ValueError; `ClipDataset` leaves such clips out.
     """
@@ -273,8 +281,7 @@ def sample_training_example(clip_len: int, T: int, rng: np.random.Generator) -> 
         frames = np.sort(rng.choice(clip_len, size=T, replace=False))
         if frames[0] > 0 or frames[-1] < clip_len - 1:
             break
-    source = 0 if frames[0] >= (clip_len - 1) - frames[-1] else clip_len - 1
-    return frames, int(source)
+    return frames, furthest_end(int(frames[0]), int(frames[-1]), clip_len)
 
 
 @dataclass(frozen=True)
@@ -359,7 +366,7 @@ class ClipDataset(torch.utils.data.Dataset):
         end = "first" if source == 0 else "last"
         src = f.get_tensor(f"{c['name']}/source_{end}")
         if src.dtype == torch.uint8:
-            src = src.permute(2, 0, 1).float() / 127.5 - 1.0
+            src = to_pixels(src)
         return {"latents": latents, "landmarks": torch.from_numpy(landmark_vector(lmk)), "weight": weight,
                 "source": src.float(), "drop": torch.tensor(bool(drop))}
 
@@ -399,16 +406,6 @@ class StepSampler(torch.utils.data.Sampler):
 # `anchorface prepare`
 # --------------------------------------------------------------------------------------------------------------
 
-def list_videos(videos_dir: str | Path) -> list[Path]:
-    videos_dir = Path(videos_dir)
-    if not videos_dir.is_dir():
-        raise AnchorfaceError(f"videos directory not found: {videos_dir}")
-    videos = sorted(p for p in videos_dir.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
-    if not videos:
-        raise AnchorfaceError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {videos_dir}")
-    return videos
-
-
 def segment_bounds(num_frames: int, fps: float, max_seconds: float) -> list[tuple[int, int]]:
     """Cut [0, num_frames) into the fewest equal-length segments of at most `max_seconds`."""
     max_len = max(1, int(math.floor(max_seconds * fps + 1e-6)))
@@ -417,14 +414,9 @@ def segment_bounds(num_frames: int, fps: float, max_seconds: float) -> list[tupl
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def _to_pixels(crops: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
 @torch.no_grad()
 def _encode(codec, crops: np.ndarray, device) -> torch.Tensor:
-    out = [codec.encode(_to_pixels(crops[i:i + ENCODE_BATCH]).to(device)).float().cpu()
+    out = [codec.encode(to_pixels(crops[i:i + ENCODE_BATCH]).to(device)).float().cpu()
            for i in range(0, len(crops), ENCODE_BATCH)]
     return torch.cat(out).half()
 
@@ -443,7 +435,7 @@ def prepare_video(path: Path, cfg: Config, codec, encoder, max_seconds: float, d
         ends = crops_arr[[a, b - 1]]
         if encoder is not None:  # frozen global encoder: store the embeddings
             with torch.no_grad():
-                emb = encoder.encode_images(_to_pixels(ends).to(device)).float().cpu()
+                emb = encoder.encode_images(to_pixels(ends).to(device)).float().cpu()
             first, last = emb[0], emb[1]
         else:  # jointly trained encoder: store the pixels
             first, last = ends[0], ends[1]
@@ -461,9 +453,12 @@ def prepare_dataset(videos_dir: str | Path, dataset_dir: str | Path, cfg: Config
     """
     from anchorface.codecs import load_codec
     from anchorface.encoders import load_encoder
+    from anchorface.video import list_videos
 
     if not max_seconds > 0:
         raise AnchorfaceError(f"--max-seconds must be positive, got {max_seconds}")
+    if not Path(videos_dir).is_dir():
+        raise AnchorfaceError(f"videos directory not found: {videos_dir}")
     videos = list_videos(videos_dir)
     codec = load_codec(cfg.data).to(device).eval()
     encoder = None

@@ -28,6 +28,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
+from anchorface.codecs import to_pixels
 from anchorface.errors import AnchorfaceError, MissingWeightsError
 
 LMSE_CROP_PX = 256.0  # landmarks are scaled to pixels of a 256-px crop before the squared error
@@ -154,7 +155,7 @@ def embed_frames(encoder, frames: Sequence[np.ndarray], batch_size: int = 16) ->
     device = param.device if param is not None else torch.device("cpu")
     out = []
     for i in range(0, len(frames), batch_size):
-        x = to_tensor(frames[i:i + batch_size]).to(device) / 127.5 - 1.0
+        x = to_pixels(_frame_tensor(frames[i:i + batch_size])).to(device)
         if size and tuple(x.shape[-2:]) != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out.append(encoder.encode_images(x).float().cpu().numpy())
@@ -277,8 +278,8 @@ def _frames(x) -> np.ndarray:
 # Feature networks for FID / FVD (user-provided TorchScript files; nothing is downloaded)
 
 
-def to_tensor(frames) -> torch.Tensor:
-    """uint8 RGB frames [N, H, W, 3] (array or list) -> float tensor [N, 3, H, W] in [0, 255]."""
+def _frame_tensor(frames) -> torch.Tensor:
+    """uint8 RGB frames [N, H, W, 3] (array, tensor or list of frames) as one tensor, shape checked."""
     if isinstance(frames, torch.Tensor):
         x = frames
     else:
@@ -286,7 +287,12 @@ def to_tensor(frames) -> torch.Tensor:
                                                   else frames))
     if x.ndim != 4 or x.shape[-1] != 3:
         raise AnchorfaceError(f"expected RGB frames [N, H, W, 3], got shape {tuple(x.shape)}")
-    return x.permute(0, 3, 1, 2).float()
+    return x
+
+
+def to_tensor(frames) -> torch.Tensor:
+    """uint8 RGB frames [N, H, W, 3] (array or list) -> float tensor [N, 3, H, W] in [0, 255]."""
+    return _frame_tensor(frames).permute(0, 3, 1, 2).float()
 
 
 def _load_torchscript(path, what: str, file: str, url: str, device) -> torch.jit.ScriptModule:
@@ -354,10 +360,10 @@ class I3DFeatures:
 
     def _prepare(self, video) -> torch.Tensor:
         v = pad_frames(np.asarray(video), self.min_frames)
-        x = to_tensor(v)  # [T, 3, H, W]
+        x = to_pixels(_frame_tensor(v))  # [T, 3, H, W] in [-1, 1]
         if tuple(x.shape[-2:]) != (I3D_SIZE, I3D_SIZE):
             x = F.interpolate(x, size=(I3D_SIZE, I3D_SIZE), mode="bilinear", align_corners=False, antialias=True)
-        return (x / 127.5 - 1.0).permute(1, 0, 2, 3)  # [3, T, H, W]
+        return x.permute(1, 0, 2, 3)  # [3, T, H, W]
 
     @torch.no_grad()
     def __call__(self, videos: Iterable) -> np.ndarray:

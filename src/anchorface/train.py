@@ -228,6 +228,7 @@ def read_log(path: str | Path) -> list[dict]:
 def render_preview(ema: EMA, diffusion, codec, examples: list[dict], steps: int, seed: int, device) -> np.ndarray:
     """uint8 grid: for each example a row of driving frames and a row of generated ones (DDIM, `steps` steps,
     EMA weights, no guidance); with pixel sources the source crop leads the generated row."""
+    from anchorface.codecs import to_uint8
     from anchorface.diffusion import learns_sigma, sample_loop
 
     batch = {k: torch.stack([e[k] for e in examples]).to(device) for k in examples[0]}
@@ -242,11 +243,11 @@ def render_preview(ema: EMA, diffusion, codec, examples: list[dict], steps: int,
 
     z = sample_loop(model_fn, x_T, scheduler, generator=gen, progress=False)
 
-    def to_pixels(lat):  # [B, T, C, h, w] -> [B, T, 3, H, W]
+    def decode(lat):  # [B, T, C, h, w] -> [B, T, 3, H, W]
         px = codec.decode(lat.reshape(B * T, C, h, w).float().cpu())
         return px.reshape(B, T, *px.shape[1:])
 
-    driving, generated = to_pixels(batch["latents"]), to_pixels(z)
+    driving, generated = decode(batch["latents"]), decode(z)
     H, W = driving.shape[-2:]
     pixel_source = batch["source"].ndim == 4
     cols = T + int(pixel_source)
@@ -257,8 +258,7 @@ def render_preview(ema: EMA, diffusion, codec, examples: list[dict], steps: int,
         if pixel_source:
             src = torch.nn.functional.interpolate(batch["source"][b:b + 1].float().cpu(), size=(H, W), mode="area")
             grid[2 * b + 1, 0] = src[0]
-    img = grid.permute(0, 3, 1, 4, 2).reshape(2 * B * H, cols * W, 3)
-    return ((img.clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+    return to_uint8(grid).transpose(0, 2, 1, 3, 4).reshape(2 * B * H, cols * W, 3)  # [2B, cols, H, W, 3] -> rows
 
 
 def split_clips(index: dict, holdout_videos: int) -> tuple[list[str], list[str]]:

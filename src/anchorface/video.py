@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from anchorface.errors import ImageError, VideoError
 
 _AV_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError)
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")  # what `list_videos` takes from a folder
 REMUX_AUDIO_CODECS = ("aac", "mp3")  # copied into the output as they are; anything else is transcoded to AAC
 AUDIO_BITRATE = 192_000  # bits/s when audio has to be transcoded to AAC
 
@@ -245,6 +246,25 @@ def _decoded(container, stream, path, max_frames: int | None) -> Iterator[np.nda
             raise VideoError(f"cannot read video {path}: it has no frames (empty or truncated file?)")
     finally:
         container.close()
+
+
+def list_videos(items, what: str = "video") -> list[Path]:
+    """Video files: each of `items` (one path or several) is a folder, giving its files with a `VIDEO_SUFFIXES`
+    suffix sorted by name, or a file, taken as it is. VideoError, naming `what`, when an item does not exist or
+    nothing is found."""
+    items = [items] if isinstance(items, (str, Path)) else list(items)
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise VideoError(f"{what} or folder not found: {p}")
+    if not out:
+        raise VideoError(f"no {what}s ({', '.join(VIDEO_SUFFIXES)}) found in {' '.join(map(str, items))}")
+    return out
 
 
 def _as_fraction(fps) -> Fraction:
