@@ -15,6 +15,8 @@ from torch import nn
 
 from anchorface import evaluate
 from anchorface.errors import AnchorfaceError
+from anchorface.plans import KINDS
+from anchorface.video import list_videos
 
 FACES = Path(__file__).resolve().parents[2] / "shared/data/faces"
 
@@ -94,6 +96,28 @@ def test_given_conditions_drops_the_right_signals():
     assert inner.calls[-1][2].tolist() == [True, False, True] and inner.calls[-1][1].all()
 
 
+def test_ablation_settings_clamp_default_steps_and_keep_zero_scale(tmp_path):
+    from anchorface.codecs import PixelCodec
+    from anchorface.config import load_config
+    from anchorface.pipeline import AnchorFacePipeline
+
+    cfg = load_config("tiny")
+    cfg.sample.steps = 600
+    pipe = AnchorFacePipeline(cfg, RecordingSDiT(), PixelCodec(4))
+    o = evaluate.Options(checkpoints=[tmp_path], driving=[], output=tmp_path / "o", ablation_scales=(1.0, 0.0),
+                         ablation_conditions=("none",))
+    rows = evaluate.ablation_settings(o, pipe)
+    assert rows == [(600, 1.0, "both"), (600, 0.0, "both"), (1000, 1.0, "both"), (600, 1.0, "none")]  # 2 x 600 > 1000
+    assert evaluate._first_set(None, 0.0, 3.0) == 0.0  # CFG 0 given on the command line is not "unset"
+    with pytest.raises(AnchorfaceError, match="got 1200"):
+        evaluate.ablation_settings(evaluate.Options(**{**vars(o), "ablation_steps": (1200,)}), pipe)
+    sdit = RecordingSDiT()
+    sdit.mapping = None  # an unconditional checkpoint: CFG and the conditions subsets cannot run
+    unconditional = AnchorFacePipeline(cfg, sdit, PixelCodec(4))
+    with pytest.raises(AnchorfaceError, match="conditional model"):
+        evaluate.ablation_settings(evaluate.Options(**{**vars(o), "ablation_scales": (1.0,)}), unconditional)
+
+
 def test_aggregate_means_and_frechet_over_pooled_features():
     rng = np.random.default_rng(0)
     feats = lambda: dict(fid_fake=rng.normal(size=(4, 3)), fid_real=rng.normal(size=(4, 3)))  # noqa: E731
@@ -132,7 +156,9 @@ def test_bad_options_raise_one_line_errors(tmp_path):
         evaluate._check_options(evaluate.Options(checkpoints=[tmp_path], driving=[], output=keep,
                                                  protocols=("self",)))
     with pytest.raises(AnchorfaceError, match="no driving videos"):
-        evaluate.list_videos([str(keep)])
+        list_videos([str(keep)], "driving video")
+    with pytest.raises(AnchorfaceError, match="--ablation-steps"):
+        evaluate._check_options(evaluate.Options(**base, protocols=("self",), ablation_steps=(0, 50)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -191,7 +217,7 @@ def test_evaluate_smoke_end_to_end(tmp_path):
     assert "Table 1" in md and "Fig. 5" in md and "supp. Table 1" in md
     assert "learned global encoder" in report["csim_embedding"]
     self_res = report["results"]["self"]["ckpt"]
-    assert set(self_res) == set(evaluate.MERGES)
+    assert set(self_res) == set(KINDS)
     for merge, r in self_res.items():
         assert r["videos"] == 2 and -1 <= r["csim"] <= 1 and 0 <= r["self_csim"] <= 2
         assert r["psnr"] is not None and 0 <= r["face_found_rate"] <= 1
@@ -202,7 +228,7 @@ def test_evaluate_smoke_end_to_end(tmp_path):
     assert "psnr" not in report["results"]["cross"]["ckpt"]["anchored"]  # no ground truth across identities
     assert any("s22.jpg" in n and "no face" in n for n in report["notes"])  # the animal photo was skipped
     cons = {(r["length"], r["merge"]): r for r in report["consistency"]}
-    assert set(cons) == {(L, m) for L in (4, 8) for m in evaluate.MERGES}
+    assert set(cons) == {(L, m) for L in (4, 8) for m in KINDS}
     # 8 frames with T=4: the strategies plan different sequences, so their videos differ
     assert cons[(8, "anchored")]["appearance_drift"] != cons[(8, "independent")]["appearance_drift"]
     ablation = {(r["steps"], r["guidance_scale"], r["conditions"]): r for r in report["ablation"]}

@@ -130,3 +130,87 @@ def test_from_pretrained_tiny_checkpoint(tmp_path):
 def test_full_frame_box_is_square_and_centered():
     box = full_frame_box((480, 640))
     assert box.width == box.height == 640 and box.center == (320, 240)
+
+
+class Unconditional(nn.Module):
+    """Test double: a model without the mapping network (global_dim = 0)."""
+
+    mapping = None
+
+    def forward(self, x, t, **kwargs):
+        return torch.cat([torch.zeros_like(x)] * 2, dim=2)
+
+
+def test_reenact_validates_before_any_work(target_pipe, tmp_path, monkeypatch):
+    """Every option and output path is checked in step 1, before the driving video is read (it does not even
+    exist here), and a 0 is a value, not "use the default"."""
+    from anchorface import faces
+
+    monkeypatch.setattr(faces, "track_video", lambda *a, **k: pytest.fail("pass 1 started"))
+    drv = tmp_path / "missing.mp4"
+    (tmp_path / "folder.mp4").mkdir()
+    bad = [(dict(output=tmp_path / "out.gif"), "unsupported video format '.gif'"),
+           (dict(output=tmp_path / "out"), "unsupported video format"),
+           (dict(output=tmp_path / "folder.mp4"), "is a directory"),
+           (dict(output=tmp_path / "nowhere" / "out.mp4"), "does not exist"),
+           (dict(compare_path=tmp_path / "cmp.avi"), "--compare .*unsupported video format"),
+           (dict(compare_path=tmp_path / "folder.mp4"), "--compare .* is a directory"),
+           (dict(compare_path=tmp_path / "out.mp4"), "different file"),
+           (dict(edit_weight=1.5), "edit-weight"),
+           (dict(edit_weight=-0.1), "edit-weight"),
+           (dict(micro_batch=0), "micro-batch must be >= 1, got 0"),
+           (dict(steps=0), r"steps must be in \[1, 1000\], got 0"),
+           (dict(steps=1001), "got 1001"),
+           (dict(sampler="euler"), "unknown sampler"),
+           (dict(merge=""), "unknown merge strategy ''")]
+    for kwargs, message in bad:
+        args = dict(output=tmp_path / "out.mp4") | kwargs
+        with pytest.raises(AnchorfaceError, match=message) as e:
+            target_pipe.reenact(np.zeros((8, 8, 3), np.uint8), drv, args.pop("output"), progress=False, **args)
+        assert "\n" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.mp4"]
+    unconditional = AnchorFacePipeline(tiny_config(), Unconditional(), PixelCodec(FACTOR))
+    with pytest.raises(AnchorfaceError, match="guidance scale 2 needs a conditional model"):
+        unconditional.reenact(np.zeros((8, 8, 3), np.uint8), drv, tmp_path / "o.mp4", guidance_scale=2.0)
+    # the checks pass: the next thing is reading the (missing) driving video
+    with pytest.raises(AnchorfaceError, match="missing.mp4: file not found"):
+        target_pipe.reenact(np.zeros((8, 8, 3), np.uint8), drv, tmp_path / "o.mkv", compare_path=tmp_path / "c.mov")
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root may write into read-only folders")
+def test_output_folder_must_be_writable(tmp_path):
+    from anchorface.pipeline import check_output_path
+
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    with pytest.raises(AnchorfaceError, match="not writable"):
+        check_output_path(ro / "out.mp4")
+
+
+def test_generate_takes_zero_as_a_value(target_pipe):
+    lmk = frame_landmarks(np.zeros(3))
+    with pytest.raises(AnchorfaceError, match="got 0"):
+        target_pipe.generate(None, lmk, steps=0, progress=False)
+    with pytest.raises(AnchorfaceError, match="micro-batch must be >= 1, got 0"):
+        target_pipe.generate(None, lmk, micro_batch=0, progress=False)
+
+
+def test_reenact_command_checks_inputs_before_loading_weights(tmp_path, capsys):
+    """The CLI reads the source photo and probes the driving video before it loads a checkpoint (which here does
+    not even exist), so a typo costs no model loading."""
+    from anchorface.cli import main
+
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(b"not a jpeg")
+    args = ["reenact", str(photo), str(tmp_path / "drv.mp4"), "-o", str(tmp_path / "out.mp4"), "--checkpoint",
+            str(tmp_path / "no-checkpoint"), "--quiet"]
+    assert main(args) == 1
+    assert "cannot read image" in capsys.readouterr().err
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(photo, format="JPEG")
+    assert main(args) == 1
+    assert "drv.mp4: file not found" in capsys.readouterr().err
+    assert main(args[:4] + [str(tmp_path / "out.webm")] + args[5:]) == 1
+    assert "unsupported video format" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["me.jpg"]

@@ -25,6 +25,7 @@ landmarks the model was conditioned on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -40,9 +41,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from anchorface import faces, landmarks, metrics
+from anchorface.data import furthest_end
+from anchorface.devices import resolve_device
+from anchorface.plans import KINDS
 from anchorface.errors import AnchorfaceError, ImageError, NoFaceError
 
-MERGES = ("anchored", "multidiffusion", "independent")
 PROTOCOLS = ("self", "cross", "consistency", "ablation")
 SELF_FRAMES = 8  # §4.3.1: "a random 8-frame sequence in its original order"
 DEFAULT_LENGTHS = (8, 16, 32, 64)  # consistency study (Fig. 5)
@@ -50,7 +53,6 @@ ABLATION_SCALES = (1.0, 2.0, 4.0, 8.0)  # supp. Table 1, CFG column
 # supp. Table 1, "Guidance" column: which conditions are given at sampling -> (drop global, drop landmarks)
 CONDITIONS = {"both": (False, False), "landmarks": (True, False), "global": (False, True), "none": (True, True)}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 GRID_FRAMES = 8  # columns of a frame grid
 GRID_CELL = 128  # pixels per grid cell
 
@@ -66,8 +68,7 @@ def self_window(num_frames: int, length: int, rng: random.Random) -> tuple[list[
         return None
     start = rng.randint(0, num_frames - length)
     window = list(range(start, start + length))
-    before, after = start, num_frames - 1 - window[-1]
-    return window, (0 if before >= after else num_frames - 1)
+    return window, furthest_end(window[0], window[-1], num_frames)
 
 
 def same_identity(photo: Path, video: Path) -> bool:
@@ -101,22 +102,6 @@ def pair_sources(videos: list[Path], photos: list[Path], has_face: Callable[[Pat
         else:
             notes.append(f"cross-identity: no usable photo of another identity for {video.name}")
     return pairs, notes
-
-
-def list_videos(items: list[str]) -> list[Path]:
-    """Driving videos from directories (their video files, sorted) and files."""
-    out = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES)
-        elif p.exists():
-            out.append(p)
-        else:
-            raise AnchorfaceError(f"driving video or directory not found: {p}")
-    if not out:
-        raise AnchorfaceError(f"no driving videos found in {' '.join(items)}")
-    return out
 
 
 def list_photos(directory: str | Path) -> list[Path]:
@@ -357,7 +342,7 @@ def plot_consistency(rows: list[dict], path: Path) -> None:
     panels = [("self_csim", "Self-CSIM ↓ (Fig. 5)"), ("first_frame_csim", "min cos(first, later) ↑"),
               ("appearance_drift", "appearance drift ↓ (0-255)")]
     fig = Figure(figsize=(4.2 * len(panels), 3.6), dpi=100)
-    series = sorted({(r["checkpoint"], r["merge"]) for r in rows}, key=lambda cm: (cm[0], MERGES.index(cm[1])))
+    series = sorted({(r["checkpoint"], r["merge"]) for r in rows}, key=lambda cm: (cm[0], KINDS.index(cm[1])))
     lengths = sorted({r["length"] for r in rows})
     for i, (key, title) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -418,7 +403,7 @@ class Options:
     driving: list[str]
     output: Path
     sources: Path | None = None
-    merges: tuple[str, ...] = MERGES
+    merges: tuple[str, ...] = KINDS
     protocols: tuple[str, ...] = PROTOCOLS
     steps: int | None = None  # None: each checkpoint's sample.steps
     guidance_scale: float | None = None  # None: each checkpoint's sample.guidance_scale
@@ -439,9 +424,9 @@ class Options:
 
 
 def _check_options(o: Options) -> None:
-    bad = [m for m in o.merges if m not in MERGES]
+    bad = [m for m in o.merges if m not in KINDS]
     if bad:
-        raise AnchorfaceError(f"unknown merge strategy {bad[0]!r}; choose from {', '.join(MERGES)}")
+        raise AnchorfaceError(f"unknown merge strategy {bad[0]!r}; choose from {', '.join(KINDS)}")
     bad = [p for p in o.protocols if p not in PROTOCOLS]
     if bad:
         raise AnchorfaceError(f"unknown protocol {bad[0]!r}; choose from {', '.join(PROTOCOLS)}")
@@ -456,6 +441,8 @@ def _check_options(o: Options) -> None:
         raise AnchorfaceError(f"--max-videos must be >= 1, got {o.max_videos}")
     if o.steps is not None and o.steps < 1:
         raise AnchorfaceError(f"--steps must be >= 1, got {o.steps}")
+    if o.ablation_steps is not None and (not o.ablation_steps or min(o.ablation_steps) < 1):
+        raise AnchorfaceError(f"--ablation-steps must all be >= 1, got {list(o.ablation_steps)}")
     if {"cross", "ablation"} & set(o.protocols) and o.sources is None:
         raise AnchorfaceError("the cross and ablation protocols need --sources DIR (photos of other identities)")
     out = Path(o.output)
@@ -479,6 +466,28 @@ def _load_embedder(o: Options, pipes: dict):
     return None, "none (no global encoder available: pass --clip DIR)"
 
 
+def _first_set(*values):
+    return next(v for v in values if v is not None)
+
+
+def ablation_settings(o: Options, pipe) -> list[tuple[int, float, str]]:
+    """The (steps, CFG scale, conditions) rows of supp. Table 1 for checkpoint `pipe`: each CFG scale and each
+    conditions subset at the base step count (--steps, else the checkpoint's), and each of --ablation-steps
+    (default: the base and twice the base, at most the diffusion's timesteps) at CFG 1. Every row is checked
+    against the checkpoint here, before any work."""
+    base = _first_set(o.steps, pipe.config.sample.steps)
+    steps_list = o.ablation_steps or (base, min(2 * base, pipe.diffusion.num_timesteps))
+    rows = [(base, float(s), "both") for s in o.ablation_scales]
+    rows += [(int(st), 1.0, "both") for st in steps_list]
+    rows += [(base, 1.0, c) for c in o.ablation_conditions]
+    rows = list(dict.fromkeys(rows))
+    for st, scale, cond in rows:
+        pipe.check_sampling(o.merges[0], steps=st, guidance_scale=scale)
+        if cond != "both" and getattr(pipe.sdit, "mapping", None) is None:
+            raise AnchorfaceError("the conditions ablation needs a conditional model (global_dim > 0)")
+    return rows
+
+
 def _unique_names(paths: list[Path]) -> list[str]:
     names = [p.resolve().name for p in paths]
     return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
@@ -487,12 +496,13 @@ def _unique_names(paths: list[Path]) -> list[str]:
 def run_evaluation(o: Options) -> dict:
     """Run the selected protocols and write report.md, report.json, plots and grids under `o.output`."""
     from anchorface.pipeline import AnchorFacePipeline
-    from anchorface.video import atomic_output, load_image, probe_video
+    from anchorface.video import atomic_output, list_videos, load_image, probe_video
 
     _check_options(o)
+    o = dataclasses.replace(o, device=resolve_device(o.device))  # (the notes list is shared with the caller's)
     t0 = time.time()
     rng_seed = o.seed
-    videos = list_videos(o.driving)
+    videos = list_videos(o.driving, "driving video")
     if o.max_videos is not None:
         videos = videos[:o.max_videos]
     notes = o.notes
@@ -500,6 +510,9 @@ def run_evaluation(o: Options) -> dict:
     i3d = metrics.I3DFeatures(o.i3d, device=o.device) if o.i3d else None
     names = _unique_names(o.checkpoints)
     pipes = {n: AnchorFacePipeline.from_pretrained(p, device=o.device) for n, p in zip(names, o.checkpoints)}
+    for pipe in pipes.values():  # the requested sampling runs on every checkpoint: fail before any work
+        pipe.check_sampling(steps=o.steps, guidance_scale=o.guidance_scale)
+    abl_rows = ablation_settings(o, pipes[names[0]]) if "ablation" in o.protocols else []
     embedder, embedder_name = _load_embedder(o, pipes)
     lmk_res = max(p.resolution for p in pipes.values())  # landmark crops: landmark_crop_size(lmk_res) px
     if inception is None:
@@ -508,12 +521,12 @@ def run_evaluation(o: Options) -> dict:
         notes.append("FVD not computed: pass --i3d PATH/i3d_torchscript.pt")
     scorer = Scorer(embedder, inception, i3d)
 
-    def settings(pipe, merge, seed, **kw) -> Settings:
+    def settings(pipe, merge, seed, steps=None, guidance_scale=None, conditions="both") -> Settings:
+        """Explicit values, else the command line's, else the checkpoint's (None = unset; 0 is a value)."""
         s = pipe.config.sample
-        return Settings(merge=merge, steps=kw.get("steps") or o.steps or s.steps,
-                        guidance_scale=kw.get("guidance_scale") or (o.guidance_scale if o.guidance_scale is not None
-                                                                    else s.guidance_scale),
-                        conditions=kw.get("conditions", "both"), seed=seed)
+        return Settings(merge=merge, steps=_first_set(steps, o.steps, s.steps),
+                        guidance_scale=_first_set(guidance_scale, o.guidance_scale, s.guidance_scale),
+                        conditions=conditions, seed=seed)
 
     # ---- driving windows (one per video and length), self sources, cross sources
     infos = {v: probe_video(v) for v in videos}
@@ -585,15 +598,8 @@ def run_evaluation(o: Options) -> dict:
         abl_cases = cross_cases or self_cases
         if not cross_cases:
             notes.append("ablation: no cross-identity pairs, ran on the self-reenactment cases instead")
-        first = next(iter(pipes))
-        base_steps = o.steps or pipes[first].config.sample.steps
-        steps_list = o.ablation_steps or (base_steps, 2 * base_steps)
-        rows = [(base_steps, float(s), "both") for s in o.ablation_scales]
-        rows += [(int(st), 1.0, "both") for st in steps_list]
-        rows += [(base_steps, 1.0, c) for c in o.ablation_conditions]
-        rows = list(dict.fromkeys(rows))
-        merge = o.merges[0]
-        ablation_jobs = [(row, first, merge, ci, c) for row in rows for ci, c in enumerate(abl_cases)]
+        first, merge = names[0], o.merges[0]
+        ablation_jobs = [(row, first, merge, ci, c) for row in abl_rows for ci, c in enumerate(abl_cases)]
 
     total = len(jobs) + consistency_total + len(ablation_jobs)
     if total == 0:
@@ -702,7 +708,7 @@ def render_markdown(report: dict, names: list[str], o: Options) -> str:
                 "difference from the first frame, 0-255; lower is better).", "",
                 "| length | checkpoint | merge | videos | Self-CSIM ↓ | min cos(first, later) ↑ | drift ↓ |",
                 "|---|---|---|---|---|---|---|"]
-        for r in sorted(report["consistency"], key=lambda r: (r["length"], r["checkpoint"], MERGES.index(r["merge"]))):
+        for r in sorted(report["consistency"], key=lambda r: (r["length"], r["checkpoint"], KINDS.index(r["merge"]))):
             out.append(f"| {r['length']} | {r['checkpoint']} | {r['merge']} | {r['videos']} | "
                        f"{fmt(r.get('self_csim'))} | {fmt(r.get('first_frame_csim'))} | "
                        f"{fmt(r.get('appearance_drift'))} |")
@@ -736,8 +742,8 @@ def register(subparsers) -> None:
                    help="driving videos, or directories of them")
     p.add_argument("--sources", metavar="DIR", help="photos of other identities (cross-identity and ablation)")
     p.add_argument("--output", "-o", required=True, metavar="REPORT_DIR")
-    p.add_argument("--merge", nargs="+", default=list(MERGES), choices=MERGES, metavar="KIND",
-                   help=f"merge strategies to compare: {' '.join(MERGES)} (default: all; the ablation uses the first)")
+    p.add_argument("--merge", nargs="+", default=list(KINDS), choices=KINDS, metavar="KIND",
+                   help=f"merge strategies to compare: {' '.join(KINDS)} (default: all; the ablation uses the first)")
     p.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS, metavar="NAME",
                    help=f"what to run: {' '.join(PROTOCOLS)} (default: all)")
     p.add_argument("--steps", type=int, metavar="N", help="denoising steps (default: each checkpoint's)")
@@ -759,7 +765,7 @@ def register(subparsers) -> None:
     p.add_argument("--i3d", metavar="PATH", help="i3d_torchscript.pt (StyleGAN-V TorchScript) for FVD")
     p.add_argument("--relative", action="store_true", help="condition on motion re-targeted to the source face")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_main)
 

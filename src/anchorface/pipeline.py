@@ -18,6 +18,7 @@ The flow keeps only O(N) small arrays in memory (crop boxes, landmarks, latents)
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -32,11 +33,14 @@ from tqdm.auto import tqdm
 
 from anchorface import faces, landmarks
 from anchorface.anchored import SAMPLERS, anchored_diffusion
+from anchorface.codecs import to_pixels, to_uint8
 from anchorface.config import Config
+from anchorface.devices import resolve_device
 from anchorface.errors import AnchorfaceError, NoFaceError
 from anchorface.plans import KINDS, make_plan
-from anchorface.video import VideoWriter, iter_frames, load_image, probe_video
+from anchorface.video import VideoInfo, VideoWriter, iter_frames, load_image, probe_video
 
+OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")  # containers the H.264 output is written into (`VideoWriter`)
 DECODE_BATCH = 8  # generated frames decoded at once in pass 2
 COMPARE_HEIGHT = 256  # panel height of the --compare video (driving crop | anchored | multidiffusion)
 TEXT_NEEDS_CLIP = "--text needs a checkpoint trained with the CLIP global encoder"
@@ -56,14 +60,44 @@ class ReenactResult:
     seconds: float
 
 
-def to_pixels(img: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, 3] -> float [1, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 127.5 - 1
+def check_output_path(path: str | Path, what: str = "output") -> Path:
+    """AnchorfaceError unless a video can be written at `path`: an H.264 container suffix (`OUTPUT_SUFFIXES`), not a
+    directory, in an existing writable folder."""
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise AnchorfaceError(f"{what} {path}: unsupported video format '{path.suffix}'; use one of "
+                              f"{', '.join(OUTPUT_SUFFIXES)}")
+    if path.is_dir():
+        raise AnchorfaceError(f"{what} {path} is a directory")
+    folder = path.parent
+    if not folder.is_dir():
+        raise AnchorfaceError(f"{what} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise AnchorfaceError(f"{what} {path}: folder {folder} is not writable")
+    return path
 
 
-def to_uint8(px: torch.Tensor) -> np.ndarray:
-    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
-    return ((px.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+def check_inputs(source: str | Path | np.ndarray | None, driving: str | Path, output: str | Path,
+                 compare_path: str | Path | None = None, edit_weight: float = 0.5
+                 ) -> tuple[VideoInfo, np.ndarray | None]:
+    """The checks of `reenact` that need no model (the CLI runs them before loading one): the output paths, the
+    edit weight, the source image (read here) and the driving video (probed). Returns (driving VideoInfo, the source
+    image or None)."""
+    output, driving = check_output_path(output), Path(driving)
+    outputs = [output]
+    if compare_path is not None:
+        outputs.append(check_output_path(compare_path, "--compare"))
+        if outputs[1].resolve() == output.resolve():
+            raise AnchorfaceError("--compare must be a different file from the output")
+    for out in outputs:
+        if out.exists() and out.resolve() == driving.resolve():
+            raise AnchorfaceError(f"the output {out} would overwrite the driving video")
+    if not 0.0 <= edit_weight <= 1.0:
+        raise AnchorfaceError(f"--edit-weight must be in [0, 1], got {edit_weight}")
+    image = None
+    if source is not None:
+        image = source if isinstance(source, np.ndarray) else load_image(source)  # ImageError
+    return probe_video(driving), image  # VideoError: missing / corrupt / empty
 
 
 def full_frame_box(hw: tuple[int, int]) -> faces.Box:
@@ -89,11 +123,13 @@ class AnchorFacePipeline:
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32) -> "AnchorFacePipeline":
         """Load a checkpoint directory (`checkpoint.load_checkpoint`), its codec and its global encoder (the
-        learned one from the checkpoint, CLIP from `data.encoder_path`)."""
+        learned one from the checkpoint, CLIP from `data.encoder_path`). `device`: as `devices.resolve_device`
+        (`auto`, `cpu`, `cuda`, `cuda:N`; AnchorfaceError when this machine has no such device)."""
         from anchorface.checkpoint import load_checkpoint
         from anchorface.codecs import load_codec
         from anchorface.encoders import load_encoder
 
+        device = resolve_device(device)
         cfg, sdit, encoder = load_checkpoint(directory, device=device, dtype=dtype)
         if encoder is None:
             encoder = load_encoder(cfg.data, cfg.model.global_dim)
@@ -121,7 +157,7 @@ class AnchorFacePipeline:
                 return self.encoder.encode_text([text]).to(self.device).float()
             if image_crop is None:
                 raise AnchorfaceError("a source image (or --text) is needed for the global signal G")
-            g = self.encoder.encode_images(to_pixels(image_crop).to(self.device)).float()
+            g = self.encoder.encode_images(to_pixels(image_crop)[None].to(self.device)).float()
             if edit is not None:
                 if not 0.0 <= edit_weight <= 1.0:
                     raise AnchorfaceError(f"--edit-weight must be in [0, 1], got {edit_weight}")
@@ -135,17 +171,38 @@ class AnchorFacePipeline:
                  seed: int = 0, micro_batch: int | None = None, guidance: str = "both", progress: bool = True,
                  callback: Callable | None = None) -> torch.Tensor:
         """Latents [N, C, h, w] (timeline order) for landmarks [N, 478, 3] (crop coordinates) and G [1, Dg].
-        Unset options come from the checkpoint's `sample` config."""
+        Unset (None) options come from the checkpoint's `sample` config."""
         s = self.config.sample
         lmk = np.asarray(lmk, np.float32)
         if lmk.ndim != 3 or lmk.shape[1:] != (landmarks.NUM_LANDMARKS, 3):
             raise AnchorfaceError(f"expected landmarks [N, {landmarks.NUM_LANDMARKS}, 3], got {lmk.shape}")
-        plan = make_plan(merge or s.merge, len(lmk), self.num_frames)
+        plan = make_plan(s.merge if merge is None else merge, len(lmk), self.num_frames)
         return anchored_diffusion(
-            self.sdit, self.diffusion, plan, g, landmarks.landmark_vector(lmk), sampler=sampler or s.sampler,
-            steps=steps or s.steps, guidance_scale=s.guidance_scale if guidance_scale is None else guidance_scale,
-            micro_batch=micro_batch or s.micro_batch, seed=seed, latent_shape=self.latent_shape, guidance=guidance,
-            progress=progress, callback=callback)
+            self.sdit, self.diffusion, plan, g, landmarks.landmark_vector(lmk),
+            sampler=s.sampler if sampler is None else sampler, steps=s.steps if steps is None else steps,
+            guidance_scale=s.guidance_scale if guidance_scale is None else guidance_scale,
+            micro_batch=s.micro_batch if micro_batch is None else micro_batch, seed=seed,
+            latent_shape=self.latent_shape, guidance=guidance, progress=progress, callback=callback)
+
+    def check_sampling(self, merge: str | None = None, sampler: str | None = None, steps: int | None = None,
+                       guidance_scale: float | None = None, micro_batch: int | None = None) -> None:
+        """AnchorfaceError for sampling options this checkpoint cannot run (None = the checkpoint's default), so
+        that `reenact` fails before any work instead of after the first pass."""
+        s = self.config.sample
+        merge, sampler = s.merge if merge is None else merge, s.sampler if sampler is None else sampler
+        steps, micro_batch = s.steps if steps is None else steps, s.micro_batch if micro_batch is None else micro_batch
+        guidance_scale = s.guidance_scale if guidance_scale is None else guidance_scale
+        if merge not in KINDS:
+            raise AnchorfaceError(f"unknown merge strategy '{merge}'; choose one of {', '.join(KINDS)}")
+        if sampler not in SAMPLERS:
+            raise AnchorfaceError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+        if not 1 <= steps <= self.diffusion.num_timesteps:
+            raise AnchorfaceError(f"steps must be in [1, {self.diffusion.num_timesteps}], got {steps}")
+        if micro_batch < 1:
+            raise AnchorfaceError(f"micro-batch must be >= 1, got {micro_batch}")
+        if guidance_scale != 1.0 and getattr(self.sdit, "mapping", None) is None:
+            raise AnchorfaceError(f"guidance scale {guidance_scale:g} needs a conditional model (global_dim > 0); "
+                                  "this checkpoint is unconditional: use 1")
 
     def decode_frames(self, latents: torch.Tensor, batch_size: int = DECODE_BATCH) -> Iterator[np.ndarray]:
         """Alg. 1 steps 4-5, streamed: uint8 [res, res, 3] crops in timeline order, decoded `batch_size` at once."""
@@ -169,7 +226,7 @@ class AnchorFacePipeline:
         video driving crop | anchored | multidiffusion. text: text-to-video (instead of `source`); edit: a text
         mixed into the source's G with weight `edit_weight` (§4.4)."""
         start = time.time()
-        merge = merge or self.config.sample.merge
+        merge = self.config.sample.merge if merge is None else merge
         # ---- 1. validate everything before any output exists
         if text is not None and source is not None:
             raise AnchorfaceError("give either a source image or --text (use --edit to combine a photo and a text)")
@@ -183,23 +240,11 @@ class AnchorFacePipeline:
             raise AnchorfaceError("relative motion needs a source face; use absolute motion with --text")
         if (text is not None or edit is not None) and self.config.data.encoder != "clip":
             raise AnchorfaceError(TEXT_NEEDS_CLIP if text is not None else EDIT_NEEDS_CLIP)
-        if merge not in KINDS:
-            raise AnchorfaceError(f"unknown merge strategy '{merge}'; choose one of {', '.join(KINDS)}")
-        if sampler is not None and sampler not in SAMPLERS:
-            raise AnchorfaceError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
-        if steps is not None and not 1 <= steps <= self.diffusion.num_timesteps:
-            raise AnchorfaceError(f"steps must be in [1, {self.diffusion.num_timesteps}], got {steps}")
+        self.check_sampling(merge, sampler, steps, guidance_scale, micro_batch)
         output, driving = Path(output), Path(driving)
-        outputs = [output] + ([Path(compare_path)] if compare_path is not None else [])
-        for out in outputs:
-            if out.exists() and out.resolve() == driving.resolve():
-                raise AnchorfaceError(f"the output {out} would overwrite the driving video")
-        if compare_path is not None and Path(compare_path).resolve() == output.resolve():
-            raise AnchorfaceError("--compare must be a different file from the output")
-        info = probe_video(driving)  # VideoError: missing / corrupt / empty
+        info, image = check_inputs(source, driving, output, compare_path, edit_weight)
         src_crop = src_lmk = None
         if source is not None:
-            image = source if isinstance(source, np.ndarray) else load_image(source)
             name = "the source image" if isinstance(source, np.ndarray) else f"the source image {source}"
             box = faces.source_crop_box(image, name) if crop else full_frame_box(image.shape[:2])
             src_crop = faces.crop(image, box, self.resolution)

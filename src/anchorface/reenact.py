@@ -10,14 +10,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from anchorface.anchored import SAMPLERS
+from anchorface.devices import resolve_device
 from anchorface.errors import AnchorfaceError
-
-MERGES = ("anchored", "multidiffusion", "independent")
+from anchorface.plans import KINDS
 
 
 def demo_checkpoint() -> Path:
-    """Where the committed demo checkpoint lives inside the package."""
-    return Path(__file__).resolve().parent / "assets" / "demo"
+    """Where the committed demo checkpoint lives inside the package (`anchorface.demo.DEMO_CHECKPOINT`)."""
+    from anchorface.demo import DEMO_CHECKPOINT
+
+    return DEMO_CHECKPOINT
 
 
 def register(subparsers) -> None:
@@ -29,9 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("driving", metavar="DRIVING", help="the driving video")
     p.add_argument("-o", "--output", required=True, help="output video (.mp4)")
     p.add_argument("--checkpoint", help="checkpoint directory (default: the installed demo checkpoint)")
-    p.add_argument("--merge", choices=MERGES, help="how sequences form the long video (default: checkpoint's, "
+    p.add_argument("--merge", choices=KINDS, help="how sequences form the long video (default: checkpoint's, "
                                                    "anchored)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), help="diffusion sampler (default: checkpoint's)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler (default: checkpoint's)")
     p.add_argument("--steps", type=int, help="denoising steps (default: checkpoint's)")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (1 = none, the paper's best)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -53,20 +56,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise AnchorfaceError(f"unknown device '{name}' (cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AnchorfaceError(f"device '{name}' requested but CUDA is not available")
-    return name
-
-
 def run(args: argparse.Namespace) -> int:
     source, driving = args.source, args.driving
     if args.text is not None and source is not None:
@@ -82,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
         if not (checkpoint / "anchorface.json").exists():
             raise AnchorfaceError("no checkpoint given and no demo checkpoint installed; pass --checkpoint DIR")
 
-    from anchorface.pipeline import AnchorFacePipeline
+    from anchorface.pipeline import AnchorFacePipeline, check_inputs
 
-    pipe = AnchorFacePipeline.from_pretrained(checkpoint, device=resolve_device(args.device))
+    device = resolve_device(args.device)
+    check_inputs(source, driving, args.output, args.compare, args.edit_weight)  # before loading any weights
+    pipe = AnchorFacePipeline.from_pretrained(checkpoint, device=device)
     result = pipe.reenact(source, driving, args.output, merge=args.merge, sampler=args.sampler, steps=args.steps,
                           guidance_scale=args.guidance_scale, seed=args.seed, relative=args.relative,
                           crop=args.crop, paste_back=args.paste_back, micro_batch=args.micro_batch,
