@@ -24,3 +24,48 @@ def test_roundtrip_and_unknown_keys(tmp_path):
         load_config(bad)
     with pytest.raises(AnchorfaceError, match="unknown config preset"):
         load_config("nope")
+
+
+def test_values_are_coerced_to_the_field_types(tmp_path):
+    """PyYAML reads `1e-4` (no dot) as a string and `1.5e+6` as a float: values follow the dataclass types."""
+    path = tmp_path / "run.yaml"
+    path.write_text("train: {lr: 1e-4, max_steps: 1.5e+6, grad_clip: '0.5', batch_size: '8', seed: 1_000}\n"
+                    "model: {learn_sigma: 'off', hidden_size: null, preset: custom}\n"
+                    "data: {encoder_path: 2024}\n")
+    cfg = load_config(path)
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.train.max_steps == 1_500_000 and isinstance(cfg.train.max_steps, int)
+    assert cfg.train.grad_clip == 0.5 and cfg.train.batch_size == 8 and cfg.train.seed == 1000
+    assert cfg.model.learn_sigma is False and cfg.model.hidden_size is None and cfg.data.encoder_path == "2024"
+    assert cfg.name == "run"
+
+
+@pytest.mark.parametrize("text,key", [
+    ("train: {lr: fast}", "config.train.lr: expected float"),
+    ("train: {batch_size: 2.5}", "config.train.batch_size: expected int"),
+    ("train: {batch_size: true}", "config.train.batch_size: expected int"),
+    ("train: {max_steps: }", "config.train.max_steps: expected int"),
+    ("model: {learn_sigma: 3}", "config.model.learn_sigma: expected bool"),
+    ("model: {depth: [1, 2]}", "config.model.depth: expected int or null"),
+    ("sample: {sampler: {kind: ddim}}", "config.sample.sampler: expected str"),
+    ("model: [1, 2]", "config.model: expected a mapping"),
+    ("- model\n- train", "expected a mapping of sections"),
+    ("just a string", "expected a mapping of sections"),
+])
+def test_bad_values_name_the_key(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(AnchorfaceError, match=key.replace("[", r"\[")) as e:
+        load_config(path)
+    assert "\n" not in str(e.value)
+
+
+def test_config_path_errors(tmp_path):
+    (tmp_path / "configs.d").mkdir()
+    with pytest.raises(AnchorfaceError, match="is a directory"):
+        load_config(tmp_path / "configs.d")
+    with pytest.raises(AnchorfaceError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(AnchorfaceError, match="binary.yaml"):
+        load_config(tmp_path / "binary.yaml")

@@ -7,6 +7,7 @@ Presets live in `anchorface/configs/*.yaml`: `paper-t4`, `paper-t8` (the paper's
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,14 +114,56 @@ def _build(cls, d: dict[str, Any], where: str):
     if not isinstance(d, dict):
         raise AnchorfaceError(f"{where}: expected a mapping, got {type(d).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
+    unknown = sorted(set(d) - set(fields), key=str)
     if unknown:
         raise AnchorfaceError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    types = typing.get_type_hints(cls)
     kwargs = {}
     for k, v in d.items():
         sub = _SECTIONS.get(k) if cls is Config else None
-        kwargs[k] = _build(sub, v or {}, f"{where}.{k}") if sub else v
+        kwargs[k] = _build(sub, v or {}, f"{where}.{k}") if sub else _coerce(v, types[k], f"{where}.{k}")
     return cls(**kwargs)
+
+
+_TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
+
+
+def _coerce(value, kind, where: str):
+    """`value` as the field type `kind` (int, float, bool, str, or X | None). YAML 1.1 reads `1e-4` (no dot) as a
+    string and `1_000` as an int: numbers written as strings are parsed, integral floats become ints; anything
+    else is an AnchorfaceError naming the key."""
+    args = typing.get_args(kind)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        kind = next(a for a in args if a is not type(None))
+    name = getattr(kind, "__name__", str(kind))
+    bad = AnchorfaceError(f"{where}: expected {name}{' or null' if args else ''}, got {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad
+        try:
+            number = float(value) if isinstance(value, str) else value
+        except ValueError:
+            raise bad from None
+        if kind is float:
+            return float(number)
+        if isinstance(number, float) and not number.is_integer():
+            raise bad
+        return int(number)
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # e.g. a folder named 2024
+            return str(value)
+        raise bad
+    return value
 
 
 _SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "data": DataConfig, "train": TrainConfig,
@@ -140,10 +183,17 @@ def load_config(name_or_path: str | Path) -> Config:
             raise AnchorfaceError(f"unknown config preset '{name_or_path}'; presets: {', '.join(presets())}")
     if not path.exists():
         raise AnchorfaceError(f"config file not found: {path}")
+    if path.is_dir():
+        raise AnchorfaceError(f"config {path} is a directory; give a YAML file or a preset name")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise AnchorfaceError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnchorfaceError(f"cannot read config {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise AnchorfaceError(f"config {path}: expected a mapping of sections (model, diffusion, data, train, "
+                              f"sample) at the top level, got {type(data).__name__}")
     data.setdefault("name", path.stem)
     return Config.from_dict(data)
 
