@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from anchorface.config import Config
-from anchorface.errors import CheckpointError
+from anchorface.errors import AnchorfaceError, CheckpointError
 
 FORMAT, VERSION = "anchorface", 1
 MANIFEST = "anchorface.json"
@@ -61,10 +61,21 @@ def read_config(directory: str | Path) -> Config:
         meta = json.loads(manifest.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{manifest} is not valid JSON ({e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {manifest}: {str(e).splitlines()[0]}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{manifest}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise CheckpointError(f"{directory}: unsupported checkpoint format {meta.get('format')!r} "
                               f"v{meta.get('version')} (expected {FORMAT} v{VERSION})")
-    return Config.from_dict(meta["config"])
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{manifest}: no \"config\" object (the run's configuration)")
+    try:
+        return Config.from_dict(meta["config"])
+    except CheckpointError:
+        raise
+    except AnchorfaceError as e:
+        raise CheckpointError(f"{manifest}: {e}") from None
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -76,7 +87,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", d
     cfg = read_config(directory)
     sdit = SDiT.from_pretrained(directory / "sdit").to(device=device, dtype=dtype).eval()
     encoder = None
-    if cfg.data.encoder == "learned":
+    if cfg.data.encoder == "learned" and cfg.model.global_dim > 0:  # (global_dim 0: no G at all)
         if not (directory / "global_encoder").is_dir():
             raise CheckpointError(f"{directory}: config uses the learned global encoder but global_encoder/ is missing")
         encoder = LearnedGlobalEncoder.from_pretrained(directory / "global_encoder").to(device=device, dtype=dtype)
