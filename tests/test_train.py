@@ -165,3 +165,22 @@ def test_processes_and_accumulation_do_not_change_the_run(micro, reference):
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for key in ("loss", "mse", "vb"):
         np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch-size", "0"], "--batch-size / train.batch_size must be >= 1, got 0"),
+    (["--log-every", "0"], "train.log_every must be >= 1"),
+    (["--lr", "0"], "train.lr must be positive"),
+    (["--keep-states", "-1"], "--keep-states must be >= 0"),
+    (["--output-is-a-file"], "exists and is not a directory"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
+    from anchorface.cli import main
+
+    output = tmp_path / "run"
+    if args == ["--output-is-a-file"]:
+        output.write_text("not a folder")
+        args = []
+    code = main(["train", "--data", str(tmp_path / "no-data"), "--output", str(output), "--quiet", *args])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err

@@ -497,7 +497,9 @@ def prepare_dataset(videos_dir: str | Path, dataset_dir: str | Path, cfg: Config
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from anchorface.devices import resolve_device
+
+    device = resolve_device(args.device or "auto")
     s = prepare_dataset(args.videos_dir, args.dataset_dir, cfg, max_seconds=args.max_seconds,
                         overwrite=args.overwrite, device=device, progress=not args.quiet)
     print(f"{args.dataset_dir}: {s['clips']} clips, {s['frames']} frames from {s['videos']} videos "

@@ -277,6 +277,21 @@ def split_clips(index: dict, holdout_videos: int) -> tuple[list[str], list[str]]
 # The loop
 # --------------------------------------------------------------------------------------------------------------
 
+# TrainConfig fields that must be at least this (a 0 batch or logging period would crash deep in the loop)
+_MINIMA = {"batch_size": 1, "grad_accum": 1, "max_steps": 0, "warmup_steps": 0, "num_workers": 0, "log_every": 1,
+           "ckpt_every": 1, "sample_every": 0, "sample_steps": 1}
+
+
+def check_train_config(tc) -> None:
+    """AnchorfaceError (naming the option) for a training setting outside its range."""
+    for name, low in _MINIMA.items():
+        if getattr(tc, name) < low:
+            flag = f"--{name.replace('_', '-')} / " if name in _OVERRIDES or name == "max_steps" else ""
+            raise AnchorfaceError(f"{flag}train.{name} must be >= {low}, got {getattr(tc, name)}")
+    if not tc.lr > 0:
+        raise AnchorfaceError(f"--lr / train.lr must be positive, got {tc.lr}")
+
+
 def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | None = None,
           max_steps: int | None = None, holdout_videos: int = 1, keep_states: int = 2, deterministic: bool = False,
           progress: bool = True) -> dict:
@@ -299,6 +314,10 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     from anchorface.video import save_image
 
     output, data_dir = Path(output), Path(data_dir)
+    if output.exists() and not output.is_dir():
+        raise AnchorfaceError(f"--output {output} exists and is not a directory")
+    if keep_states < 0:
+        raise AnchorfaceError(f"--keep-states must be >= 0 (0 keeps all), got {keep_states}")
     resume_from = find_resume(output, resume)
     if resume_from is None and (output / LATEST).exists():
         raise AnchorfaceError(f"{output} already holds a training run; pass --resume to continue it or choose "
@@ -308,6 +327,7 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     if max_steps is not None:
         cfg.train.max_steps = max_steps
     tc = cfg.train
+    check_train_config(tc)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
