@@ -88,15 +88,51 @@ def test_training_losses_weighting_and_stop_gradient(diffusion):
 
 
 def oracle(diffusion, x0):
-    """A perfect denoiser for one known x0: the true noise of x_t at the current timestep; variance channels 0."""
+    """A perfect denoiser for one known x0: the true noise of x_t at the current timestep (or the true v, for a
+    v-prediction diffusion); variance channels 0."""
     abar = torch.from_numpy(diffusion.alphas_cumprod)
 
     def model_fn(x, t):
         a = abar[t].view(-1, 1, 1, 1, 1)
-        eps = ((x.double() - a.sqrt() * x0.double()) / (1 - a).sqrt()).float()
-        return torch.cat([eps, torch.zeros_like(eps)], dim=2)
+        eps = (x.double() - a.sqrt() * x0.double()) / (1 - a).sqrt()
+        pred = eps if diffusion.prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0.double()
+        return torch.cat([pred.float(), torch.zeros_like(x)], dim=2)
 
     return model_fn
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+@pytest.mark.parametrize("steps", [1000, 50, 10])
+def test_v_prediction_oracle_reconstructs_x0(kind, steps):
+    diffusion = GaussianDiffusion(DiffusionConfig(prediction="v"))
+    x0 = rand(*SHAPE, seed=0)
+    x = sample_loop(oracle(diffusion, x0), rand(*SHAPE, seed=1), diffusion.make_scheduler(kind, steps),
+                    generator=torch.Generator().manual_seed(0), eta=1.0, progress=False)
+    assert (x - x0).abs().max() < 1e-4
+
+
+def test_v_prediction_loss_targets_v_and_its_vb_equals_the_eps_models():
+    """The same denoiser written as ε or as v: the VB terms agree, and the v-model's MSE is against
+    v = sqrt(abar) ε - sqrt(1 - abar) x0."""
+    eps_diff, v_diff = GaussianDiffusion(DiffusionConfig()), GaussianDiffusion(DiffusionConfig(prediction="v"))
+    x0, noise, eps_hat, var = rand(*SHAPE, seed=0), rand(*SHAPE, seed=1), rand(*SHAPE, seed=2), rand(*SHAPE, seed=3)
+    t = torch.tensor([0, 700])
+    x_t = eps_diff.q_sample(x0, t, noise)
+    a = torch.from_numpy(eps_diff.alphas_cumprod)[t].float().view(-1, 1, 1, 1, 1)
+    v_hat = (eps_hat - (1 - a).sqrt() * x_t) / a.sqrt()  # the v whose implied eps is eps_hat
+    le = eps_diff.training_losses(torch.cat([eps_hat, var.tanh()], 2), x0, x_t, t, noise)
+    lv = v_diff.training_losses(torch.cat([v_hat, var.tanh()], 2), x0, x_t, t, noise)
+    torch.testing.assert_close(lv["vb"], le["vb"], rtol=1e-3, atol=1e-4)
+    v_true = a.sqrt() * noise - (1 - a).sqrt() * x0
+    torch.testing.assert_close(lv["mse"], ((v_true - v_hat) ** 2).flatten(1).mean(1))
+    with pytest.raises(Exception, match="prediction"):
+        GaussianDiffusion(DiffusionConfig(prediction="x0"))
+
+
+def test_sample_clip_bounds_the_predicted_x0():
+    clipped = GaussianDiffusion(DiffusionConfig(sample_clip=1.0)).make_scheduler("ddim", 10)
+    assert clipped.config.clip_sample and clipped.config.clip_sample_range == 1.0
+    assert not GaussianDiffusion(DiffusionConfig()).make_scheduler("ddim", 10).config.clip_sample
 
 
 @pytest.mark.parametrize("kind", ["ddpm", "ddim"])

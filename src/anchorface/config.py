@@ -45,6 +45,10 @@ class DiffusionConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     lambda_ex: float = 1.0  # weight (1 + lambda_ex) on expressive landmark pixels (§4.1)
+    # what the model predicts: "epsilon" (DiT, hence the paper) or "v" (v = sqrt(abar) eps - sqrt(1 - abar) x0,
+    # Salimans & Ho 2022): well conditioned at every t, so small models on short CPU runs learn to sample
+    prediction: str = "epsilon"
+    sample_clip: float | None = None  # clip the predicted x0 to [-r, r] while sampling (pixel codec: 1.0)
 
 
 @dataclass

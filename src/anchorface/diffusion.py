@@ -3,6 +3,11 @@
 Training uses DiT's "hybrid" objective on [B, T, C, H, W] sequences: the (per-pixel weighted, §4.1) ε-MSE plus
 the variational bound with a stop-gradient on the predicted mean, which trains only the variance channels.
 Sampling uses diffusers' DDPM / DDIM schedulers with the same betas, at any number of steps (respacing).
+
+`DiffusionConfig.prediction` picks what the first C output channels predict: ε (DiT and the paper; default) or
+v = sqrt(abar) ε - sqrt(1 - abar) x0, offered for small models on short runs (the `tiny` preset), where ε-prediction
+is too imprecise at large t for the sampler to recover x0. Everything else (learned sigma, the VB term, weighting,
+guidance) is the same; the VB term sees the ε implied by v.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from anchorface.config import DiffusionConfig
+from anchorface.errors import AnchorfaceError
 
 CHANNEL_DIM = 2  # [B, T, C, H, W]
+PREDICTIONS = ("epsilon", "v")
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
@@ -46,6 +53,10 @@ class GaussianDiffusion:
 
     def __init__(self, cfg: DiffusionConfig | None = None):
         self.cfg = cfg = cfg or DiffusionConfig()
+        if cfg.prediction not in PREDICTIONS:
+            raise AnchorfaceError(f"diffusion.prediction must be one of {', '.join(PREDICTIONS)}, got "
+                                  f"'{cfg.prediction}'")
+        self.prediction = cfg.prediction
         self.num_timesteps = cfg.num_timesteps
         self.betas = np.linspace(cfg.beta_start, cfg.beta_end, cfg.num_timesteps, dtype=np.float64)
         alphas = 1.0 - self.betas
@@ -69,6 +80,20 @@ class GaussianDiffusion:
         out = torch.from_numpy(arr).to(t.device)[t.long()].float()
         return out.view(-1, *([1] * (like.ndim - 1)))
 
+    def target(self, x0, noise, t):
+        """What the first C output channels are trained to predict: the noise, or v."""
+        if self.prediction == "epsilon":
+            return noise
+        return (self._extract(self.sqrt_alphas_cumprod, t, x0) * noise
+                - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+
+    def eps_from_prediction(self, pred, x_t, t):
+        """The ε implied by the model's prediction (identity for ε; ε = sqrt(abar) v + sqrt(1 - abar) x_t)."""
+        if self.prediction == "epsilon":
+            return pred
+        return (self._extract(self.sqrt_alphas_cumprod, t, x_t) * pred
+                + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t)
+
     def q_sample(self, x0, t, noise):
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
         return (self._extract(self.sqrt_alphas_cumprod, t, x0) * x0
@@ -82,9 +107,10 @@ class GaussianDiffusion:
             self.posterior_log_variance_clipped, t, x_t)
 
     def p_mean_variance(self, model_out, x_t, t):
-        """p(x_{t-1} | x_t) from a learned-sigma output [eps, v]: log variance = frac * log(beta_t)
+        """p(x_{t-1} | x_t) from a learned-sigma output [prediction, v]: log variance = frac * log(beta_t)
         + (1 - frac) * log(posterior variance), frac = (v + 1) / 2 (improved DDPM, eq. 15)."""
-        eps, v = model_out.split(x_t.shape[CHANNEL_DIM], dim=CHANNEL_DIM)
+        pred, v = model_out.split(x_t.shape[CHANNEL_DIM], dim=CHANNEL_DIM)
+        eps = self.eps_from_prediction(pred, x_t, t)
         min_log = self._extract(self.posterior_log_variance_clipped, t, x_t)
         max_log = self._extract(np.log(self.betas), t, x_t)
         frac = (v + 1) / 2
@@ -104,16 +130,16 @@ class GaussianDiffusion:
         return torch.where(t == 0, nll, kl)
 
     def training_losses(self, model_out, x0, x_t, t, noise, weight=None) -> dict[str, torch.Tensor]:
-        """DiT's hybrid loss per sample [B]: mse = mean(weight * (eps - eps_hat)^2) (weight broadcastable to
-        [B, T, C, H, W], e.g. the (1 + λ_ex) map [B, T, 1, H, W] of §4.1); vb = the variational bound with the
-        predicted mean detached, scaled by num_timesteps / 1000 as DiT; loss = mse + vb. A model output with C
-        channels (no learned sigma) gives vb = 0."""
+        """DiT's hybrid loss per sample [B]: mse = mean(weight * (target - prediction)^2) with target = ε (or v),
+        weight broadcastable to [B, T, C, H, W] (e.g. the (1 + λ_ex) map [B, T, 1, H, W] of §4.1); vb = the
+        variational bound with the predicted mean detached, scaled by num_timesteps / 1000 as DiT; loss = mse + vb.
+        A model output with C channels (no learned sigma) gives vb = 0."""
         C = x0.shape[CHANNEL_DIM]
-        eps = model_out[:, :, :C]
-        sq = (noise - eps) ** 2
+        pred = model_out[:, :, :C]
+        sq = (self.target(x0, noise, t) - pred) ** 2
         mse = mean_flat(sq if weight is None else weight * sq)
         if model_out.shape[CHANNEL_DIM] == 2 * C:
-            frozen = torch.cat([eps.detach(), model_out[:, :, C:]], dim=CHANNEL_DIM)
+            frozen = torch.cat([pred.detach(), model_out[:, :, C:]], dim=CHANNEL_DIM)
             vb = self.vb_terms_bpd(frozen, x0, x_t, t) * (self.num_timesteps / 1000.0)
         else:
             vb = torch.zeros_like(mse)
@@ -129,8 +155,10 @@ class GaussianDiffusion:
         """
         from diffusers import DDIMScheduler, DDPMScheduler
 
-        common = dict(num_train_timesteps=self.num_timesteps, trained_betas=self.betas, clip_sample=False,
-                      prediction_type="epsilon")
+        clip = self.cfg.sample_clip
+        common = dict(num_train_timesteps=self.num_timesteps, trained_betas=self.betas, clip_sample=clip is not None,
+                      clip_sample_range=float(clip or 1.0),
+                      prediction_type="epsilon" if self.prediction == "epsilon" else "v_prediction")
         if kind == "ddpm":
             sched = DDPMScheduler(**common, variance_type="learned_range" if learned_sigma else "fixed_small",
                                   timestep_spacing="linspace")
@@ -153,7 +181,7 @@ def learns_sigma(model) -> bool:
 
 def guided(out_cond: torch.Tensor, out_uncond: torch.Tensor, scale: float, eps_channels: int,
            dim: int = CHANNEL_DIM) -> torch.Tensor:
-    """Classifier-free guidance on the ε channels: eps = eps_u + scale (eps_c - eps_u); the learned-variance
+    """Classifier-free guidance on the ε (or v) channels: eps = eps_u + scale (eps_c - eps_u); the learned-variance
     channels are taken from the conditional output (as DiT). scale = 1 returns `out_cond` itself."""
     if scale == 1.0:
         return out_cond
@@ -174,7 +202,7 @@ def scheduler_step(scheduler, model_out, t, x, generator=None, eta: float = 0.0)
     flat = x.reshape(B * T, C, H, W)
     from diffusers import DDIMScheduler
 
-    if isinstance(scheduler, DDIMScheduler):  # DDIM takes eps only
+    if isinstance(scheduler, DDIMScheduler):  # DDIM takes the prediction only (no variance channels)
         prev = scheduler.step(out[:, :C], t, flat, eta=eta, generator=gen).prev_sample
     else:
         prev = scheduler.step(out, t, flat, generator=gen).prev_sample
