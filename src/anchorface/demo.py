@@ -228,8 +228,8 @@ def make_pseudo_clips(out_dir: str | Path, num_clips: int, num_frames: int, seed
 # --------------------------------------------------------------------------------------------------------------
 # `anchorface demo`
 # --------------------------------------------------------------------------------------------------------------
-def run_demo(output_dir: str | Path = "demo-output", checkpoint: str | Path | None = None, num_frames: int = 75,
-             steps: int | None = None, seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, Path]:
+def run_demo(output_dir: str | Path = "demo-output", checkpoint: str | Path | None = None, num_frames: int = 50,
+             steps: int | None = 25, seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, Path]:
     """Render a synthetic driving clip, reenact the astronaut with it, write the video and a comparison."""
     from anchorface.pipeline import AnchorFacePipeline
     from anchorface.video import save_image
@@ -260,8 +260,8 @@ def register(subparsers) -> None:
                               description=run_demo.__doc__)
     p.add_argument("-o", "--output", default="demo-output", help="output directory (default: demo-output)")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the committed demo model)")
-    p.add_argument("--frames", type=int, default=75, help="length of the synthetic driving clip")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
+    p.add_argument("--frames", type=int, default=50, help="length of the synthetic driving clip (default: 50 = 2 s)")
+    p.add_argument("--steps", type=int, default=25, help="DDIM denoising steps (default: 25)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")

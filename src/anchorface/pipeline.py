@@ -43,6 +43,7 @@ from anchorface.video import VideoInfo, VideoWriter, iter_frames, load_image, pr
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")  # containers the H.264 output is written into (`VideoWriter`)
 DECODE_BATCH = 8  # generated frames decoded at once in pass 2
 COMPARE_HEIGHT = 256  # panel height of the --compare video (driving crop | anchored | multidiffusion)
+COMPARE_PANELS = ("driving", "anchored", "multidiffusion")
 TEXT_NEEDS_CLIP = "--text needs a checkpoint trained with the CLIP global encoder"
 EDIT_NEEDS_CLIP = "--edit needs a checkpoint trained with the CLIP global encoder"
 
@@ -283,7 +284,7 @@ class AnchorFacePipeline:
                 writer.write(faces.paste_back(frame, gen[0], box) if paste_back else gen[0])
                 if cmp is not None:
                     panels = [faces.crop(frame, box, COMPARE_HEIGHT)] + [_resize(x, COMPARE_HEIGHT) for x in gen[1:]]
-                    cmp.write(np.concatenate(panels, axis=1))
+                    cmp.write(np.concatenate([_label(p, name) for p, name in zip(panels, COMPARE_PANELS)], axis=1))
                 written += 1
                 bar.update()
             bar.close()
@@ -293,6 +294,14 @@ class AnchorFacePipeline:
                              fps=info.fps, has_audio=info.has_audio, frames_without_face=int((~found).sum()),
                              merge=merge, num_sequences=make_plan(merge, n, self.num_frames).num_sequences,
                              seconds=time.time() - start)
+
+
+def _label(img: np.ndarray, text: str) -> np.ndarray:
+    """The panel with its name in the top-left corner (white on a dark outline, readable on any background)."""
+    out = np.ascontiguousarray(img).copy()
+    for color, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+        cv2.putText(out, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, thickness, cv2.LINE_AA)
+    return out
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
