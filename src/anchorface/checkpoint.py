@@ -29,12 +29,17 @@ def save_checkpoint(directory: str | Path, cfg: Config, sdit, encoder=None) -> P
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the checkpoint private to its writer
         sdit.save_pretrained(tmp / "sdit")
         if encoder is not None and cfg.data.encoder == "learned":
             encoder.save_pretrained(tmp / "global_encoder")
         (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "version": VERSION, "config": cfg.to_dict()},
                                                indent=2))
+        for path in tmp.rglob("*"):  # temp files are created private (0600/0700): give them the usual modes
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             directory.rename(old)
