@@ -1,6 +1,6 @@
 """Train the committed demo checkpoint from data the project generates itself.
 
-    python scripts/train_demo_checkpoint.py --work /tmp/demo-train --steps 3000
+    python scripts/train_demo_checkpoint.py --work /tmp/demo-train --steps 2500
 
 1. pseudo-clips of scikit-image's public-domain astronaut portrait (anchorface.demo, supplement §3's recipe);
 2. `anchorface prepare` on them (face crops, MediaPipe landmarks, pixel-codec latents);
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/anchorface-demo-train")
     ap.add_argument("--clips", type=int, default=48)
     ap.add_argument("--frames", type=int, default=50)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--config", default="tiny")
     ap.add_argument("--out", default=str(ROOT / "src/anchorface/assets/demo"))
     a = ap.parse_args()
