@@ -27,11 +27,8 @@ def model():
     return m.eval()
 
 
-class EpsNearInput(torch.nn.Module):
-    """Test double around the real sDiT: eps = x_t + 0.01 * sDiT(x_t)_eps (v from the sDiT). Like a trained
-    model at large t it predicts eps ~ x_t, which keeps x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) of order one
-    (a random sDiT gives |x0| ~ 1 / sqrt(abar_999) ~ 170), so float32 results can be compared at 1e-5.
-    The anchoring hook is passed through unchanged (x_t at the anchor is shared, so is the output)."""
+class _Wrapped(torch.nn.Module):
+    """A test double around a real sDiT: the sampler sees the inner model's mapping network (conditional or not)."""
 
     def __init__(self, inner):
         super().__init__()
@@ -40,6 +37,13 @@ class EpsNearInput(torch.nn.Module):
     @property
     def mapping(self):
         return self.inner.mapping
+
+
+class EpsNearInput(_Wrapped):
+    """Test double around the real sDiT: eps = x_t + 0.01 * sDiT(x_t)_eps (v from the sDiT). Like a trained
+    model at large t it predicts eps ~ x_t, which keeps x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) of order one
+    (a random sDiT gives |x0| ~ 1 / sqrt(abar_999) ~ 170), so float32 results can be compared at 1e-5.
+    The anchoring hook is passed through unchanged (x_t at the anchor is shared, so is the output)."""
 
     @property
     def config(self):  # learn_sigma: the sampler reads it to choose the scheduler's variance
@@ -51,18 +55,10 @@ class EpsNearInput(torch.nn.Module):
         return torch.cat([x + 0.01 * out[:, :, :C], out[:, :, C:]], dim=2)
 
 
-class LowestLearnedVariance(torch.nn.Module):
+class LowestLearnedVariance(_Wrapped):
     """Test double: a model without learned sigma (eps only) given a constant v = -1 channel block, i.e. a
     learned-sigma model whose variance sits at the low end of the learned range: the posterior variance, which is
     the fixed ("fixed_small") variance a model without learned sigma samples with."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    @property
-    def mapping(self):
-        return self.inner.mapping
 
     def forward(self, x, t, *args, **kwargs):
         eps = self.inner(x, t, *args, **kwargs)
