@@ -228,6 +228,13 @@ def test_evaluate_smoke_end_to_end(tmp_path):
     assert set(cons) == {(L, m) for L in (4, 8) for m in KINDS}
     # 8 frames with T=4: the strategies plan different sequences, so their videos differ
     assert cons[(8, "anchored")]["appearance_drift"] != cons[(8, "independent")]["appearance_drift"]
+    # the baseline columns: copying the driving crops is the ground truth itself (PSNR inf, written "inf" in strict
+    # JSON); a still source has CSIM 1
+    copy, still = (report["results"]["self"]["baseline"][k] for k in ("copy driving", "still source"))
+    assert copy["psnr"] == "inf" and copy["ssim"] == 1.0 and copy["self_csim"] == pytest.approx(0, abs=1e-9)
+    assert still["csim"] == pytest.approx(1.0, abs=1e-6) and still["appearance_drift"] == 0
+    assert report["results"]["cross"]["baseline"]["still source"]["csim"] == pytest.approx(1.0, abs=1e-6)
+    assert "| baseline / copy driving | baseline / still source |" in md
     ablation = {(r["steps"], r["guidance_scale"], r["conditions"]): r for r in report["ablation"]}
     assert set(ablation) == {(2, 1.0, "both"), (2, 2.0, "both"), (1, 1.0, "both"), (2, 1.0, "none")}
     assert ablation[(2, 1.0, "none")]["csim"] != ablation[(2, 1.0, "both")]["csim"]

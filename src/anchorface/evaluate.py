@@ -194,11 +194,27 @@ class Settings:
     seed: int = 0
 
 
-def generate(pipe, case: Case, s: Settings, relative: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Generated crops [n, res, res, 3] and the landmarks the model was conditioned on [n, 478, 3]."""
+def target_motion(case: Case, relative: bool) -> np.ndarray:
+    """The landmarks a model is conditioned on, and scored against: the driving ones, or (--relative) the driving
+    motion re-targeted to the source face."""
     if relative and case.src_lmk is None:
         raise NoFaceError(f"no face landmarks in the source of {case.name} (needed by --relative)")
-    motion = landmarks.relative_motion(case.drv_lmk, case.src_lmk) if relative else case.drv_lmk
+    return landmarks.relative_motion(case.drv_lmk, case.src_lmk) if relative else case.drv_lmk
+
+
+# Two trivial "generators" that frame every other column: copying the driving crops is perfect motion with the
+# driving identity (the ceiling of LMSE at that resolution; CSIM of the wrong face in cross-reenactment), holding
+# the source crop still is perfect identity with no motion at all.
+BASELINES = {
+    "copy driving": lambda case, res: case.driving_crops(res),
+    "still source": lambda case, res: np.repeat(case.source_crop(res)[None], len(case.frames), axis=0),
+}
+BASELINE_COLUMN = "baseline"
+
+
+def generate(pipe, case: Case, s: Settings, relative: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Generated crops [n, res, res, 3] and the landmarks the model was conditioned on [n, 478, 3]."""
+    motion = target_motion(case, relative)
     g = pipe.global_signal(case.source_crop(pipe.resolution))
     drop_global, drop_landmarks = CONDITIONS[s.conditions]
     sdit = pipe.sdit
@@ -417,6 +433,7 @@ class Options:
     inception: str | None = None
     i3d: str | None = None
     relative: bool = False
+    baselines: bool = True  # Table 1 gets the "copy driving" and "still source" columns (BASELINES)
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -616,6 +633,16 @@ def run_evaluation(o: Options) -> dict:
         bar.update()
     for (proto, n, m), sc in scored.items():
         results[proto].setdefault(n, {})[m] = aggregate(sc, notes, f"{proto}/{n}/{m}")
+    if o.baselines:  # at the first checkpoint's resolution
+        res = pipes[names[0]].resolution
+        for proto, proto_cases in (("self", self_cases), ("cross", cross_cases)):
+            if proto not in o.protocols or not proto_cases:
+                continue
+            for label, make in BASELINES.items():
+                sc = [scorer.score(c, make(c, res), target_motion(c, o.relative), with_reference=proto == "self")
+                      for c in proto_cases]
+                results[proto].setdefault(BASELINE_COLUMN, {})[label] = aggregate(sc, notes,
+                                                                                   f"{proto}/baseline/{label}")
 
     consistency_rows = []
     cons_scored: dict[tuple, list] = {}
@@ -694,10 +721,17 @@ def render_markdown(report: dict, names: list[str], o: Options) -> str:
             f"- time: {report['seconds']:.0f} s", ""]
     res = report["results"]
     columns = [(n, m) for n in names for m in o.merges if any(m in res.get(p, {}).get(n, {}) for p in res)]
+    baselines = [(BASELINE_COLUMN, b) for b in BASELINES if any(b in res.get(p, {}).get(BASELINE_COLUMN, {})
+                                                                 for p in res)]
     if columns:
         out += ["## Same- / cross-identity reenactment (§4.3, Table 1)", "",
                 "Cells are *self / cross*; PSNR and SSIM exist for self-reenactment only (the driving frames are the "
-                "ground truth).", "", table1_markdown(res, columns), ""]
+                "ground truth)."]
+        if baselines:
+            out += ["The *baseline* columns are not models: *copy driving* outputs the driving crops at the model's "
+                    "resolution (perfect motion, the driving identity: LMSE's floor at that resolution), *still "
+                    "source* repeats the source crop (perfect identity, no motion)."]
+        out += ["", table1_markdown(res, columns + baselines), ""]
         for p in ("self", "cross"):
             if f"grid-{p}.png" in report.get("images", []):
                 out += [f"![{p}](grid-{p}.png)", ""]
@@ -764,6 +798,8 @@ def register(subparsers) -> None:
     p.add_argument("--inception", metavar="PATH", help="inception-2015-12-05.pt (StyleGAN2-ADA TorchScript) for FID")
     p.add_argument("--i3d", metavar="PATH", help="i3d_torchscript.pt (StyleGAN-V TorchScript) for FVD")
     p.add_argument("--relative", action="store_true", help="condition on motion re-targeted to the source face")
+    p.add_argument("--no-baselines", dest="baselines", action="store_false",
+                   help="leave out Table 1's 'copy driving' and 'still source' reference columns")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -776,7 +812,8 @@ def _main(a) -> int:
                 steps=a.steps, guidance_scale=a.guidance_scale, frames=a.frames, max_videos=a.max_videos,
                 lengths=tuple(a.lengths), ablation_steps=tuple(a.ablation_steps) if a.ablation_steps else None,
                 ablation_scales=tuple(a.ablation_scales), ablation_conditions=tuple(a.ablation_conditions),
-                clip=a.clip, inception=a.inception, i3d=a.i3d, relative=a.relative, seed=a.seed, device=a.device,
+                clip=a.clip, inception=a.inception, i3d=a.i3d, relative=a.relative, baselines=a.baselines, seed=a.seed,
+                device=a.device,
                 progress=not a.quiet)
     report = run_evaluation(o)
     print(f"evaluate: wrote {Path(a.output) / 'report.md'} ({len(report['videos'])} videos, "
