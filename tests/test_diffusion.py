@@ -88,23 +88,25 @@ def test_training_losses_weighting_and_stop_gradient(diffusion):
 
 
 def oracle(diffusion, x0):
-    """A perfect denoiser for one known x0: the true noise of x_t at the current timestep (or the true v, for a
-    v-prediction diffusion); variance channels 0."""
+    """A perfect denoiser for one known x0: the true noise of x_t at the current timestep (or the true v, or x0
+    itself, for a v- or x0-prediction diffusion); variance channels 0."""
     abar = torch.from_numpy(diffusion.alphas_cumprod)
 
     def model_fn(x, t):
         a = abar[t].view(-1, 1, 1, 1, 1)
         eps = (x.double() - a.sqrt() * x0.double()) / (1 - a).sqrt()
-        pred = eps if diffusion.prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0.double()
+        pred = {"epsilon": eps, "v": a.sqrt() * eps - (1 - a).sqrt() * x0.double(),
+                "x0": x0.double().expand_as(eps)}[diffusion.prediction]
         return torch.cat([pred.float(), torch.zeros_like(x)], dim=2)
 
     return model_fn
 
 
+@pytest.mark.parametrize("prediction", ["v", "x0"])
 @pytest.mark.parametrize("kind", ["ddpm", "ddim"])
 @pytest.mark.parametrize("steps", [1000, 50, 10])
-def test_v_prediction_oracle_reconstructs_x0(kind, steps):
-    diffusion = GaussianDiffusion(DiffusionConfig(prediction="v"))
+def test_v_and_x0_prediction_oracles_reconstruct_x0(prediction, kind, steps):
+    diffusion = GaussianDiffusion(DiffusionConfig(prediction=prediction))
     x0 = rand(*SHAPE, seed=0)
     x = sample_loop(oracle(diffusion, x0), rand(*SHAPE, seed=1), diffusion.make_scheduler(kind, steps),
                     generator=torch.Generator().manual_seed(0), eta=1.0, progress=False)
@@ -126,7 +128,31 @@ def test_v_prediction_loss_targets_v_and_its_vb_equals_the_eps_models():
     v_true = a.sqrt() * noise - (1 - a).sqrt() * x0
     torch.testing.assert_close(lv["mse"], ((v_true - v_hat) ** 2).flatten(1).mean(1))
     with pytest.raises(Exception, match="prediction"):
-        GaussianDiffusion(DiffusionConfig(prediction="x0"))
+        GaussianDiffusion(DiffusionConfig(prediction="sample"))
+
+
+@pytest.mark.parametrize("cap", [5.0, 1e9])
+def test_x0_prediction_loss_is_the_truncated_v_loss_and_its_vb_equals_the_eps_models(cap):
+    """x0-prediction (for wide pixel-codec tokens): the MSE is (1 + min(SNR_t, cap)) |x0 - x0_hat|^2, which with no
+    cap is exactly the v-loss of the same denoiser; the VB term sees the implied ε."""
+    eps_diff = GaussianDiffusion(DiffusionConfig())
+    x_diff = GaussianDiffusion(DiffusionConfig(prediction="x0", x0_loss_snr_cap=cap))
+    v_diff = GaussianDiffusion(DiffusionConfig(prediction="v"))
+    x0, noise, x0_hat, var = rand(*SHAPE, seed=0), rand(*SHAPE, seed=1), rand(*SHAPE, seed=2), rand(*SHAPE, seed=3)
+    t = torch.tensor([3, 700])
+    x_t = eps_diff.q_sample(x0, t, noise)
+    a = torch.from_numpy(eps_diff.alphas_cumprod)[t].float().view(-1, 1, 1, 1, 1)
+    eps_hat = (x_t - a.sqrt() * x0_hat) / (1 - a).sqrt()
+    lx = x_diff.training_losses(torch.cat([x0_hat, var.tanh()], 2), x0, x_t, t, noise)
+    le = eps_diff.training_losses(torch.cat([eps_hat, var.tanh()], 2), x0, x_t, t, noise)
+    torch.testing.assert_close(lx["vb"], le["vb"], rtol=1e-3, atol=1e-4)
+    snr = a / (1 - a)
+    torch.testing.assert_close(lx["mse"], ((1 + snr.clamp(max=cap)) * (x0 - x0_hat) ** 2).flatten(1).mean(1),
+                               rtol=1e-4, atol=1e-6)
+    if cap > 1e6:  # untruncated: the v-loss
+        v_hat = a.sqrt() * eps_hat - (1 - a).sqrt() * x0_hat
+        lv = v_diff.training_losses(torch.cat([v_hat, var.tanh()], 2), x0, x_t, t, noise)
+        torch.testing.assert_close(lx["mse"], lv["mse"], rtol=1e-3, atol=1e-5)
 
 
 def test_sample_clip_bounds_the_predicted_x0():

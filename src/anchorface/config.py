@@ -45,9 +45,10 @@ class DiffusionConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     lambda_ex: float = 1.0  # weight (1 + lambda_ex) on expressive landmark pixels (§4.1)
-    # what the model predicts: "epsilon" (DiT, hence the paper) or "v" (v = sqrt(abar) eps - sqrt(1 - abar) x0,
-    # Salimans & Ho 2022): well conditioned at every t, so small models on short CPU runs learn to sample
+    # what the model predicts: "epsilon" (DiT, hence the paper), "v" (sqrt(abar) eps - sqrt(1 - abar) x0) or
+    # "x0" (the clean latents: for the pixel codec's 192-value patches; see diffusion.py)
     prediction: str = "epsilon"
+    x0_loss_snr_cap: float = 5.0  # prediction "x0": loss weight 1 + min(SNR_t, cap) (the v-loss, truncated)
     sample_clip: float | None = None  # clip the predicted x0 to [-r, r] while sampling (pixel codec: 1.0)
 
 
@@ -61,6 +62,7 @@ class DataConfig:
     pixel_factor: int = 4  # space-to-depth factor (pixel codec)
     encoder: str = "clip"  # global encoder G: "clip" | "learned"
     encoder_path: str = "openai/clip-vit-large-patch14"  # local directory or hub id (clip)
+    encoder_width: int = 32  # learned G: its four conv stages are w, 2w, 4w, 8w wide
     cond_dropout: float = 0.1  # joint dropout of all conditions (supp. §4)
 
 

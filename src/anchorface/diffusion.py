@@ -4,10 +4,16 @@ Training uses DiT's "hybrid" objective on [B, T, C, H, W] sequences: the (per-pi
 the variational bound with a stop-gradient on the predicted mean, which trains only the variance channels.
 Sampling uses diffusers' DDPM / DDIM schedulers with the same betas, at any number of steps (respacing).
 
-`DiffusionConfig.prediction` picks what the first C output channels predict: ε (DiT and the paper; default) or
-v = sqrt(abar) ε - sqrt(1 - abar) x0, offered for small models on short runs (the `tiny` preset), where ε-prediction
-is too imprecise at large t for the sampler to recover x0. Everything else (learned sigma, the VB term, weighting,
-guidance) is the same; the VB term sees the ε implied by v.
+`DiffusionConfig.prediction` picks what the first C output channels predict:
+- ε: DiT and the paper (default), for VAE latents whose 2x2 patches hold 16 values;
+- v = sqrt(abar) ε - sqrt(1 - abar) x0 (Salimans & Ho 2022): well conditioned at every t;
+- x0, the clean frames, for the weight-free pixel codec (`tiny`, `demo`), whose patches hold 192 values. Noise
+  fills all 192 dimensions of a patch while images lie near a low-dimensional set, so a small model predicting ε or
+  v leaves token-sized noise that DDIM compounds into a mosaic; predicting x0 does not (Li & He 2025, "Back to
+  Basics: Let Denoising Generative Models Denoise"). Its loss is the v-loss written in x0, (1 + SNR_t)
+  |x0 - x0_hat|^2, with SNR_t truncated at `x0_loss_snr_cap` so that the nearly clean steps do not dominate.
+Everything else (learned sigma, the VB term, the expressive weighting, guidance) is the same; the VB term sees the
+ε implied by the prediction.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from anchorface.config import DiffusionConfig
 from anchorface.errors import AnchorfaceError
 
 CHANNEL_DIM = 2  # [B, T, C, H, W]
-PREDICTIONS = ("epsilon", "v")
+PREDICTIONS = ("epsilon", "v", "x0")
+_DIFFUSERS_PREDICTION = {"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
@@ -81,16 +88,22 @@ class GaussianDiffusion:
         return out.view(-1, *([1] * (like.ndim - 1)))
 
     def target(self, x0, noise, t):
-        """What the first C output channels are trained to predict: the noise, or v."""
+        """What the first C output channels are trained to predict: the noise, v, or x0."""
         if self.prediction == "epsilon":
             return noise
+        if self.prediction == "x0":
+            return x0
         return (self._extract(self.sqrt_alphas_cumprod, t, x0) * noise
                 - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
 
     def eps_from_prediction(self, pred, x_t, t):
-        """The ε implied by the model's prediction (identity for ε; ε = sqrt(abar) v + sqrt(1 - abar) x_t)."""
+        """The ε implied by the model's prediction: identity for ε; ε = sqrt(abar) v + sqrt(1 - abar) x_t;
+        ε = (x_t - sqrt(abar) x0) / sqrt(1 - abar)."""
         if self.prediction == "epsilon":
             return pred
+        if self.prediction == "x0":
+            return ((x_t - self._extract(self.sqrt_alphas_cumprod, t, x_t) * pred)
+                    / self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t))
         return (self._extract(self.sqrt_alphas_cumprod, t, x_t) * pred
                 + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t)
 
@@ -137,6 +150,9 @@ class GaussianDiffusion:
         C = x0.shape[CHANNEL_DIM]
         pred = model_out[:, :, :C]
         sq = (self.target(x0, noise, t) - pred) ** 2
+        if self.prediction == "x0":  # the v-loss (1 + SNR) |x0 - x0_hat|^2, its SNR truncated at x0_loss_snr_cap
+            snr = self._extract(self.alphas_cumprod / (1.0 - self.alphas_cumprod), t, x0)
+            sq = sq * (1.0 + snr.clamp(max=self.cfg.x0_loss_snr_cap))
         mse = mean_flat(sq if weight is None else weight * sq)
         if model_out.shape[CHANNEL_DIM] == 2 * C:
             frozen = torch.cat([pred.detach(), model_out[:, :, C:]], dim=CHANNEL_DIM)
@@ -158,7 +174,7 @@ class GaussianDiffusion:
         clip = self.cfg.sample_clip
         common = dict(num_train_timesteps=self.num_timesteps, trained_betas=self.betas, clip_sample=clip is not None,
                       clip_sample_range=float(clip or 1.0),
-                      prediction_type="epsilon" if self.prediction == "epsilon" else "v_prediction")
+                      prediction_type=_DIFFUSERS_PREDICTION[self.prediction])
         if kind == "ddpm":
             sched = DDPMScheduler(**common, variance_type="learned_range" if learned_sigma else "fixed_small",
                                   timestep_spacing="linspace")
