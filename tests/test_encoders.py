@@ -196,6 +196,12 @@ def test_learned_encoder_bad_checkpoints(tmp_path):
 def test_load_encoder(clip_dir):
     enc = load_encoder(DataConfig(encoder="learned", resolution=64), global_dim=128)
     assert isinstance(enc, LearnedGlobalEncoder) and enc.dim == 128 and enc.resolution == 64
+    assert enc.widths == (32, 64, 128, 256)
+    narrow = load_encoder(DataConfig(encoder="learned", resolution=64, encoder_width=16), global_dim=128)
+    assert narrow.widths == (16, 32, 64, 128)
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in enc.parameters()) / 3
+    with pytest.raises(AnchorfaceError, match="multiples of 8"):
+        load_encoder(DataConfig(encoder="learned", encoder_width=12), global_dim=8)
     assert load_encoder(DataConfig(encoder="learned"), global_dim=0) is None
     assert isinstance(load_encoder(DataConfig(encoder="clip", encoder_path=str(clip_dir)), PROJ), CLIPGlobalEncoder)
     with pytest.raises(AnchorfaceError, match=f"set model.global_dim: {PROJ}"):

@@ -188,6 +188,9 @@ class LearnedGlobalEncoder(GlobalEncoder):
         super().__init__()
         if dim <= 0:
             raise AnchorfaceError(f"the learned global encoder needs a positive dimension, got {dim}")
+        if any(c <= 0 or c % groups for c in widths):
+            raise AnchorfaceError(f"the learned global encoder's widths must be positive multiples of {groups} "
+                                  f"(GroupNorm groups), got {list(widths)}")
         self.dim, self.resolution, self.widths, self.groups = int(dim), int(resolution), tuple(widths), int(groups)
         layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
         c_in = widths[0]
@@ -254,7 +257,8 @@ def load_encoder(data_cfg, global_dim: int, dtype: torch.dtype = torch.float32) 
     if global_dim == 0:
         return None
     if data_cfg.encoder == "learned":
-        return LearnedGlobalEncoder(global_dim, data_cfg.resolution)
+        w = data_cfg.encoder_width
+        return LearnedGlobalEncoder(global_dim, data_cfg.resolution, widths=(w, 2 * w, 4 * w, 8 * w))
     if data_cfg.encoder == "clip":
         enc = CLIPGlobalEncoder(data_cfg.encoder_path, dtype=dtype)
         if enc.dim != global_dim:

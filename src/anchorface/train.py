@@ -67,14 +67,14 @@ class Denoiser(nn.Module):
 
 
 def build_denoiser(cfg: Config, latent_shape) -> Denoiser:
-    from anchorface.encoders import LearnedGlobalEncoder
+    from anchorface.encoders import load_encoder
     from anchorface.models.sdit import SDiT, SDiTConfig
 
     C, h, w = latent_shape
     sdit = SDiT(SDiTConfig.from_model_config(cfg.model, input_size=h, in_channels=C))
     encoder = None
-    if cfg.data.encoder == "learned" and cfg.model.global_dim > 0:
-        encoder = LearnedGlobalEncoder(cfg.model.global_dim, cfg.data.resolution)
+    if cfg.data.encoder == "learned":
+        encoder = load_encoder(cfg.data, cfg.model.global_dim)
     return Denoiser(sdit, encoder)
 
 
