@@ -47,7 +47,7 @@ def tiny_checkpoint(directory: Path, preset: str = "tiny") -> Path:
     from anchorface.checkpoint import save_checkpoint
     from anchorface.codecs import load_codec
     from anchorface.config import load_config
-    from anchorface.encoders import LearnedGlobalEncoder
+    from anchorface.encoders import load_encoder
     from anchorface.models.sdit import SDiT, SDiTConfig
 
     cfg = load_config(preset)
@@ -56,7 +56,7 @@ def tiny_checkpoint(directory: Path, preset: str = "tiny") -> Path:
     sdit = SDiT(SDiTConfig.from_model_config(cfg.model, input_size=h, in_channels=C))
     with torch.no_grad():
         sdit.final_layer.linear.weight.normal_(0, 0.02)
-    return save_checkpoint(directory, cfg, sdit, LearnedGlobalEncoder(cfg.model.global_dim, cfg.data.resolution))
+    return save_checkpoint(directory, cfg, sdit, load_encoder(cfg.data, cfg.model.global_dim))
 
 
 def child_generate(args) -> dict:

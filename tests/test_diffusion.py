@@ -129,6 +129,8 @@ def test_v_prediction_loss_targets_v_and_its_vb_equals_the_eps_models():
     torch.testing.assert_close(lv["mse"], ((v_true - v_hat) ** 2).flatten(1).mean(1))
     with pytest.raises(Exception, match="prediction"):
         GaussianDiffusion(DiffusionConfig(prediction="sample"))
+    with pytest.raises(Exception, match="x0_loss_snr_cap"):  # a negative weight would train the error up
+        GaussianDiffusion(DiffusionConfig(prediction="x0", x0_loss_snr_cap=-1.0))
 
 
 @pytest.mark.parametrize("cap", [5.0, 1e9])

@@ -136,6 +136,11 @@ def test_aggregate_means_and_frechet_over_pooled_features():
     assert "fvd" not in evaluate.aggregate(one, [], "y") and "FVD needs at least 2 videos" in notes[-1]
 
 
+def test_checkpoint_names_are_unique_and_never_the_baseline_column():
+    names = evaluate._unique_names([Path("/a/ckpt"), Path("/b/ckpt"), Path("/c/baseline"), Path("/d/run")])
+    assert len(set(names)) == 4 and evaluate.BASELINE_COLUMN not in names and names[3] == "run"
+
+
 def test_jsonable_is_strict_json():
     obj = {"a": float("nan"), "b": float("inf"), "c": np.float32(1.5), "d": [np.int64(3)], "e": Path("x")}
     text = json.dumps(evaluate.jsonable(obj), allow_nan=False)

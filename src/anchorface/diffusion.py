@@ -64,6 +64,8 @@ class GaussianDiffusion:
             raise AnchorfaceError(f"diffusion.prediction must be one of {', '.join(PREDICTIONS)}, got "
                                   f"'{cfg.prediction}'")
         self.prediction = cfg.prediction
+        if cfg.x0_loss_snr_cap < 0:
+            raise AnchorfaceError(f"diffusion.x0_loss_snr_cap must be >= 0, got {cfg.x0_loss_snr_cap}")
         self.num_timesteps = cfg.num_timesteps
         self.betas = np.linspace(cfg.beta_start, cfg.beta_end, cfg.num_timesteps, dtype=np.float64)
         alphas = 1.0 - self.betas
@@ -197,8 +199,9 @@ def learns_sigma(model) -> bool:
 
 def guided(out_cond: torch.Tensor, out_uncond: torch.Tensor, scale: float, eps_channels: int,
            dim: int = CHANNEL_DIM) -> torch.Tensor:
-    """Classifier-free guidance on the ε (or v) channels: eps = eps_u + scale (eps_c - eps_u); the learned-variance
-    channels are taken from the conditional output (as DiT). scale = 1 returns `out_cond` itself."""
+    """Classifier-free guidance on the prediction channels: eps = eps_u + scale (eps_c - eps_u); the learned-variance
+    channels are taken from the conditional output (as DiT). v and x0 are affine in ε at a given x_t with weights
+    summing to 1, so guiding them is guiding ε. scale = 1 returns `out_cond` itself."""
     if scale == 1.0:
         return out_cond
     eps_c, rest = out_cond.split([eps_channels, out_cond.shape[dim] - eps_channels], dim=dim)

@@ -203,8 +203,8 @@ def target_motion(case: Case, relative: bool) -> np.ndarray:
 
 
 # Two trivial "generators" that frame every other column: copying the driving crops is perfect motion with the
-# driving identity (the ceiling of LMSE at that resolution; CSIM of the wrong face in cross-reenactment), holding
-# the source crop still is perfect identity with no motion at all.
+# driving identity (LMSE's floor at that resolution unless --relative re-targets the motion; CSIM of the wrong face
+# in cross-reenactment), holding the source crop still is perfect identity with no motion at all.
 BASELINES = {
     "copy driving": lambda case, res: case.driving_crops(res),
     "still source": lambda case, res: np.repeat(case.source_crop(res)[None], len(case.frames), axis=0),
@@ -506,8 +506,8 @@ def ablation_settings(o: Options, pipe) -> list[tuple[int, float, str]]:
 
 
 def _unique_names(paths: list[Path]) -> list[str]:
-    names = [p.resolve().name for p in paths]
-    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+    names = [p.resolve().name for p in paths]  # ("baseline" names the BASELINES' column)
+    return [n if names.count(n) == 1 and n != BASELINE_COLUMN else f"{n}#{i}" for i, n in enumerate(names)]
 
 
 def run_evaluation(o: Options) -> dict:
@@ -641,8 +641,8 @@ def run_evaluation(o: Options) -> dict:
             for label, make in BASELINES.items():
                 sc = [scorer.score(c, make(c, res), target_motion(c, o.relative), with_reference=proto == "self")
                       for c in proto_cases]
-                results[proto].setdefault(BASELINE_COLUMN, {})[label] = aggregate(sc, notes,
-                                                                                   f"{proto}/baseline/{label}")
+                results[proto].setdefault(BASELINE_COLUMN, {})[label] = dict(
+                    aggregate(sc, notes, f"{proto}/baseline/{label}"), resolution=res)
 
     consistency_rows = []
     cons_scored: dict[tuple, list] = {}
@@ -728,9 +728,12 @@ def render_markdown(report: dict, names: list[str], o: Options) -> str:
                 "Cells are *self / cross*; PSNR and SSIM exist for self-reenactment only (the driving frames are the "
                 "ground truth)."]
         if baselines:
-            out += ["The *baseline* columns are not models: *copy driving* outputs the driving crops at the model's "
-                    "resolution (perfect motion, the driving identity: LMSE's floor at that resolution), *still "
-                    "source* repeats the source crop (perfect identity, no motion)."]
+            res_px = next(r["resolution"] for p in res.values() for r in p.get(BASELINE_COLUMN, {}).values())
+            floor = "the re-targeted motion is the target, so not LMSE's floor" if o.relative else \
+                "LMSE's floor at that resolution"
+            out += [f"The *baseline* columns are not models: *copy driving* outputs the driving crops at {res_px} px "
+                    f"(perfect motion, the driving identity; {floor}), *still source* repeats the source crop "
+                    "(perfect identity, no motion)."]
         out += ["", table1_markdown(res, columns + baselines), ""]
         for p in ("self", "cross"):
             if f"grid-{p}.png" in report.get("images", []):
