@@ -26,13 +26,15 @@ def tiny_config(encoder="learned"):
 
 
 class TargetModel(nn.Module):
-    """Test double with the sDiT's forward signature: predicts the eps for which x0 is a constant latent equal to
-    the frame's first landmark coordinate (2x - 1). With a deterministic last step the sampler then returns, for
-    every timeline frame, exactly that frame's value: any mix-up of frames, slots or sequences shows."""
+    """Test double with the sDiT's forward signature: predicts (as ε, v or x0, whichever the diffusion trains) the
+    x0 that is a constant latent equal to the frame's first landmark coordinate (2x - 1). With a deterministic last
+    step the sampler then returns, for every timeline frame, exactly that frame's value: any mix-up of frames, slots
+    or sequences shows."""
 
-    def __init__(self, alphas_cumprod, frames):
+    def __init__(self, diffusion, frames):
         super().__init__()
-        self.register_buffer("ab", torch.as_tensor(alphas_cumprod, dtype=torch.float64))
+        self.diffusion = diffusion
+        self.register_buffer("ab", torch.as_tensor(diffusion.alphas_cumprod, dtype=torch.float64))
         self.mapping = nn.Identity()  # conditional: the sampler passes g and lmk
         self.frames = frames
 
@@ -41,7 +43,8 @@ class TargetModel(nn.Module):
         ab = self.ab[t.long()].view(-1, 1, 1, 1, 1)
         target = lmk[..., 0].double().view(*x.shape[:2], 1, 1, 1)
         eps = (x.double() - ab.sqrt() * target) / (1 - ab).sqrt()
-        return torch.cat([eps, torch.zeros_like(eps)], dim=2).float()
+        pred = self.diffusion.target(target.expand_as(eps), eps, t)
+        return torch.cat([pred, torch.zeros_like(eps)], dim=2).float()
 
 
 def frame_landmarks(values):
@@ -56,7 +59,7 @@ def target_pipe():
     cfg = tiny_config()
     from anchorface.diffusion import GaussianDiffusion
 
-    model = TargetModel(GaussianDiffusion(cfg.diffusion).alphas_cumprod, cfg.model.num_frames)
+    model = TargetModel(GaussianDiffusion(cfg.diffusion), cfg.model.num_frames)
     return AnchorFacePipeline(cfg, model, PixelCodec(FACTOR), encoder=None)
 
 

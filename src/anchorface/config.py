@@ -1,7 +1,8 @@
 """Plain dataclass configs, loadable from YAML.
 
-Presets live in `anchorface/configs/*.yaml`: `paper-t4`, `paper-t8` (the paper's settings, App. D / §4.1) and
-`tiny` (a CPU-sized model on 64x64 crops with the weight-free pixel codec and a jointly trained global encoder).
+Presets live in `anchorface/configs/*.yaml`: `paper-t4`, `paper-t8` (the paper's settings, App. D / §4.1),
+`tiny` (a CPU-sized model on 64x64 crops with the weight-free pixel codec and a jointly trained global encoder) and
+`demo` (`tiny` made narrower: the committed demo checkpoint's setting).
 """
 
 from __future__ import annotations
