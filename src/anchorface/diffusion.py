@@ -75,6 +75,7 @@ class GaussianDiffusion:
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
+        self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
         # q(x_{t-1} | x_t, x_0)
         self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         # the variance is 0 at t = 0: clip its log there to the value at t = 1 (as DiT)
@@ -153,7 +154,7 @@ class GaussianDiffusion:
         pred = model_out[:, :, :C]
         sq = (self.target(x0, noise, t) - pred) ** 2
         if self.prediction == "x0":  # the v-loss (1 + SNR) |x0 - x0_hat|^2, its SNR truncated at x0_loss_snr_cap
-            snr = self._extract(self.alphas_cumprod / (1.0 - self.alphas_cumprod), t, x0)
+            snr = self._extract(self.snr, t, x0)
             sq = sq * (1.0 + snr.clamp(max=self.cfg.x0_loss_snr_cap))
         mse = mean_flat(sq if weight is None else weight * sq)
         if model_out.shape[CHANNEL_DIM] == 2 * C:
