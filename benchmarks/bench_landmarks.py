@@ -22,9 +22,9 @@ from pathlib import Path
 
 import mediapipe as mp
 
-from anchorface.faces import FaceDetector, crop, track_crop_boxes
-from anchorface.landmarks import track_landmarks
-from anchorface.video import iter_frames
+from anchorface.faces.detect import FaceDetector, crop, track_crop_boxes
+from anchorface.faces.landmarks import track_landmarks
+from anchorface.io.video import iter_frames
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/faces"
 COLUMNS = ["clip", "frames", "size", "decode", "detect_video", "detect_photo", "crop_boxes", "crop256",

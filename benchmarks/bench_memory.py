@@ -44,11 +44,11 @@ def tiny_checkpoint(directory: Path, preset: str = "tiny") -> Path:
     """A randomly initialised checkpoint of `preset` (non-zero output layer, so sampling does real work)."""
     import torch
 
-    from anchorface.checkpoint import save_checkpoint
-    from anchorface.codecs import load_codec
+    from anchorface.methods.anchored.checkpoint import save_checkpoint
+    from anchorface.frozen.codecs import load_codec
     from anchorface.config import load_config
-    from anchorface.encoders import load_encoder
-    from anchorface.models.sdit import SDiT, SDiTConfig
+    from anchorface.frozen.encoders import load_encoder
+    from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
 
     cfg = load_config(preset)
     C, h, _ = load_codec(cfg.data).latent_shape(cfg.data.resolution)
@@ -64,7 +64,7 @@ def child_generate(args) -> dict:
     import numpy as np
     import torch
 
-    from anchorface.pipeline import AnchorFacePipeline
+    from anchorface.methods.anchored.pipeline import AnchorFacePipeline
 
     pipe = AnchorFacePipeline.from_pretrained(args.checkpoint, device=args.device)
     rng = np.random.default_rng(0)
@@ -86,7 +86,7 @@ def child_generate(args) -> dict:
 
 def child_reenact(args) -> dict:
     """One `anchorface reenact` run (the command's code path, in-process) on a looped real clip."""
-    from anchorface.cli import main
+    from anchorface.apps.cli import main
 
     t = time.time()
     code = main(["reenact", str(FACES / "source/s1.jpg"), args.child_video, "-o", args.child_output,
@@ -94,7 +94,7 @@ def child_reenact(args) -> dict:
                  "--device", args.device, "--quiet"])
     if code != 0:
         raise SystemExit(code)
-    from anchorface.video import probe_video
+    from anchorface.io.video import probe_video
 
     return dict(frames=probe_video(args.child_output).num_frames, seconds=time.time() - t,
                 peak_rss_mb=peak_rss_mb())
@@ -102,7 +102,7 @@ def child_reenact(args) -> dict:
 
 def looped_clip(src: Path, frames: int, out: Path) -> Path:
     """`frames` frames of `src` played forward and backward (no jump at the loop), with the clip's frame rate."""
-    from anchorface.video import VideoWriter, iter_frames, probe_video
+    from anchorface.io.video import VideoWriter, iter_frames, probe_video
 
     clip = list(iter_frames(src, max_frames=100))
     order = clip + clip[-2:0:-1]

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from anchorface.models.sdit import PRESETS, SDiT, SDiTConfig, flops_per_frame
+from anchorface.methods.anchored.sdit import PRESETS, SDiT, SDiTConfig, flops_per_frame
 
 H100_BF16_DENSE_TFLOPS = 989.0
 

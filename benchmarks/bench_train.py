@@ -1,6 +1,6 @@
 """Training throughput (samples/s = sequences of T frames per second) of the real training step (§4.1, App. D).
 
-One step = the step of `anchorface train`: `anchorface.train.diffusion_loss` (q_sample, sDiT forward with the
+One step = the step of `anchorface train`: `anchorface.training.loop.diffusion_loss` (q_sample, sDiT forward with the
 mapping network and, for `tiny`, the jointly trained global encoder, the learned-sigma hybrid loss with the
 expressive weight map), backward, AdamW on the two parameter groups, EMA update. Data are synthetic in-memory
 batches of the right shapes, so this measures the model step, not the data pipeline.
@@ -23,8 +23,8 @@ import time
 import torch
 
 from anchorface.config import load_config
-from anchorface.diffusion import GaussianDiffusion
-from anchorface.train import EMA, build_denoiser, diffusion_loss, param_groups, example_noise
+from anchorface.diffusion.gaussian import GaussianDiffusion
+from anchorface.training.loop import EMA, build_denoiser, diffusion_loss, param_groups, example_noise
 
 
 def synthetic_batch(cfg, latent_shape, batch: int, device) -> dict:

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from anchorface.anchored import anchored_diffusion, frame_generators, initial_noise, micro_batches
+from anchorface.methods.anchored.sampler import anchored_diffusion, frame_generators, initial_noise, micro_batches
 from anchorface.config import DiffusionConfig
-from anchorface.diffusion import GaussianDiffusion
+from anchorface.diffusion.gaussian import GaussianDiffusion
 from anchorface.errors import AnchorfaceError
-from anchorface.models.sdit import SDiT, SDiTConfig
-from anchorface.plans import anchored_plan, make_plan
+from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
+from anchorface.methods.anchored.plans import anchored_plan, make_plan
 
 T, C, S, LDIM, GDIM = 4, 4, 8, 1434, 16
 LATENT = (C, S, S)
@@ -137,7 +137,7 @@ def test_anchor_tokens_shared_in_every_layer_at_every_step(model, diffusion):
 
 def test_without_replay_the_anchor_would_differ(model, diffusion):
     """The check above can fail: sequences run apart, each with its own anchor, give different anchor tokens."""
-    from anchorface.models.sdit import AnchorOverride
+    from anchorface.methods.anchored.sdit import AnchorOverride
 
     plan = anchored_plan(11, T)
     g, lmk = conditions(11)

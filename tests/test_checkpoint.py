@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from anchorface.checkpoint import MANIFEST, load_checkpoint, read_config, save_checkpoint
+from anchorface.methods.anchored.checkpoint import MANIFEST, load_checkpoint, read_config, save_checkpoint
 from anchorface.config import load_config
-from anchorface.encoders import LearnedGlobalEncoder
+from anchorface.frozen.encoders import LearnedGlobalEncoder
 from anchorface.errors import CheckpointError
-from anchorface.models.sdit import SDiT, SDiTConfig
+from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
 
 
 def tiny(global_dim=16):

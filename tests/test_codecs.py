@@ -1,4 +1,4 @@
-"""anchorface.codecs: the exact pixel codec, and the SD-VAE codec loaded from a tiny AutoencoderKL saved with
+"""anchorface.frozen.codecs: the exact pixel codec, and the SD-VAE codec loaded from a tiny AutoencoderKL saved with
 `save_pretrained`, i.e. through the same code path as real weights."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from anchorface.codecs import LatentCodec, PixelCodec, SDVAECodec, load_codec
+from anchorface.frozen.codecs import LatentCodec, PixelCodec, SDVAECodec, load_codec
 from anchorface.config import DataConfig
 from anchorface.errors import AnchorfaceError, MissingWeightsError
 

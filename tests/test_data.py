@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from anchorface.config import load_config
-from anchorface.data import (
+from anchorface.data.dataset import (
     ClipDataset,
     DatasetWriter,
     SequenceSampler,
@@ -142,7 +142,7 @@ def test_segment_bounds():
 def test_synthetic_dataset_round_trip(tmp_path):
     from safetensors.torch import load_file
 
-    from anchorface.landmarks import landmark_vector
+    from anchorface.faces.landmarks import landmark_vector
 
     cfg = tiny_cfg(16)
     root = tmp_path / "ds"
@@ -259,7 +259,7 @@ def test_overwrite_replaces_the_dataset_only_when_complete(tmp_path):
 def videos(tmp_path_factory):
     if not (FACES / "driving/d0.mp4").exists():
         pytest.skip(f"real face corpus not found at {FACES}")
-    from anchorface.video import VideoWriter, iter_frames
+    from anchorface.io.video import VideoWriter, iter_frames
 
     root = tmp_path_factory.mktemp("videos")
     with VideoWriter(root / "face.mp4", 25) as w:
@@ -274,9 +274,9 @@ def videos(tmp_path_factory):
 
 
 def test_prepare_real_clip(videos, tmp_path):
-    from anchorface.cli import main
-    from anchorface.codecs import PixelCodec
-    from anchorface.data import prepare_dataset
+    from anchorface.apps.cli import main
+    from anchorface.frozen.codecs import PixelCodec
+    from anchorface.data.dataset import prepare_dataset
 
     cfg = tiny_cfg(32)
     with pytest.warns(UserWarning, match="noface.mp4"):
@@ -313,9 +313,9 @@ def test_prepare_with_a_frozen_clip_encoder_stores_embeddings(videos, tmp_path):
     from safetensors.torch import load_file
     from transformers import CLIPConfig, CLIPModel
 
-    from anchorface.codecs import PixelCodec
-    from anchorface.data import prepare_dataset
-    from anchorface.encoders import CLIPGlobalEncoder
+    from anchorface.frozen.codecs import PixelCodec
+    from anchorface.data.dataset import prepare_dataset
+    from anchorface.frozen.encoders import CLIPGlobalEncoder
 
     try:
         from transformers import CLIPImageProcessorPil as Processor

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from anchorface import demo
-from anchorface.landmarks import EXPRESSIVE_REGIONS, LandmarkDetector
+from anchorface.apps import demo
+from anchorface.faces.landmarks import EXPRESSIVE_REGIONS, LandmarkDetector
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_motion_is_smooth_and_bounded():
 
 @pytest.mark.skipif(not (demo.DEMO_CHECKPOINT / "anchorface.json").exists(), reason="no demo checkpoint installed")
 def test_demo_runs_end_to_end(tmp_path):
-    from anchorface.cli import main
-    from anchorface.video import probe_video
+    from anchorface.apps.cli import main
+    from anchorface.io.video import probe_video
 
     assert main(["demo", "-o", str(tmp_path), "--frames", "10", "--steps", "2", "--quiet"]) == 0
     video, compare = probe_video(tmp_path / "reenacted.mp4"), probe_video(tmp_path / "compare.mp4")

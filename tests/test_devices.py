@@ -23,7 +23,7 @@ def test_cuda_without_cuda(tmp_path):
     for name in ("cuda", "cuda:1"):
         with pytest.raises(AnchorfaceError, match="CUDA is not available; use --device cpu"):
             resolve_device(name)
-    from anchorface.pipeline import AnchorFacePipeline
+    from anchorface.methods.anchored.pipeline import AnchorFacePipeline
 
     # from_pretrained checks the device itself (so `anchorface demo --device cuda` gets the same one line), before
     # looking at the checkpoint

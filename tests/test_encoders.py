@@ -1,4 +1,4 @@
-"""anchorface.encoders: CLIP loaded from a tiny CLIPModel + CLIPImageProcessor + hand-written BPE tokenizer files
+"""anchorface.frozen.encoders: CLIP loaded from a tiny CLIPModel + CLIPImageProcessor + hand-written BPE tokenizer files
 (the same `from_pretrained` code path as real weights), and the jointly trained CNN encoder."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from anchorface.config import DataConfig
-from anchorface.encoders import CLIPGlobalEncoder, GlobalEncoder, LearnedGlobalEncoder, load_encoder
+from anchorface.frozen.encoders import CLIPGlobalEncoder, GlobalEncoder, LearnedGlobalEncoder, load_encoder
 from anchorface.errors import AnchorfaceError, CheckpointError, MissingWeightsError
 
 PROJ = 16

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from anchorface import evaluate
+from anchorface.evaluation import protocols as evaluate
 from anchorface.errors import AnchorfaceError
-from anchorface.plans import KINDS
-from anchorface.video import list_videos
+from anchorface.methods.anchored.plans import KINDS
+from anchorface.io.video import list_videos
 
 FACES = Path(__file__).resolve().parents[2] / "shared/data/faces"
 
@@ -96,9 +96,9 @@ def test_given_conditions_drops_the_right_signals():
 
 
 def test_ablation_settings_clamp_default_steps_and_keep_zero_scale(tmp_path):
-    from anchorface.codecs import PixelCodec
+    from anchorface.frozen.codecs import PixelCodec
     from anchorface.config import load_config
-    from anchorface.pipeline import AnchorFacePipeline
+    from anchorface.methods.anchored.pipeline import AnchorFacePipeline
 
     cfg = load_config("tiny")
     cfg.sample.steps = 600
@@ -128,7 +128,7 @@ def test_aggregate_means_and_frechet_over_pooled_features():
     assert out["csim"] == pytest.approx(0.6) and out["face_found_rate"] == 0.5
     real = np.concatenate([s["features"]["fid_real"] for s in scored])
     fake = np.concatenate([s["features"]["fid_fake"] for s in scored])
-    from anchorface.metrics import fid_from_features
+    from anchorface.evaluation.metrics import fid_from_features
 
     assert out["fid"] == pytest.approx(fid_from_features(real, fake)) and out["fid_samples"] == 8
     one = [{"metrics": {}, "features": {"fvd_fake": np.zeros((1, 3)), "fvd_real": np.zeros((1, 3))}}]
@@ -170,11 +170,11 @@ def test_bad_options_raise_one_line_errors(tmp_path):
 
 
 def tiny_checkpoint(path: Path) -> Path:
-    from anchorface.checkpoint import save_checkpoint
-    from anchorface.codecs import PixelCodec
+    from anchorface.methods.anchored.checkpoint import save_checkpoint
+    from anchorface.frozen.codecs import PixelCodec
     from anchorface.config import load_config
-    from anchorface.encoders import LearnedGlobalEncoder
-    from anchorface.models.sdit import SDiT, SDiTConfig
+    from anchorface.frozen.encoders import LearnedGlobalEncoder
+    from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
 
     cfg = load_config("tiny")
     cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads, cfg.model.global_dim = 48, 2, 2, 16
@@ -195,7 +195,7 @@ def test_evaluate_smoke_end_to_end(tmp_path):
         pytest.skip(f"real face data not found at {FACES} (../shared/data/faces beside the checkout)")
     from test_metrics import TinyI3D, TinyInception  # TorchScript nets with the real files' calling conventions
 
-    from anchorface.cli import main
+    from anchorface.apps.cli import main
 
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     sources = tmp_path / "sources"  # one photo with a face, one without (skipped with a note)
@@ -250,8 +250,8 @@ def test_scorer_on_real_clip_perfect_and_shifted_generation():
     PSNR inf, SSIM 1; one whose crops are shifted by 4 px (of a 256-px crop) scores LMSE ~ 4^2 = 16."""
     if not FACES.is_dir():
         pytest.skip(f"real face data not found at {FACES} (../shared/data/faces beside the checkout)")
-    from anchorface import faces
-    from anchorface.encoders import LearnedGlobalEncoder
+    from anchorface.faces import detect as faces
+    from anchorface.frozen.encoders import LearnedGlobalEncoder
 
     video = FACES / "driving" / "d18.mp4"
     got = evaluate.read_frames(video, list(range(40, 46)) + [0])

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from anchorface.errors import AnchorfaceError, NoFaceError
-from anchorface.faces import (CROP_SHIFT_UP, FACE_HEIGHT_RATIO, FACE_SCORE_ON_CROP, FACE_WIDTH_RATIO,
+from anchorface.faces.detect import (CROP_SHIFT_UP, FACE_HEIGHT_RATIO, FACE_SCORE_ON_CROP, FACE_WIDTH_RATIO,
                               MAX_INSIDE_SHIFT, Box, FaceDetector, crop, crop_box, crop_side, detect_face_boxes,
                               feather_mask, iou, paste_back, smooth_boxes, source_crop_box, track_crop_boxes)
-from anchorface.video import iter_frames, load_image
+from anchorface.io.video import iter_frames, load_image
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/faces"
 needs_data = pytest.mark.skipif(not (DATA / "driving").is_dir(),
@@ -171,9 +171,9 @@ def test_track_video_is_boxes_then_landmarks_on_crops(tmp_path):
     landmark_crop_size(resolution) px (256 up to a 256-px model, the model resolution above), the same for a
     path (decoded twice) and for frames in memory."""
     from anchorface.errors import VideoError
-    from anchorface.faces import source_landmarks, track_video
-    from anchorface.landmarks import LandmarkDetector, landmark_crop_size, track_landmarks
-    from anchorface.video import VideoWriter
+    from anchorface.faces.detect import source_landmarks, track_video
+    from anchorface.faces.landmarks import LandmarkDetector, landmark_crop_size, track_landmarks
+    from anchorface.io.video import VideoWriter
 
     assert [landmark_crop_size(r) for r in (None, 64, 256, 512)] == [256, 256, 256, 512]
     path = tmp_path / "clip.mp4"

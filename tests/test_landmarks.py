@@ -10,11 +10,11 @@ import torch
 from mediapipe.python.solutions import face_mesh_connections as conn
 
 from anchorface.errors import NoFaceError
-from anchorface.faces import FaceDetector, crop, source_crop_box, track_crop_boxes
-from anchorface.landmarks import (EXPRESSIVE_INDICES, EXPRESSIVE_REGIONS, LandmarkDetector, expressive_mask,
+from anchorface.faces.detect import FaceDetector, crop, source_crop_box, track_crop_boxes
+from anchorface.faces.landmarks import (EXPRESSIVE_INDICES, EXPRESSIVE_REGIONS, LandmarkDetector, expressive_mask,
                                   expressive_weight_map, expressive_weight_maps, fill_from_nearest, landmark_vector,
                                   relative_motion, track_landmarks)
-from anchorface.video import iter_frames, load_image
+from anchorface.io.video import iter_frames, load_image
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/faces"
 needs_data = pytest.mark.skipif(not (DATA / "driving").is_dir(),

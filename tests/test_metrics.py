@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from anchorface import metrics
+from anchorface.evaluation import metrics
 from anchorface.errors import AnchorfaceError, MissingWeightsError
 
 RNG = np.random.default_rng(0)
@@ -118,7 +118,7 @@ def test_lmse_excludes_frames_without_face_and_selects_indices():
 
 
 def test_expressive_lmse_uses_expressive_points():
-    landmarks = pytest.importorskip("anchorface.landmarks")
+    landmarks = pytest.importorskip("anchorface.faces.landmarks")
     idx = np.asarray(landmarks.EXPRESSIVE_INDICES)
     drv = random_landmarks(3)
     gen = drv.copy()

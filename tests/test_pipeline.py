@@ -5,13 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from anchorface.checkpoint import save_checkpoint
-from anchorface.codecs import PixelCodec
+from anchorface.methods.anchored.checkpoint import save_checkpoint
+from anchorface.frozen.codecs import PixelCodec
 from anchorface.config import load_config
-from anchorface.encoders import LearnedGlobalEncoder
+from anchorface.frozen.encoders import LearnedGlobalEncoder
 from anchorface.errors import AnchorfaceError
-from anchorface.models.sdit import SDiT, SDiTConfig
-from anchorface.pipeline import TEXT_NEEDS_CLIP, AnchorFacePipeline, full_frame_box
+from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
+from anchorface.methods.anchored.pipeline import TEXT_NEEDS_CLIP, AnchorFacePipeline, full_frame_box
 
 RES, FACTOR = 32, 4  # pixel codec: 48 x 8 x 8 latents
 
@@ -57,7 +57,7 @@ def frame_landmarks(values):
 @pytest.fixture(scope="module")
 def target_pipe():
     cfg = tiny_config()
-    from anchorface.diffusion import GaussianDiffusion
+    from anchorface.diffusion.gaussian import GaussianDiffusion
 
     model = TargetModel(GaussianDiffusion(cfg.diffusion), cfg.model.num_frames)
     return AnchorFacePipeline(cfg, model, PixelCodec(FACTOR), encoder=None)
@@ -147,7 +147,7 @@ class Unconditional(nn.Module):
 def test_reenact_validates_before_any_work(target_pipe, tmp_path, monkeypatch):
     """Every option and output path is checked in step 1, before the driving video is read (it does not even
     exist here), and a 0 is a value, not "use the default"."""
-    from anchorface import faces
+    from anchorface.faces import detect as faces
 
     monkeypatch.setattr(faces, "track_video", lambda *a, **k: pytest.fail("pass 1 started"))
     drv = tmp_path / "missing.mp4"
@@ -182,7 +182,7 @@ def test_reenact_validates_before_any_work(target_pipe, tmp_path, monkeypatch):
 
 @pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root may write into read-only folders")
 def test_output_folder_must_be_writable(tmp_path):
-    from anchorface.pipeline import check_output_path
+    from anchorface.methods.anchored.pipeline import check_output_path
 
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
@@ -201,7 +201,7 @@ def test_generate_takes_zero_as_a_value(target_pipe):
 def test_reenact_command_checks_inputs_before_loading_weights(tmp_path, capsys):
     """The CLI reads the source photo and probes the driving video before it loads a checkpoint (which here does
     not even exist), so a typo costs no model loading."""
-    from anchorface.cli import main
+    from anchorface.apps.cli import main
 
     photo = tmp_path / "me.jpg"
     photo.write_bytes(b"not a jpeg")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from anchorface.errors import AnchorfaceError
-from anchorface.plans import (KINDS, anchored_plan, make_plan, multidiffusion_plan, owner_slots, reorder,
+from anchorface.methods.anchored.plans import (KINDS, anchored_plan, make_plan, multidiffusion_plan, owner_slots, reorder,
                               timeline)
 
 SIZES = [(n, T) for T in (2, 3, 4, 5, 8) for n in list(range(1, 30)) + [97, 100, 101, 400]]

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from anchorface import reenact as reenact_cmd
-from anchorface.checkpoint import save_checkpoint
-from anchorface.cli import main
+from anchorface.apps import reenact as reenact_cmd
+from anchorface.methods.anchored.checkpoint import save_checkpoint
+from anchorface.apps.cli import main
 from anchorface.config import load_config
-from anchorface.encoders import LearnedGlobalEncoder
-from anchorface.models.sdit import SDiT, SDiTConfig
-from anchorface.video import VideoWriter, iter_frames, probe_video
+from anchorface.frozen.encoders import LearnedGlobalEncoder
+from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
+from anchorface.io.video import VideoWriter, iter_frames, probe_video
 
 FACES = Path(__file__).resolve().parents[2] / "shared/data/faces"
 pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason=f"real face data not found at {FACES}")
@@ -65,7 +65,7 @@ def test_reenact_writes_playable_video_with_frames_fps_audio(checkpoint, driving
 
 
 def test_reenact_paste_back_and_compare(checkpoint, driving, tmp_path):
-    from anchorface.pipeline import COMPARE_HEIGHT, AnchorFacePipeline
+    from anchorface.methods.anchored.pipeline import COMPARE_HEIGHT, AnchorFacePipeline
 
     pipe = AnchorFacePipeline.from_pretrained(checkpoint)
     res = pipe.reenact(FACES / "source/drv_d12.jpg", driving, tmp_path / "full.mp4", steps=1, paste_back=True,

@@ -9,8 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from anchorface.config import ModelConfig
 from anchorface.errors import AnchorfaceError, CheckpointError
-from anchorface.models import sdit as sdit_module
-from anchorface.models.sdit import (PRESETS, AnchorOverride, MappingNetwork, SDiT, SDiTConfig, flops_per_frame,
+from anchorface.methods.anchored import sdit as sdit_module
+from anchorface.methods.anchored.sdit import (PRESETS, AnchorOverride, MappingNetwork, SDiT, SDiTConfig, flops_per_frame,
                                     sincos_2d)
 
 TINY = dict(input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=3, num_heads=4, global_dim=16,

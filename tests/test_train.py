@@ -15,10 +15,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from anchorface.checkpoint import load_checkpoint
+from anchorface.methods.anchored.checkpoint import load_checkpoint
 from anchorface.config import load_config
 from anchorface.errors import AnchorfaceError
-from anchorface.train import EMA, build_denoiser, param_groups, read_log, example_noise, train
+from anchorface.training.loop import EMA, build_denoiser, param_groups, read_log, example_noise, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_data import write_synthetic_dataset  # noqa: E402
@@ -78,7 +78,7 @@ def test_example_noise_depends_only_on_the_example():
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "anchorface.cli", "train", *args, "--deterministic", "--quiet"]
+    return [sys.executable, "-m", "anchorface.apps.cli", "train", *args, "--deterministic", "--quiet"]
 
 
 def _env() -> dict:
@@ -137,7 +137,7 @@ def test_sigkill_and_resume_continues_exactly(micro, reference):
     assert len(list(ref.glob("checkpoint-*/training_state"))) == 2  # only the newest 2 their training state
 
     # previews: 2 held-out examples x (driving, generated) rows of 16 px, source + T = 4 columns
-    from anchorface.video import load_image
+    from anchorface.io.video import load_image
 
     grid = load_image(ref / "samples" / "step-0000008.png")
     assert grid.shape == (2 * 2 * 16, 5 * 16, 3)
@@ -155,7 +155,7 @@ def test_processes_and_accumulation_do_not_change_the_run(micro, reference):
     the same noise: the losses equal the single-process run's up to float reduction order."""
     root, _ = micro
     out = root / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "anchorface.cli", "train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "anchorface.apps.cli", "train",
            "--config", str(root / "micro.yaml"), "--data", str(root / "data"), "--output", str(out),
            "--grad-accum", "2", "--sample-every", "0", "--ckpt-every", "100", "--quiet"]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
@@ -175,7 +175,7 @@ def test_processes_and_accumulation_do_not_change_the_run(micro, reference):
     (["--output-is-a-file"], "exists and is not a directory"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
-    from anchorface.cli import main
+    from anchorface.apps.cli import main
 
     output = tmp_path / "run"
     if args == ["--output-is-a-file"]:

@@ -1,4 +1,4 @@
-"""anchorface.video: real files written with PyAV / Pillow in tmp_path, plus the real driving clips when present."""
+"""anchorface.io.video: real files written with PyAV / Pillow in tmp_path, plus the real driving clips when present."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from anchorface.errors import ImageError, VideoError
-from anchorface.video import (VideoInfo, VideoWriter, atomic_output, iter_frames, load_image, probe_video,
+from anchorface.io.video import (VideoInfo, VideoWriter, atomic_output, iter_frames, load_image, probe_video,
                               save_image)
 
 FACES = Path(__file__).resolve().parents[2] / "shared/data/faces"
@@ -125,7 +125,7 @@ def test_rotation_metadata_is_applied(tmp_path):
 
 
 def test_legacy_rotate_tag_is_clockwise():
-    from anchorface.video import _rotation
+    from anchorface.io.video import _rotation
 
     class Frame:  # test double: a frame without display matrix side data
         rotation = 0
@@ -241,7 +241,7 @@ def test_writer_from_real_driving_clip_keeps_audio_rate_and_count(tmp_path):
 # -------------------------------------------------------------------------------------------- streaming memory
 _PEAK_RSS = textwrap.dedent("""
     import resource, sys
-    from anchorface.video import iter_frames
+    from anchorface.io.video import iter_frames
     n = sum(1 for _ in iter_frames(sys.argv[1]))
     print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """)
@@ -469,7 +469,7 @@ def test_save_image_roundtrip_and_atomic(tmp_path):
 
 
 def test_decode_failure_midway_is_a_video_error(tmp_path, monkeypatch):
-    import anchorface.video as video
+    import anchorface.io.video as video
 
     p = write_clip(tmp_path / "a.mp4", n=5)
     real_open = video._open_input

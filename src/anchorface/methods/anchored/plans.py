@@ -1,6 +1,6 @@
 """Sequence plans: which driving frames are denoised together (§3.2, Fig. 3). Pure data (numpy), no torch.
 
-A plan is kept apart from its execution (`anchorface.anchored`): it says, for a driving video of N frames and a
+A plan is kept apart from its execution (`anchorface.methods.anchored.sampler`): it says, for a driving video of N frames and a
 model that denoises T frames at once, which frame sits at each (sequence, position) slot of the batch, which slot
 renders each frame, and where the shared anchor sits in each sequence.
 

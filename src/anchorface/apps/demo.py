@@ -23,7 +23,7 @@ import numpy as np
 
 from anchorface.errors import AnchorfaceError
 
-DEMO_CHECKPOINT = Path(__file__).parent / "assets" / "demo"
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "demo"
 FPS = 25
 
 
@@ -108,7 +108,7 @@ class FaceGeometry:
 
     @classmethod
     def from_landmarks(cls, lmk: np.ndarray, hw: tuple[int, int]) -> "FaceGeometry":
-        from anchorface.landmarks import EXPRESSIVE_REGIONS
+        from anchorface.faces.landmarks import EXPRESSIVE_REGIONS
 
         px = lmk[:, :2] * np.array([hw[1], hw[0]])
         r = {k: px[v].mean(0) for k, v in EXPRESSIVE_REGIONS.items()}
@@ -174,7 +174,7 @@ def warp_frame(image: np.ndarray, geo: FaceGeometry, params: dict[str, float], g
 
 
 def portrait_geometry(image: np.ndarray) -> FaceGeometry:
-    from anchorface.landmarks import LandmarkDetector
+    from anchorface.faces.landmarks import LandmarkDetector
 
     with LandmarkDetector(static_image_mode=True) as det:
         lmk = det.detect(image)
@@ -197,7 +197,7 @@ def head_and_shoulders(image: np.ndarray) -> tuple[np.ndarray, FaceGeometry]:
 
 def write_pseudo_clip(path: Path, image: np.ndarray, geo: FaceGeometry, motion: Motion, size: int = 256) -> None:
     """Write one pseudo-clip as an mp4 (the same kind of file a user would give `anchorface prepare`)."""
-    from anchorface.video import VideoWriter
+    from anchorface.io.video import VideoWriter
 
     s = size / max(image.shape[:2])
     small = cv2.resize(image, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
@@ -231,8 +231,8 @@ def make_pseudo_clips(out_dir: str | Path, num_clips: int, num_frames: int, seed
 def run_demo(output_dir: str | Path = "demo-output", checkpoint: str | Path | None = None, num_frames: int = 50,
              steps: int | None = 25, seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, Path]:
     """Render a synthetic driving clip, reenact the astronaut with it, write the video and a comparison."""
-    from anchorface.pipeline import AnchorFacePipeline
-    from anchorface.video import save_image
+    from anchorface.methods.anchored.pipeline import AnchorFacePipeline
+    from anchorface.io.video import save_image
 
     ckpt = Path(checkpoint) if checkpoint else DEMO_CHECKPOINT
     if not (ckpt / "anchorface.json").exists():

@@ -10,7 +10,7 @@ The flow keeps only O(N) small arrays in memory (crop boxes, landmarks, latents)
    on crops of `landmarks.landmark_crop_size(resolution)` px (§3.1);
    relative motion (landmarks re-targeted onto the source face, supp. §1) or the driving landmarks as they are;
 3. G = the global encoder on the source crop (§3.1), or CLIP text for text-to-video, or a mix for editing (§4.4);
-4. Anchored Diffusion (§3.2, Alg. 1) over the plan of the chosen merge strategy (`anchorface.anchored`);
+4. Anchored Diffusion (§3.2, Alg. 1) over the plan of the chosen merge strategy (`anchorface.methods.anchored.sampler`);
 5. pass 2 over the driving video: decode the generated crops in small batches in timeline order (Alg. 1 steps
    4-5), optionally paste them back into the full frames, and write the video with the driving clip's frame rate
    and audio, atomically (no partial file on failure).
@@ -31,14 +31,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from anchorface import faces, landmarks
-from anchorface.anchored import SAMPLERS, anchored_diffusion
-from anchorface.codecs import to_pixels, to_uint8
+from anchorface.faces import detect as faces, landmarks
+from anchorface.methods.anchored.sampler import SAMPLERS, anchored_diffusion
+from anchorface.frozen.codecs import to_pixels, to_uint8
 from anchorface.config import Config
 from anchorface.devices import resolve_device
 from anchorface.errors import AnchorfaceError, NoFaceError
-from anchorface.plans import KINDS, make_plan
-from anchorface.video import VideoInfo, VideoWriter, iter_frames, load_image, probe_video
+from anchorface.methods.anchored.plans import KINDS, make_plan
+from anchorface.io.video import VideoInfo, VideoWriter, iter_frames, load_image, probe_video
 
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")  # containers the H.264 output is written into (`VideoWriter`)
 DECODE_BATCH = 8  # generated frames decoded at once in pass 2
@@ -111,7 +111,7 @@ class AnchorFacePipeline:
     """Checkpoint + codec + global encoder + diffusion, with the reenactment flow of the module docstring."""
 
     def __init__(self, config: Config, sdit, codec, encoder=None, device: str | torch.device = "cpu"):
-        from anchorface.diffusion import GaussianDiffusion
+        from anchorface.diffusion.gaussian import GaussianDiffusion
 
         self.config, self.sdit, self.codec, self.encoder = config, sdit.eval(), codec.eval(), encoder
         self.device = torch.device(device)
@@ -126,9 +126,9 @@ class AnchorFacePipeline:
         """Load a checkpoint directory (`checkpoint.load_checkpoint`), its codec and its global encoder (the
         learned one from the checkpoint, CLIP from `data.encoder_path`). `device`: as `devices.resolve_device`
         (`auto`, `cpu`, `cuda`, `cuda:N`; AnchorfaceError when this machine has no such device)."""
-        from anchorface.checkpoint import load_checkpoint
-        from anchorface.codecs import load_codec
-        from anchorface.encoders import load_encoder
+        from anchorface.methods.anchored.checkpoint import load_checkpoint
+        from anchorface.frozen.codecs import load_codec
+        from anchorface.frozen.encoders import load_encoder
 
         device = resolve_device(device)
         cfg, sdit, encoder = load_checkpoint(directory, device=device, dtype=dtype)

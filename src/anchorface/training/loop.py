@@ -1,9 +1,9 @@
 """`anchorface train`: the sDiT training loop (§3.1, §4.1, App. D), DiT-style, every hyper-parameter visible.
 
-One command for CPU, one GPU or many (`accelerate launch -m anchorface.cli train ...` or `torchrun`): Accelerate
+One command for CPU, one GPU or many (`accelerate launch -m anchorface.apps.cli train ...` or `torchrun`): Accelerate
 handles devices, DDP, bf16 autocast (GPU only) and gradient accumulation.
 
-- Data: `anchorface.data.ClipDataset` (precomputed latents, landmarks, source candidates; the sampler of §3.1 with
+- Data: `anchorface.data.dataset.ClipDataset` (precomputed latents, landmarks, source candidates; the sampler of §3.1 with
   the joint condition dropout of supp. §4). Example k and the diffusion noise of step s are pure functions of the
   seed, so `--resume` continues exactly: same step count and, with deterministic kernels, the same losses.
 - Loss: DiT's learned-sigma hybrid loss, the ε-MSE weighted by 1 + λ_ex on expressive landmark pixels (§4.1).
@@ -16,7 +16,7 @@ Output directory::
     OUT/config.yaml                 the run's config
     OUT/log.csv, OUT/tb/            step, loss, mse, vb, lr, lr_mapping, samples_per_s (CSV and TensorBoard)
     OUT/samples/step-XXXXXXX.png    driving | generated rows for a few held-out examples
-    OUT/checkpoint-XXXXXXX/         from_pretrained directory (anchorface.checkpoint, EMA weights) +
+    OUT/checkpoint-XXXXXXX/         from_pretrained directory (anchorface.methods.anchored.checkpoint, EMA weights) +
         training_state/             accelerator.save_state (raw weights, AdamW, schedule, RNG) + trainer_state.json
     OUT/latest                      name of the newest complete checkpoint
 """
@@ -67,8 +67,8 @@ class Denoiser(nn.Module):
 
 
 def build_denoiser(cfg: Config, latent_shape) -> Denoiser:
-    from anchorface.encoders import load_encoder
-    from anchorface.models.sdit import SDiT, SDiTConfig
+    from anchorface.frozen.encoders import load_encoder
+    from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
 
     C, h, w = latent_shape
     sdit = SDiT(SDiTConfig.from_model_config(cfg.model, input_size=h, in_channels=C))
@@ -162,7 +162,7 @@ def find_resume(output: Path, resume: str | None) -> Path | None:
 def save_training_checkpoint(accelerator, cfg: Config, output: Path, step: int, ema: EMA, trainer_state: dict):
     """OUT/checkpoint-XXXXXXX (EMA weights, from_pretrained-loadable) + training_state/, renamed into place only
     when complete; then OUT/latest. Collective: every process calls it."""
-    from anchorface.checkpoint import save_checkpoint
+    from anchorface.methods.anchored.checkpoint import save_checkpoint
 
     name = checkpoint_name(step)
     partial = output / f".{name}.partial"
@@ -228,8 +228,8 @@ def read_log(path: str | Path) -> list[dict]:
 def render_preview(ema: EMA, diffusion, codec, examples: list[dict], steps: int, seed: int, device) -> np.ndarray:
     """uint8 grid: for each example a row of driving frames and a row of generated ones (DDIM, `steps` steps,
     EMA weights, no guidance); with pixel sources the source crop leads the generated row."""
-    from anchorface.codecs import to_uint8
-    from anchorface.diffusion import learns_sigma, sample_loop
+    from anchorface.frozen.codecs import to_uint8
+    from anchorface.diffusion.gaussian import learns_sigma, sample_loop
 
     batch = {k: torch.stack([e[k] for e in examples]).to(device) for k in examples[0]}
     B, T, C, h, w = batch["latents"].shape
@@ -306,12 +306,12 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
-    from anchorface.checkpoint import load_checkpoint, read_config
-    from anchorface.codecs import load_codec
-    from anchorface.data import ClipDataset, StepSampler, check_compatible, load_index, sample_training_example
-    from anchorface.diffusion import GaussianDiffusion
+    from anchorface.methods.anchored.checkpoint import load_checkpoint, read_config
+    from anchorface.frozen.codecs import load_codec
+    from anchorface.data.dataset import ClipDataset, StepSampler, check_compatible, load_index, sample_training_example
+    from anchorface.diffusion.gaussian import GaussianDiffusion
     from anchorface.errors import MissingWeightsError
-    from anchorface.video import save_image
+    from anchorface.io.video import save_image
 
     output, data_dir = Path(output), Path(data_dir)
     if output.exists() and not output.is_dir():
@@ -514,7 +514,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train an sDiT on a prepared dataset",
         description="Train the sequence DiT (§3.1, §4.1) with Accelerate on CPU, one or many GPUs "
-                    "(`accelerate launch -m anchorface.cli train ...`). Checkpoints are from_pretrained "
+                    "(`accelerate launch -m anchorface.apps.cli train ...`). Checkpoints are from_pretrained "
                     "directories with EMA weights; --resume continues a run exactly.")
     p.add_argument("--config", default="tiny", help="preset (tiny, paper-t4, paper-t8) or YAML file (default: tiny)")
     p.add_argument("--data", required=True, help="dataset directory written by `anchorface prepare`")

@@ -28,7 +28,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from anchorface.codecs import to_pixels
+from anchorface.frozen.codecs import to_pixels
 from anchorface.errors import AnchorfaceError, MissingWeightsError
 
 LMSE_CROP_PX = 256.0  # landmarks are scaled to pixels of a 256-px crop before the squared error
@@ -74,7 +74,7 @@ def lmse(gen_lmk, drv_lmk, indices=None, valid=None) -> float:
 
 def expressive_lmse(gen_lmk, drv_lmk, valid=None) -> float:
     """Expressive-LMSE (§4.2): `lmse` on `landmarks.EXPRESSIVE_INDICES` (eyes, irises, brows, lips)."""
-    from anchorface.landmarks import EXPRESSIVE_INDICES
+    from anchorface.faces.landmarks import EXPRESSIVE_INDICES
 
     return lmse(gen_lmk, drv_lmk, indices=EXPRESSIVE_INDICES, valid=valid)
 

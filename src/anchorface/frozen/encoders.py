@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anchorface.codecs import load_pretrained
+from anchorface.frozen.codecs import load_pretrained
 from anchorface.errors import AnchorfaceError, CheckpointError, MissingWeightsError
 
 TEXT_NEEDS_CLIP = "text prompts need the CLIP global encoder (data.encoder: clip)"
@@ -219,7 +219,7 @@ class LearnedGlobalEncoder(GlobalEncoder):
         """`config.json` + `model.safetensors`, each written atomically."""
         from safetensors.torch import save_file
 
-        from anchorface.video import atomic_output
+        from anchorface.io.video import atomic_output
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

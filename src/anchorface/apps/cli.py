@@ -13,11 +13,11 @@ import threading
 
 # module -> provides `register(subparsers)`; order = order in `anchorface --help`
 COMMAND_MODULES = [
-    "anchorface.reenact",
-    "anchorface.demo",
-    "anchorface.data",
-    "anchorface.train",
-    "anchorface.evaluate",
+    "anchorface.apps.reenact",
+    "anchorface.apps.demo",
+    "anchorface.data.dataset",
+    "anchorface.training.loop",
+    "anchorface.evaluation.protocols",
 ]
 
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from anchorface.codecs import to_pixels
+from anchorface.frozen.codecs import to_pixels
 from anchorface.config import Config, DataConfig, load_config
 from anchorface.errors import AnchorfaceError, NoFaceError, VideoError
 
@@ -97,7 +97,7 @@ class DatasetWriter:
 
     def __init__(self, dataset_dir: str | Path, data: dict, latent_shape, overwrite: bool = False,
                  shard_bytes: int = SHARD_BYTES):
-        from anchorface.video import atomic_output
+        from anchorface.io.video import atomic_output
 
         self.dir = Path(dataset_dir)
         if self.dir.exists() and not self.dir.is_dir():
@@ -354,7 +354,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def load(self, clip: int, frames, source: int, drop: bool) -> dict:
         """One example from explicit choices (used by `__getitem__` and for fixed preview examples)."""
-        from anchorface.landmarks import expressive_weight_maps, landmark_vector
+        from anchorface.faces.landmarks import expressive_weight_maps, landmark_vector
 
         c = self.clips[clip]
         f = self._file(c["shard"])
@@ -423,8 +423,8 @@ def _encode(codec, crops: np.ndarray, device) -> torch.Tensor:
 
 def prepare_video(path: Path, cfg: Config, codec, encoder, max_seconds: float, device="cpu", progress=False):
     """Face crops, landmarks, latents and source candidates of one video, as a list of segment dicts."""
-    from anchorface.faces import track_video
-    from anchorface.video import probe_video
+    from anchorface.faces.detect import track_video
+    from anchorface.io.video import probe_video
 
     info = probe_video(path)
     track = track_video(path, cfg.data.resolution, keep_crops=True, progress=progress)  # NoFaceError: no face
@@ -451,9 +451,9 @@ def prepare_dataset(videos_dir: str | Path, dataset_dir: str | Path, cfg: Config
 
     Returns a summary dict(videos, clips, frames, skipped_no_face, skipped_unreadable).
     """
-    from anchorface.codecs import load_codec
-    from anchorface.encoders import load_encoder
-    from anchorface.video import list_videos
+    from anchorface.frozen.codecs import load_codec
+    from anchorface.frozen.encoders import load_encoder
+    from anchorface.io.video import list_videos
 
     if not max_seconds > 0:
         raise AnchorfaceError(f"--max-seconds must be positive, got {max_seconds}")

@@ -21,7 +21,7 @@ from scipy.ndimage import gaussian_filter1d
 from tqdm.auto import tqdm
 
 from anchorface.errors import AnchorfaceError, NoFaceError, VideoError
-from anchorface.landmarks import (LandmarkDetector, landmark_crop_size, native_stderr_silenced, run_quietly,
+from anchorface.faces.landmarks import (LandmarkDetector, landmark_crop_size, native_stderr_silenced, run_quietly,
                                   track_landmarks)
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ def track_video(video, resolution: int, fixed_box: Box | None = None, keep_crops
 
     `video`: a path (decoded twice, streamed: only the boxes, landmarks and `keep_crops` crops stay in memory) or a
     sequence of uint8 RGB frames. NoFaceError when no frame has a face."""
-    from anchorface.video import iter_frames
+    from anchorface.io.video import iter_frames
 
     def frames():
         return iter_frames(video) if isinstance(video, (str, Path)) else iter(video)

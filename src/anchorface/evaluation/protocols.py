@@ -40,10 +40,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from anchorface import faces, landmarks, metrics
-from anchorface.data import furthest_end
+from anchorface.evaluation import metrics
+from anchorface.faces import detect as faces, landmarks
+from anchorface.data.dataset import furthest_end
 from anchorface.devices import resolve_device
-from anchorface.plans import KINDS
+from anchorface.methods.anchored.plans import KINDS
 from anchorface.errors import AnchorfaceError, ImageError, NoFaceError
 
 PROTOCOLS = ("self", "cross", "consistency", "ablation")
@@ -140,7 +141,7 @@ class Case:
 
 def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
     """The frames at `indices` of a video, decoding it once up to the last one."""
-    from anchorface.video import iter_frames
+    from anchorface.io.video import iter_frames
 
     wanted, out = set(indices), {}
     for i, frame in enumerate(iter_frames(path, max_frames=max(indices) + 1)):
@@ -471,7 +472,7 @@ def _check_options(o: Options) -> None:
 def _load_embedder(o: Options, pipes: dict):
     """CSIM's embedding: CLIP from --clip (the paper's), else the first checkpoint's own global encoder (named)."""
     if o.clip:
-        from anchorface.encoders import CLIPGlobalEncoder
+        from anchorface.frozen.encoders import CLIPGlobalEncoder
 
         return CLIPGlobalEncoder(o.clip).to(o.device), f"CLIP ({o.clip})"
     for name, pipe in pipes.items():
@@ -512,8 +513,8 @@ def _unique_names(paths: list[Path]) -> list[str]:
 
 def run_evaluation(o: Options) -> dict:
     """Run the selected protocols and write report.md, report.json, plots and grids under `o.output`."""
-    from anchorface.pipeline import AnchorFacePipeline
-    from anchorface.video import atomic_output, list_videos, load_image, probe_video
+    from anchorface.methods.anchored.pipeline import AnchorFacePipeline
+    from anchorface.io.video import atomic_output, list_videos, load_image, probe_video
 
     _check_options(o)
     o = dataclasses.replace(o, device=resolve_device(o.device))  # (the notes list is shared with the caller's)

@@ -21,7 +21,7 @@ construction, with a shared initial noise (the paper's "Override" of the anchor,
   dropped (`guidance`: both / landmarks / global); the anchor is recorded and replayed separately in that pass,
   so it is handled consistently there too.
 
-Decoding and reordering to the timeline (Alg. 1 steps 4-5) are streamed by `anchorface.pipeline`.
+Decoding and reordering to the timeline (Alg. 1 steps 4-5) are streamed by `anchorface.methods.anchored.pipeline`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from anchorface.errors import AnchorfaceError
-from anchorface.plans import SequencePlan
+from anchorface.methods.anchored.plans import SequencePlan
 
 SAMPLERS = ("ddpm", "ddim")
 GUIDANCE = ("both", "landmarks", "global", "none")
@@ -118,8 +118,8 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
     g: [Dg] or [1, Dg] global signal G; landmark_vectors: [N, Dl] per-frame L (numpy or torch). `sampler` and
     `steps` choose the diffusers scheduler; `guidance_scale` != 1 enables classifier-free guidance on the
     `guidance` signals. See the module docstring for the formulation."""
-    from anchorface.diffusion import guided, learns_sigma, scheduler_step
-    from anchorface.models.sdit import AnchorOverride
+    from anchorface.diffusion.gaussian import guided, learns_sigma, scheduler_step
+    from anchorface.methods.anchored.sdit import AnchorOverride
 
     if sampler not in SAMPLERS:
         raise AnchorfaceError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")

@@ -10,15 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from anchorface.anchored import SAMPLERS
+from anchorface.methods.anchored.sampler import SAMPLERS
 from anchorface.devices import resolve_device
 from anchorface.errors import AnchorfaceError
-from anchorface.plans import KINDS
+from anchorface.methods.anchored.plans import KINDS
 
 
 def demo_checkpoint() -> Path:
-    """Where the committed demo checkpoint lives inside the package (`anchorface.demo.DEMO_CHECKPOINT`)."""
-    from anchorface.demo import DEMO_CHECKPOINT
+    """Where the committed demo checkpoint lives inside the package (`anchorface.apps.demo.DEMO_CHECKPOINT`)."""
+    from anchorface.apps.demo import DEMO_CHECKPOINT
 
     return DEMO_CHECKPOINT
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if not (checkpoint / "anchorface.json").exists():
             raise AnchorfaceError("no checkpoint given and no demo checkpoint installed; pass --checkpoint DIR")
 
-    from anchorface.pipeline import AnchorFacePipeline, check_inputs
+    from anchorface.methods.anchored.pipeline import AnchorFacePipeline, check_inputs
 
     device = resolve_device(args.device)
     check_inputs(source, driving, args.output, args.compare, args.edit_weight)  # before loading any weights
