@@ -47,7 +47,7 @@ def tiny_checkpoint(directory: Path, preset: str = "tiny") -> Path:
     from anchorface.methods.anchored.checkpoint import save_checkpoint
     from anchorface.frozen.codecs import load_codec
     from anchorface.config import load_config
-    from anchorface.frozen.encoders import load_encoder
+    from anchorface.methods.anchored.global_encoder import load_encoder
     from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
 
     cfg = load_config(preset)

@@ -6,7 +6,7 @@
 (The committed checkpoint was trained in these two runs, the second resuming the first with a longer cosine
 schedule; 2 x 12 min on 2 CPU cores.)
 
-1. pseudo-clips of scikit-image's public-domain astronaut portrait (anchorface.apps.demo, supplement §3's recipe);
+1. pseudo-clips of scikit-image's public-domain astronaut portrait (anchorface.data.synthetic, supplement §3's recipe);
 2. `anchorface prepare` on them (face crops, MediaPipe landmarks, pixel-codec latents);
 3. `anchorface train --config demo` (`tiny`, narrower: the checkpoint is a few MB);
 4. the EMA weights are exported in float16 to src/anchorface/assets/demo (a from_pretrained directory).
@@ -41,12 +41,12 @@ def main() -> None:
     work = Path(a.work)
     clips, data, run = work / "clips", work / "data", work / "run"
     if not clips.exists():
-        from anchorface.apps.demo import make_pseudo_clips
+        from anchorface.data.synthetic import make_pseudo_clips
 
         make_pseudo_clips(clips, a.clips, a.frames, seed=1)
     if not (data / "index.json").exists():
-        sh(sys.executable, "-m", "anchorface.apps.cli", "prepare", str(clips), str(data), "--config", a.config)
-    sh(sys.executable, "-m", "anchorface.apps.cli", "train", "--config", a.config, "--data", str(data),
+        sh(sys.executable, "-m", "anchorface", "prepare", str(clips), str(data), "--config", a.config)
+    sh(sys.executable, "-m", "anchorface", "train", "--config", a.config, "--data", str(data),
        "--output", str(run), "--max-steps", str(a.steps), "--resume")
 
     from anchorface.methods.anchored.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint

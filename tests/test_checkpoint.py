@@ -5,7 +5,7 @@ import torch
 
 from anchorface.methods.anchored.checkpoint import MANIFEST, load_checkpoint, read_config, save_checkpoint
 from anchorface.config import load_config
-from anchorface.frozen.encoders import LearnedGlobalEncoder
+from anchorface.methods.anchored.global_encoder import LearnedGlobalEncoder
 from anchorface.errors import CheckpointError
 from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from anchorface.apps import demo
+from anchorface.apps import demo as demo_app
+from anchorface.data import synthetic as demo
 from anchorface.faces.landmarks import EXPRESSIVE_REGIONS, LandmarkDetector
 
 
@@ -58,7 +59,7 @@ def test_motion_is_smooth_and_bounded():
     assert not np.allclose(demo.random_motion(50, seed=4).angle, m.angle[:50])
 
 
-@pytest.mark.skipif(not (demo.DEMO_CHECKPOINT / "anchorface.json").exists(), reason="no demo checkpoint installed")
+@pytest.mark.skipif(not (demo_app.DEMO_CHECKPOINT / "anchorface.json").exists(), reason="no demo checkpoint installed")
 def test_demo_runs_end_to_end(tmp_path):
     from anchorface.apps.cli import main
     from anchorface.io.video import probe_video

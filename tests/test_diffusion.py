@@ -8,8 +8,8 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from anchorface.config import DiffusionConfig
-from anchorface.diffusion.gaussian import (GaussianDiffusion, discretized_gaussian_log_likelihood, guided, learns_sigma,
-                                  sample_loop, scheduler_step)
+from anchorface.diffusion.gaussian import GaussianDiffusion, discretized_gaussian_log_likelihood
+from anchorface.diffusion.sampling import guided, learns_sigma, sample_loop, scheduler_step
 from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
 
 SHAPE = (2, 3, 4, 4, 4)  # B, T, C, H, W

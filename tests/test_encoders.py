@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from anchorface.config import DataConfig
-from anchorface.frozen.encoders import CLIPGlobalEncoder, GlobalEncoder, LearnedGlobalEncoder, load_encoder
+from anchorface.frozen.encoders import CLIPGlobalEncoder, GlobalEncoder
+from anchorface.methods.anchored.global_encoder import LearnedGlobalEncoder, load_encoder
 from anchorface.errors import AnchorfaceError, CheckpointError, MissingWeightsError
 
 PROJ = 16

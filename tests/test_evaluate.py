@@ -173,7 +173,7 @@ def tiny_checkpoint(path: Path) -> Path:
     from anchorface.methods.anchored.checkpoint import save_checkpoint
     from anchorface.frozen.codecs import PixelCodec
     from anchorface.config import load_config
-    from anchorface.frozen.encoders import LearnedGlobalEncoder
+    from anchorface.methods.anchored.global_encoder import LearnedGlobalEncoder
     from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
 
     cfg = load_config("tiny")
@@ -251,7 +251,7 @@ def test_scorer_on_real_clip_perfect_and_shifted_generation():
     if not FACES.is_dir():
         pytest.skip(f"real face data not found at {FACES} (../shared/data/faces beside the checkout)")
     from anchorface.faces import detect as faces
-    from anchorface.frozen.encoders import LearnedGlobalEncoder
+    from anchorface.methods.anchored.global_encoder import LearnedGlobalEncoder
 
     video = FACES / "driving" / "d18.mp4"
     got = evaluate.read_frames(video, list(range(40, 46)) + [0])

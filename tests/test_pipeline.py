@@ -8,7 +8,7 @@ from torch import nn
 from anchorface.methods.anchored.checkpoint import save_checkpoint
 from anchorface.frozen.codecs import PixelCodec
 from anchorface.config import load_config
-from anchorface.frozen.encoders import LearnedGlobalEncoder
+from anchorface.methods.anchored.global_encoder import LearnedGlobalEncoder
 from anchorface.errors import AnchorfaceError
 from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
 from anchorface.methods.anchored.pipeline import TEXT_NEEDS_CLIP, AnchorFacePipeline, full_frame_box

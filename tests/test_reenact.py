@@ -10,7 +10,7 @@ from anchorface.apps import reenact as reenact_cmd
 from anchorface.methods.anchored.checkpoint import save_checkpoint
 from anchorface.apps.cli import main
 from anchorface.config import load_config
-from anchorface.frozen.encoders import LearnedGlobalEncoder
+from anchorface.methods.anchored.global_encoder import LearnedGlobalEncoder
 from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
 from anchorface.io.video import VideoWriter, iter_frames, probe_video
 

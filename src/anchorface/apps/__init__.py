@@ -1,0 +1,1 @@
+"""What users run: the `anchorface` command (`cli.py`) and one module per sub-command."""

@@ -15,9 +15,9 @@ import threading
 COMMAND_MODULES = [
     "anchorface.apps.reenact",
     "anchorface.apps.demo",
-    "anchorface.data.dataset",
-    "anchorface.training.loop",
-    "anchorface.evaluation.protocols",
+    "anchorface.apps.prepare",
+    "anchorface.apps.train",
+    "anchorface.apps.evaluate",
 ]
 
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from anchorface.methods.anchored.sampler import SAMPLERS
+from anchorface.diffusion.sampling import SAMPLERS
 from anchorface.devices import resolve_device
 from anchorface.errors import AnchorfaceError
 from anchorface.methods.anchored.plans import KINDS

@@ -31,11 +31,9 @@ therefore replays exactly the examples an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -46,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from anchorface.frozen.codecs import to_pixels
-from anchorface.config import Config, DataConfig, load_config
+from anchorface.config import Config, DataConfig
 from anchorface.errors import AnchorfaceError, NoFaceError, VideoError
 
 FORMAT, VERSION = "anchorface-dataset", 1
@@ -452,7 +450,7 @@ def prepare_dataset(videos_dir: str | Path, dataset_dir: str | Path, cfg: Config
     Returns a summary dict(videos, clips, frames, skipped_no_face, skipped_unreadable).
     """
     from anchorface.frozen.codecs import load_codec
-    from anchorface.frozen.encoders import load_encoder
+    from anchorface.frozen.encoders import load_clip
     from anchorface.io.video import list_videos
 
     if not max_seconds > 0:
@@ -463,7 +461,7 @@ def prepare_dataset(videos_dir: str | Path, dataset_dir: str | Path, cfg: Config
     codec = load_codec(cfg.data).to(device).eval()
     encoder = None
     if cfg.data.encoder == "clip":
-        encoder = load_encoder(cfg.data, cfg.model.global_dim).to(device).eval()
+        encoder = load_clip(cfg.data, cfg.model.global_dim).to(device).eval()
     elif cfg.data.encoder != "learned":
         raise AnchorfaceError(f"unknown global encoder {cfg.data.encoder!r} (expected 'clip' or 'learned')")
     signature = data_signature(cfg.data) | {"codec_config": codec.config}
@@ -493,31 +491,3 @@ def prepare_dataset(videos_dir: str | Path, dataset_dir: str | Path, cfg: Config
             raise AnchorfaceError(f"no usable video in {videos_dir}: {summary['skipped_no_face']} without a face, "
                                   f"{summary['skipped_unreadable']} unreadable")
     return summary
-
-
-def _cmd_prepare(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
-    from anchorface.devices import resolve_device
-
-    device = resolve_device(args.device or "auto")
-    s = prepare_dataset(args.videos_dir, args.dataset_dir, cfg, max_seconds=args.max_seconds,
-                        overwrite=args.overwrite, device=device, progress=not args.quiet)
-    print(f"{args.dataset_dir}: {s['clips']} clips, {s['frames']} frames from {s['videos']} videos "
-          f"({s['skipped_no_face']} skipped without a face, {s['skipped_unreadable']} unreadable)", file=sys.stderr)
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "prepare", help="turn a folder of face videos into a training dataset",
-        description="Crop faces, track MediaPipe landmarks and precompute latents (and CLIP embeddings) of every "
-                    "video in VIDEOS_DIR; write safetensors shards + index.json to DATASET_DIR (§3.1, §3.3).")
-    p.add_argument("videos_dir", help="folder of videos (.mp4, .mov, .mkv, .avi, .webm)")
-    p.add_argument("dataset_dir", help="output folder")
-    p.add_argument("--config", default="tiny", help="preset (tiny, paper-t4, paper-t8) or YAML file (default: tiny)")
-    p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
-                   help=f"cut longer videos into segments of at most this length (default: {DEFAULT_MAX_SECONDS})")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in DATASET_DIR")
-    p.add_argument("--device", default=None, help="torch device for the codec/encoder (default: cuda if available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_prepare)

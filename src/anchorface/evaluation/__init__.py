@@ -1,0 +1,1 @@
+"""Metrics (`metrics.py`) and the evaluation protocols of §4.3 (`protocols.py`)."""

@@ -300,7 +300,7 @@ def _load_torchscript(path, what: str, file: str, url: str, device) -> torch.jit
         raise MissingWeightsError(f"{what} weights not found at {path}: download {file} from {url} and pass its path")
     try:
         return torch.jit.load(str(path), map_location=device).eval()
-    except Exception as e:  # noqa: BLE001 - any load failure is a bad weights file for the user
+    except Exception:  # noqa: BLE001 - any load failure is a bad weights file for the user
         hint = " (pt_inception-*.pth is pytorch-fid's state dict, not TorchScript)" \
             if Path(path).name.startswith("pt_inception") else ""
         raise MissingWeightsError(f"{what} weights at {path} are not a TorchScript file{hint}; download {file} "

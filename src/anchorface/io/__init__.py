@@ -1,0 +1,1 @@
+"""Files in and out: images and videos with PyAV and Pillow (`video.py`)."""

@@ -1,0 +1,1 @@
+"""Reenactment methods, one folder each, behind one interface."""

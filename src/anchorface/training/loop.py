@@ -1,6 +1,6 @@
 """`anchorface train`: the sDiT training loop (§3.1, §4.1, App. D), DiT-style, every hyper-parameter visible.
 
-One command for CPU, one GPU or many (`accelerate launch -m anchorface.apps.cli train ...` or `torchrun`): Accelerate
+One command for CPU, one GPU or many (`accelerate launch -m anchorface train ...` or `torchrun`): Accelerate
 handles devices, DDP, bf16 autocast (GPU only) and gradient accumulation.
 
 - Data: `anchorface.data.dataset.ClipDataset` (precomputed latents, landmarks, source candidates; the sampler of §3.1 with
@@ -23,7 +23,6 @@ Output directory::
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import json
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from anchorface.config import Config, load_config, save_config
+from anchorface.config import Config, save_config
 from anchorface.errors import AnchorfaceError, CheckpointError
 
 LOG_FIELDS = ["step", "loss", "mse", "vb", "lr", "lr_mapping", "samples_per_s", "elapsed_s"]
@@ -67,7 +66,7 @@ class Denoiser(nn.Module):
 
 
 def build_denoiser(cfg: Config, latent_shape) -> Denoiser:
-    from anchorface.frozen.encoders import load_encoder
+    from anchorface.methods.anchored.global_encoder import load_encoder
     from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
 
     C, h, w = latent_shape
@@ -229,7 +228,7 @@ def render_preview(ema: EMA, diffusion, codec, examples: list[dict], steps: int,
     """uint8 grid: for each example a row of driving frames and a row of generated ones (DDIM, `steps` steps,
     EMA weights, no guidance); with pixel sources the source crop leads the generated row."""
     from anchorface.frozen.codecs import to_uint8
-    from anchorface.diffusion.gaussian import learns_sigma, sample_loop
+    from anchorface.diffusion.sampling import learns_sigma, sample_loop
 
     batch = {k: torch.stack([e[k] for e in examples]).to(device) for k in examples[0]}
     B, T, C, h, w = batch["latents"].shape
@@ -286,7 +285,7 @@ def check_train_config(tc) -> None:
     """AnchorfaceError (naming the option) for a training setting outside its range."""
     for name, low in _MINIMA.items():
         if getattr(tc, name) < low:
-            flag = f"--{name.replace('_', '-')} / " if name in _OVERRIDES or name == "max_steps" else ""
+            flag = f"--{name.replace('_', '-')} / " if name != "sample_steps" else ""  # (no flag of its own)
             raise AnchorfaceError(f"{flag}train.{name} must be >= {low}, got {getattr(tc, name)}")
     if not tc.lr > 0:
         raise AnchorfaceError(f"--lr / train.lr must be positive, got {tc.lr}")
@@ -484,58 +483,3 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
 # --------------------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------------------
-
-_OVERRIDES = {  # CLI flag -> TrainConfig field (max_steps is handled by `train` so that it applies on resume too)
-    "batch_size": "batch_size", "lr": "lr", "grad_accum": "grad_accum", "num_workers": "num_workers",
-    "seed": "seed", "log_every": "log_every", "ckpt_every": "ckpt_every", "sample_every": "sample_every",
-    "warmup_steps": "warmup_steps",
-}
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
-    for flag, field in _OVERRIDES.items():
-        if getattr(args, flag) is not None:
-            setattr(cfg.train, field, getattr(args, flag))
-    if args.gradient_checkpointing:
-        cfg.model.gradient_checkpointing = True
-    if args.resume is not None and (any(getattr(args, f) is not None for f in _OVERRIDES)
-                                    or args.gradient_checkpointing):
-        print("anchorface: warning: a resumed run keeps its saved config (only --max-steps applies)", file=sys.stderr)
-    out = train(cfg, args.data, args.output, resume=args.resume, max_steps=args.max_steps,
-                holdout_videos=args.holdout_videos, keep_states=args.keep_states, deterministic=args.deterministic,
-                progress=not args.quiet)
-    if out["main"]:
-        print(f"step {out['step']}, loss {out['last_loss']:.4f}; checkpoint {out['checkpoint']}", file=sys.stderr)
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train", help="train an sDiT on a prepared dataset",
-        description="Train the sequence DiT (§3.1, §4.1) with Accelerate on CPU, one or many GPUs "
-                    "(`accelerate launch -m anchorface.apps.cli train ...`). Checkpoints are from_pretrained "
-                    "directories with EMA weights; --resume continues a run exactly.")
-    p.add_argument("--config", default="tiny", help="preset (tiny, paper-t4, paper-t8) or YAML file (default: tiny)")
-    p.add_argument("--data", required=True, help="dataset directory written by `anchorface prepare`")
-    p.add_argument("--output", required=True, help="run directory (checkpoints, logs, sample grids)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                   help="continue a run: a checkpoint directory, or (no value) the latest one in --output")
-    p.add_argument("--max-steps", type=int, help="optimizer steps in total (config: train.max_steps)")
-    p.add_argument("--batch-size", type=int, help="global batch (config: train.batch_size)")
-    p.add_argument("--lr", type=float, help="base learning rate (config: train.lr)")
-    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps (config: train.grad_accum)")
-    p.add_argument("--warmup-steps", type=int, help="linear warmup steps (config: train.warmup_steps)")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers per process (config: train.num_workers)")
-    p.add_argument("--seed", type=int, help="data, noise and init seed (config: train.seed)")
-    p.add_argument("--log-every", type=int, help="config: train.log_every")
-    p.add_argument("--ckpt-every", type=int, help="config: train.ckpt_every")
-    p.add_argument("--sample-every", type=int, help="sample grid period, 0 = never (config: train.sample_every)")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
-    p.add_argument("--holdout-videos", type=int, default=1,
-                   help="source videos held out of training for the sample grids (default: 1)")
-    p.add_argument("--keep-states", type=int, default=2,
-                   help="keep training_state/ (for --resume) in the newest N checkpoints only; 0 = all (default: 2)")
-    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exactly repeatable runs)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_train)

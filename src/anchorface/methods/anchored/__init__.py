@@ -1,0 +1,2 @@
+"""Anchored Diffusion (the paper): the sDiT (`sdit.py`), sequence plans (`plans.py`), Algorithm 1
+(`sampler.py`), the learned global encoder, checkpoints and the reenactment pipeline (`pipeline.py`)."""

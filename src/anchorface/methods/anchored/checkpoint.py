@@ -85,7 +85,7 @@ def read_config(directory: str | Path) -> Config:
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """Load `(config, sdit, encoder)`; `encoder` is the learned global encoder or None (CLIP is loaded by name)."""
-    from anchorface.frozen.encoders import LearnedGlobalEncoder
+    from anchorface.methods.anchored.global_encoder import LearnedGlobalEncoder
     from anchorface.methods.anchored.sdit import SDiT
 
     directory = Path(directory)

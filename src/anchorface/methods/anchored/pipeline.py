@@ -32,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from anchorface.faces import detect as faces, landmarks
-from anchorface.methods.anchored.sampler import SAMPLERS, anchored_diffusion
+from anchorface.diffusion.sampling import SAMPLERS
+from anchorface.methods.anchored.sampler import anchored_diffusion
 from anchorface.frozen.codecs import to_pixels, to_uint8
 from anchorface.config import Config
 from anchorface.devices import resolve_device
@@ -128,7 +129,7 @@ class AnchorFacePipeline:
         (`auto`, `cpu`, `cuda`, `cuda:N`; AnchorfaceError when this machine has no such device)."""
         from anchorface.methods.anchored.checkpoint import load_checkpoint
         from anchorface.frozen.codecs import load_codec
-        from anchorface.frozen.encoders import load_encoder
+        from anchorface.methods.anchored.global_encoder import load_encoder
 
         device = resolve_device(device)
         cfg, sdit, encoder = load_checkpoint(directory, device=device, dtype=dtype)

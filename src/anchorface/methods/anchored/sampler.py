@@ -35,9 +35,9 @@ import torch
 from tqdm.auto import tqdm
 
 from anchorface.errors import AnchorfaceError
+from anchorface.diffusion.sampling import SAMPLERS
 from anchorface.methods.anchored.plans import SequencePlan
 
-SAMPLERS = ("ddpm", "ddim")
 GUIDANCE = ("both", "landmarks", "global", "none")
 # which signals the unconditional pass of classifier-free guidance drops (supp. §4: both, jointly)
 _UNCOND_DROP = {"both": "drop", "landmarks": "drop_landmarks", "global": "drop_global"}
@@ -118,7 +118,7 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
     g: [Dg] or [1, Dg] global signal G; landmark_vectors: [N, Dl] per-frame L (numpy or torch). `sampler` and
     `steps` choose the diffusers scheduler; `guidance_scale` != 1 enables classifier-free guidance on the
     `guidance` signals. See the module docstring for the formulation."""
-    from anchorface.diffusion.gaussian import guided, learns_sigma, scheduler_step
+    from anchorface.diffusion.sampling import guided, learns_sigma, scheduler_step
     from anchorface.methods.anchored.sdit import AnchorOverride
 
     if sampler not in SAMPLERS:

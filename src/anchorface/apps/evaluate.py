@@ -1,0 +1,65 @@
+"""`anchorface evaluate`: the evaluation protocols of §4.3 (`evaluation/protocols.py`) from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anchorface.evaluation import protocols
+from anchorface.evaluation.protocols import (ABLATION_SCALES, CONDITIONS, DEFAULT_LENGTHS, KINDS, PROTOCOLS,
+                                             SELF_FRAMES, Options, run_evaluation)
+
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="evaluation protocols of §4.3, the Fig. 5 consistency study and the "
+                              "supp. Table 1 ablation -> report.md / report.json / PNGs",
+                              description=protocols.__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", action="append", required=True, metavar="DIR",
+                   help="checkpoint directory (repeat to compare several)")
+    p.add_argument("--driving", nargs="+", required=True, metavar="DIR_OR_FILE",
+                   help="driving videos, or directories of them")
+    p.add_argument("--sources", metavar="DIR", help="photos of other identities (cross-identity and ablation)")
+    p.add_argument("--output", "-o", required=True, metavar="REPORT_DIR")
+    p.add_argument("--merge", nargs="+", default=list(KINDS), choices=KINDS, metavar="KIND",
+                   help=f"merge strategies to compare: {' '.join(KINDS)} (default: all; the ablation uses the first)")
+    p.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS, metavar="NAME",
+                   help=f"what to run: {' '.join(PROTOCOLS)} (default: all)")
+    p.add_argument("--steps", type=int, metavar="N", help="denoising steps (default: each checkpoint's)")
+    p.add_argument("--guidance-scale", type=float, metavar="S", help="CFG scale (default: each checkpoint's)")
+    p.add_argument("--frames", type=int, default=SELF_FRAMES, metavar="N",
+                   help="driving window length for self/cross (default 8, §4.3.1)")
+    p.add_argument("--max-videos", type=int, default=8, metavar="K", help="use at most K driving videos (default 8)")
+    p.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS), metavar="L",
+                   help="video lengths of the consistency study (default: 8 16 32 64)")
+    p.add_argument("--ablation-steps", type=int, nargs="+", metavar="N",
+                   help="step counts of the ablation (default: --steps and twice that)")
+    p.add_argument("--ablation-scales", type=float, nargs="+", default=list(ABLATION_SCALES), metavar="S",
+                   help="CFG scales of the ablation (default: 1 2 4 8, as supp. Table 1)")
+    p.add_argument("--ablation-conditions", nargs="+", default=["none", "landmarks", "global", "both"],
+                   choices=list(CONDITIONS), metavar="C",
+                   help="conditions given at sampling in the ablation: none landmarks global both (default: all)")
+    p.add_argument("--clip", metavar="PATH", help="CLIP model directory for CSIM (default: the checkpoint's encoder)")
+    p.add_argument("--inception", metavar="PATH", help="inception-2015-12-05.pt (StyleGAN2-ADA TorchScript) for FID")
+    p.add_argument("--i3d", metavar="PATH", help="i3d_torchscript.pt (StyleGAN-V TorchScript) for FVD")
+    p.add_argument("--relative", action="store_true", help="condition on motion re-targeted to the source face")
+    p.add_argument("--no-baselines", dest="baselines", action="store_false",
+                   help="leave out Table 1's 'copy driving' and 'still source' reference columns")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_main)
+
+
+def _main(a) -> int:
+    o = Options(checkpoints=[Path(c) for c in a.checkpoint], driving=a.driving, output=Path(a.output),
+                sources=Path(a.sources) if a.sources else None, merges=tuple(a.merge), protocols=tuple(a.protocol),
+                steps=a.steps, guidance_scale=a.guidance_scale, frames=a.frames, max_videos=a.max_videos,
+                lengths=tuple(a.lengths), ablation_steps=tuple(a.ablation_steps) if a.ablation_steps else None,
+                ablation_scales=tuple(a.ablation_scales), ablation_conditions=tuple(a.ablation_conditions),
+                clip=a.clip, inception=a.inception, i3d=a.i3d, relative=a.relative, baselines=a.baselines, seed=a.seed,
+                device=a.device,
+                progress=not a.quiet)
+    report = run_evaluation(o)
+    print(f"evaluate: wrote {Path(a.output) / 'report.md'} ({len(report['videos'])} videos, "
+          f"{report['seconds']:.0f} s)")
+    return 0

@@ -1,0 +1,65 @@
+"""`anchorface train`: the training loop (`training/loop.py`) from the command line; flags override the config."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from anchorface.config import load_config
+from anchorface.training.loop import train
+
+
+_OVERRIDES = {  # CLI flag -> TrainConfig field (max_steps is handled by `train` so that it applies on resume too)
+    "batch_size": "batch_size", "lr": "lr", "grad_accum": "grad_accum", "num_workers": "num_workers",
+    "seed": "seed", "log_every": "log_every", "ckpt_every": "ckpt_every", "sample_every": "sample_every",
+    "warmup_steps": "warmup_steps",
+}
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    for flag, field in _OVERRIDES.items():
+        if getattr(args, flag) is not None:
+            setattr(cfg.train, field, getattr(args, flag))
+    if args.gradient_checkpointing:
+        cfg.model.gradient_checkpointing = True
+    if args.resume is not None and (any(getattr(args, f) is not None for f in _OVERRIDES)
+                                    or args.gradient_checkpointing):
+        print("anchorface: warning: a resumed run keeps its saved config (only --max-steps applies)", file=sys.stderr)
+    out = train(cfg, args.data, args.output, resume=args.resume, max_steps=args.max_steps,
+                holdout_videos=args.holdout_videos, keep_states=args.keep_states, deterministic=args.deterministic,
+                progress=not args.quiet)
+    if out["main"]:
+        print(f"step {out['step']}, loss {out['last_loss']:.4f}; checkpoint {out['checkpoint']}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train an sDiT on a prepared dataset",
+        description="Train the sequence DiT (§3.1, §4.1) with Accelerate on CPU, one or many GPUs "
+                    "(`accelerate launch -m anchorface train ...`). Checkpoints are from_pretrained "
+                    "directories with EMA weights; --resume continues a run exactly.")
+    p.add_argument("--config", default="tiny", help="preset (tiny, paper-t4, paper-t8) or YAML file (default: tiny)")
+    p.add_argument("--data", required=True, help="dataset directory written by `anchorface prepare`")
+    p.add_argument("--output", required=True, help="run directory (checkpoints, logs, sample grids)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue a run: a checkpoint directory, or (no value) the latest one in --output")
+    p.add_argument("--max-steps", type=int, help="optimizer steps in total (config: train.max_steps)")
+    p.add_argument("--batch-size", type=int, help="global batch (config: train.batch_size)")
+    p.add_argument("--lr", type=float, help="base learning rate (config: train.lr)")
+    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps (config: train.grad_accum)")
+    p.add_argument("--warmup-steps", type=int, help="linear warmup steps (config: train.warmup_steps)")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers per process (config: train.num_workers)")
+    p.add_argument("--seed", type=int, help="data, noise and init seed (config: train.seed)")
+    p.add_argument("--log-every", type=int, help="config: train.log_every")
+    p.add_argument("--ckpt-every", type=int, help="config: train.ckpt_every")
+    p.add_argument("--sample-every", type=int, help="sample grid period, 0 = never (config: train.sample_every)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    p.add_argument("--holdout-videos", type=int, default=1,
+                   help="source videos held out of training for the sample grids (default: 1)")
+    p.add_argument("--keep-states", type=int, default=2,
+                   help="keep training_state/ (for --resume) in the newest N checkpoints only; 0 = all (default: 2)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exactly repeatable runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
