@@ -1,6 +1,6 @@
 """Training throughput (samples/s = sequences of T frames per second) of the real training step (§4.1, App. D).
 
-One step = the step of `anchorface train`: `anchorface.training.loop.diffusion_loss` (q_sample, sDiT forward with the
+One step = the step of `anchorface train`: `anchorface.methods.anchored.training.diffusion_loss` (q_sample, sDiT forward with the
 mapping network and, for `tiny`, the jointly trained global encoder, the learned-sigma hybrid loss with the
 expressive weight map), backward, AdamW on the two parameter groups, EMA update. Data are synthetic in-memory
 batches of the right shapes, so this measures the model step, not the data pipeline.
@@ -24,7 +24,8 @@ import torch
 
 from anchorface.config import load_config
 from anchorface.diffusion.gaussian import GaussianDiffusion
-from anchorface.training.loop import EMA, build_denoiser, diffusion_loss, param_groups, example_noise
+from anchorface.methods.anchored.training import build_denoiser, diffusion_loss, example_noise, param_groups
+from anchorface.training.loop import EMA
 
 
 def synthetic_batch(cfg, latent_shape, batch: int, device) -> dict:

@@ -15,10 +15,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from anchorface.methods.anchored.checkpoint import load_checkpoint
 from anchorface.config import load_config
 from anchorface.errors import AnchorfaceError
-from anchorface.training.loop import EMA, build_denoiser, param_groups, read_log, example_noise, train
+from anchorface.methods.anchored.checkpoint import load_checkpoint
+from anchorface.methods.anchored.training import build_denoiser, example_noise, param_groups
+from anchorface.training.loop import EMA, read_log, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_data import write_synthetic_dataset  # noqa: E402

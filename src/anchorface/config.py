@@ -103,6 +103,7 @@ class SampleConfig:
 @dataclass
 class Config:
     name: str = "custom"
+    method: str = "anchored"  # the reenactment method (`anchorface.methods`); picks the training recipe
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -1,0 +1,69 @@
+"""What a method gives the training loop: a *recipe* (`Recipe`), found from `Config.method` (`recipe_class`).
+
+Recipes are duck-typed: a method's recipe does not import this module (imports point downward, and training sits
+above the methods). The loop owns everything else: devices, the optimiser and schedule, EMA, exact resume,
+checkpoints, logs and previews on disk.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from anchorface.config import Config
+from anchorface.errors import AnchorfaceError
+
+
+class Recipe(Protocol):
+    """A method's model, data and loss for `anchorface.training.loop.train`.
+
+    Constructed as `Recipe(cfg, data_dir, holdout_videos=...)` once per process, before the model is built.
+    """
+
+    log_terms: tuple[str, ...]  # entries of `loss()` logged besides "loss" (CSV columns, TensorBoard loss/<term>)
+    dataset: torch.utils.data.Dataset  # dataset[k]: training example k (dict of tensors), a pure function of (seed, k)
+
+    @staticmethod
+    def read_config(checkpoint: Path) -> Config:
+        """The run config stored by `export` (a resumed run continues with it)."""
+
+    def summary(self) -> str:
+        """What the run trains on, for the start line (e.g. "40 clips (2 too short, 3 for previews)")."""
+
+    def build_model(self) -> nn.Module:
+        """The trainable model, freshly initialised (the loop seeds torch first)."""
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """AdamW groups {"params", "lr", "name"}: every parameter once; the first group has the base rate."""
+
+    def loss(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """"loss" (scalar or per-sample; the loop averages it) and `log_terms`, for a batch of `dataset` items on
+        the model's device. `model` may be wrapped (DDP): call it, do not reach into it."""
+
+    def previewer(self, device) -> Callable[[nn.Module], np.ndarray] | None:
+        """A function rendering a preview image (uint8 [H, W, 3]) with the given (EMA) model, or None."""
+
+    def export(self, model: nn.Module, directory: Path) -> None:
+        """Write `model` (the EMA weights) as an inference checkpoint: a from_pretrained folder."""
+
+    def restore(self, model: nn.Module, directory: Path) -> None:
+        """Load the weights that `export` wrote to `directory` into `model` (the EMA, on resume)."""
+
+
+# Config.method -> "module:Class" of its recipe (imported on first use)
+RECIPES = {"anchored": "anchorface.methods.anchored.training:AnchoredRecipe"}
+
+
+def recipe_class(method: str) -> type:
+    """The recipe class of `method`; AnchorfaceError naming the trainable methods if it has none."""
+    if method not in RECIPES:
+        raise AnchorfaceError(f"method {method!r} has no training recipe; trainable methods: "
+                              f"{', '.join(sorted(RECIPES))}")
+    module, _, name = RECIPES[method].partition(":")
+    return getattr(importlib.import_module(module), name)
