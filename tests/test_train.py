@@ -185,3 +185,138 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
     code = main(["train", "--data", str(tmp_path / "no-data"), "--output", str(output), "--quiet", *args])
     err = capsys.readouterr().err
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loop is method-agnostic: a second recipe, defined here
+# --------------------------------------------------------------------------------------------------------------
+
+class Crash(Exception):
+    """A training run dying mid-way."""
+
+
+class RegressionExamples(torch.utils.data.Dataset):
+    """Example k: x ~ N(0, I_4) drawn from (seed, k) alone, y = A x + b."""
+
+    A, b = torch.linspace(-1.0, 1.0, 8).reshape(2, 4), torch.tensor([0.5, -0.25])
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __getitem__(self, k: int) -> dict:
+        x = torch.randn(4, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + int(k)))
+        return {"x": x, "y": self.A @ x + self.b, "index": torch.tensor(int(k))}
+
+
+class RegressionRecipe:
+    """A tiny MLP regression method: everything the loop needs, nothing of the sDiT."""
+
+    log_terms = ("mae",)
+    crash_at = None  # first example counter k whose loss raises Crash (None: never)
+
+    def __init__(self, cfg, data_dir, holdout_videos=1):
+        self.cfg, self.dataset = cfg, RegressionExamples(cfg.train.seed)
+
+    @staticmethod
+    def read_config(checkpoint):
+        return load_config(checkpoint / "config.yaml")
+
+    def summary(self):
+        return "y = A x + b"
+
+    def build_model(self):
+        return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+    def param_groups(self, model):
+        lr = self.cfg.train.lr
+        return [{"params": list(model[0].parameters()), "lr": lr, "name": "main"},
+                {"params": list(model[2].parameters()), "lr": lr / 2, "name": "head"}]
+
+    def loss(self, model, batch):
+        if self.crash_at is not None and int(batch["index"].max()) >= self.crash_at:
+            raise Crash
+        err = model(batch["x"]) - batch["y"]
+        return {"loss": err.pow(2).mean(1), "mae": err.abs().mean(1)}
+
+    def previewer(self, device):
+        x = torch.linspace(-2.0, 2.0, 16)[:, None].expand(16, 4).to(device)
+
+        def preview(model):  # rows: inputs; columns: prediction, target (grey levels)
+            with torch.no_grad():
+                pair = torch.stack([model(x), x @ RegressionExamples.A.T.to(device) + RegressionExamples.b.to(device)],
+                                   1).reshape(16, 4)
+            grey = ((pair.clamp(-4, 4) + 4) / 8 * 255).round().to(torch.uint8).cpu().numpy()
+            return np.repeat(grey[:, :, None], 3, axis=2)
+
+        return preview
+
+    def export(self, model, directory):
+        from safetensors.torch import save_file
+
+        from anchorface.config import save_config
+
+        directory.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
+        save_config(self.cfg, directory / "config.yaml")
+
+    def restore(self, model, directory):
+        model.load_state_dict(load_file(directory / "model.safetensors"))
+
+
+def _regression_config():
+    cfg = load_config("tiny")
+    cfg.train.__dict__.update(batch_size=8, grad_accum=2, lr=0.05, max_steps=40, warmup_steps=0, ema_decay=0.9,
+                              num_workers=0, log_every=1, ckpt_every=5, sample_every=20, seed=3)
+    return cfg
+
+
+def test_the_loop_trains_another_method_and_resumes_it_exactly(tmp_path, capsys):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    out = train(_regression_config(), tmp_path / "unused", ref, progress=False, recipe=RegressionRecipe)
+    assert out["step"] == 40 and out["checkpoint"] == ref / "checkpoint-0000040"
+    a = read_log(ref / "log.csv")
+    assert list(a[0]) == ["step", "loss", "mae", "lr", "lr_head", "samples_per_s", "elapsed_s"]
+    assert [r["step"] for r in a] == list(range(1, 41))
+    first, last = np.mean([r["loss"] for r in a[:5]]), np.mean([r["loss"] for r in a[-10:]])
+    assert last < 0.2 * first, (first, last)  # it learns
+    assert all(r["lr_head"] == pytest.approx(r["lr"] / 2) for r in a) and a[-1]["lr"] < a[0]["lr"]  # cosine
+    from anchorface.io.video import load_image
+
+    assert load_image(ref / "samples" / "step-0000020.png").shape == (16, 4, 3)  # the recipe's previews
+    assert "train: y = A x + b" in capsys.readouterr().err
+
+    class Crashing(RegressionRecipe):
+        crash_at = 13 * 8  # the first example of step 14 (global batch 8): after checkpoint-0000010
+
+    with pytest.raises(Crash):
+        train(_regression_config(), tmp_path / "unused", run, progress=False, recipe=Crashing)
+    assert (run / "latest").read_text().strip() == "checkpoint-0000010"
+    assert [r["step"] for r in read_log(run / "log.csv")] == list(range(1, 14))
+
+    out = train(_regression_config(), tmp_path / "unused", run, resume="auto", progress=False,
+                recipe=RegressionRecipe)
+    assert "at step 10" in capsys.readouterr().err and out["step"] == 40
+    b = read_log(run / "log.csv")
+    assert [r["step"] for r in b] == list(range(1, 41))  # no step repeated or lost
+    for key in ("loss", "mae", "lr", "lr_head"):
+        np.testing.assert_array_equal([r[key] for r in b], [r[key] for r in a], err_msg=key)
+    wa, wb = (load_file(d / "checkpoint-0000040" / "model.safetensors") for d in (ref, run))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # the same EMA weights
+    assert len(list(run.glob("checkpoint-*/training_state"))) == 2
+
+
+def test_config_method_picks_the_recipe(tmp_path, capsys):
+    import anchorface
+    from anchorface.apps.cli import main
+    from anchorface.methods.anchored.checkpoint import read_config
+    from anchorface.methods.anchored.training import AnchoredRecipe
+    from anchorface.training.recipe import recipe_class
+
+    demo = read_config(Path(anchorface.__file__).parent / "assets" / "demo")  # a manifest from before Config.method
+    assert demo.method == "anchored" and recipe_class(demo.method) is AnchoredRecipe
+    (tmp_path / "other.yaml").write_text("method: nonesuch\n")
+    code = main(["train", "--config", str(tmp_path / "other.yaml"), "--data", str(tmp_path / "data"),
+                 "--output", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "method 'nonesuch' has no training recipe; trainable methods: anchored" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

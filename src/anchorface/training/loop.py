@@ -414,22 +414,30 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     cfg, recipe_cls = run_config(cfg, resume_from, recipe)
     if max_steps is not None:
         cfg.train.max_steps = max_steps
-    tc = cfg.train
-    check_train_config(tc)
-    accelerator, local_batch = make_accelerator(tc, deterministic)
+    check_train_config(cfg.train)
+    accelerator, local_batch = make_accelerator(cfg.train, deterministic)
     run = build_run(cfg, recipe_cls(cfg, Path(data_dir), holdout_videos=holdout_videos), accelerator, local_batch)
     if resume_from is not None:
         resume_run(run, resume_from)
     if run.main:
         announce(run, output)
+    last_loss = fit(run, output, keep_states, progress)
+    accelerator.end_training()
+    return {"step": run.step, "checkpoint": output / checkpoint_name(run.step), "last_loss": last_loss,
+            "main": run.main}
+
+
+def fit(run: Run, output: Path, keep_states: int, progress: bool) -> float:
+    """Optimizer steps up to max_steps, with logs, previews and checkpoints when due; the last logged loss."""
+    tc = run.cfg.train
     loader = data_loader(run)
-    preview = run.recipe.previewer(accelerator.device) if run.main and tc.sample_every > 0 else None
+    preview = run.recipe.previewer(run.accelerator.device) if run.main and tc.sample_every > 0 else None
     terms = ["loss", *run.recipe.log_terms]
     log = None
     if run.main:
         groups = [g.get("name", str(i)) for i, g in enumerate(run.optimizer.param_groups)]
         log = TrainLog(output, terms, groups, run.step, tc.max_steps, progress)
-    meter, last_loss = Meter(terms, accelerator.device), math.nan
+    meter, last_loss = Meter(terms, run.accelerator.device), math.nan
 
     def due(every: int) -> bool:
         return run.step % every == 0 or run.step == tc.max_steps
@@ -452,6 +460,4 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     finally:
         if log is not None:
             log.close()
-    accelerator.end_training()
-    return {"step": run.step, "checkpoint": output / checkpoint_name(run.step), "last_loss": last_loss,
-            "main": run.main}
+    return last_loss
