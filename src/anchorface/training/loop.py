@@ -58,11 +58,11 @@ class Denoiser(nn.Module):
         super().__init__()
         self.sdit, self.encoder = sdit, encoder
 
-    def forward(self, x_t, t, source, landmarks, drop):
+    def forward(self, x_t, t, source, landmarks, drop, drop_global=None, drop_landmarks=None):
         if self.sdit.mapping is None:  # global_dim == 0: a plain DiT
             return self.sdit(x_t, t)
         g = self.encoder.encode_images(source) if self.encoder is not None else source
-        return self.sdit(x_t, t, g, landmarks, drop=drop)
+        return self.sdit(x_t, t, g, landmarks, drop=drop, drop_global=drop_global, drop_landmarks=drop_landmarks)
 
 
 def build_denoiser(cfg: Config, latent_shape) -> Denoiser:
@@ -115,7 +115,8 @@ def diffusion_loss(model, diffusion, batch: dict, t: torch.Tensor, noise: torch.
     """The per-sample hybrid loss of one batch (DiT; ε-MSE weighted by the expressive map, §4.1)."""
     x0 = batch["latents"]
     x_t = diffusion.q_sample(x0, t, noise)
-    out = model(x_t, t, batch["source"], batch["landmarks"], batch["drop"])
+    out = model(x_t, t, batch["source"], batch["landmarks"], batch["drop"], batch.get("drop_global"),
+                batch.get("drop_landmarks"))
     return diffusion.training_losses(out.float(), x0, x_t, t, noise, weight=batch["weight"])
 
 
@@ -348,6 +349,7 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     check_compatible(index, cfg)
     train_clips, preview_clips = split_clips(index, holdout_videos)
     dataset = ClipDataset(data_dir, cfg.model.num_frames, cfg.data.cond_dropout, cfg.diffusion.lambda_ex, tc.seed,
+                          signal_dropout=cfg.data.signal_dropout,
                           clip_names=train_clips, index=index)
     try:
         preview_set = ClipDataset(data_dir, cfg.model.num_frames, 0.0, cfg.diffusion.lambda_ex, tc.seed,
