@@ -95,10 +95,13 @@ def run(model, diffusion, plan, **kw):
     return anchored_diffusion(model, diffusion, plan, g, lmk, **args)
 
 
-def test_anchor_tokens_shared_in_every_layer_at_every_step(model, diffusion):
-    plan = anchored_plan(11, T)  # 4 sequences, anchor 5 at positions [3, 1, 0, 0]
-    assert plan.num_sequences == 4 and len(set(plan.anchor_positions.tolist())) > 1
-    batches = micro_batches(plan.num_sequences, 3)  # rows [0, 1, 2] then [3]: in-batch override and replay
+@pytest.mark.parametrize("kind", ["anchored", "anchored-sorted"])
+def test_anchor_tokens_shared_in_every_layer_at_every_step(model, diffusion, kind):
+    # anchored: 5 sequences, anchor 5 in column 1 of each; anchored-sorted: 4 sequences, anchor at [3, 1, 0, 0]
+    plan = make_plan(kind, 11, T)
+    assert plan.num_sequences == {"anchored": 5, "anchored-sorted": 4}[kind]
+    assert len(set(plan.anchor_positions.tolist())) == (1 if kind == "anchored" else 3)
+    batches = micro_batches(plan.num_sequences, 3)  # rows [0, 1, 2] then the rest: in-batch override and replay
     calls, seen = [], []  # seen: (forward call, layer, anchor tokens of each row of that call)
 
     def pre_hook(layer):  # the input of block l+1 / the final layer = the (overridden) output of layer l

@@ -346,3 +346,22 @@ def test_prepare_with_a_frozen_clip_encoder_stores_embeddings(videos, tmp_path):
     assert err.max() < 0.02 * (first - last).norm()  # far closer than the two ends are to each other
     ds = ClipDataset(tmp_path / "ds", 4, 0.1, 1.0, 0)
     assert ds[0]["source"].shape == (16,)
+
+
+def test_signal_dropout_is_independent_and_off_by_default():
+    base = SequenceSampler([30, 50, 9], num_frames=4, cond_dropout=0.1, seed=3)
+    same = SequenceSampler([30, 50, 9], num_frames=4, cond_dropout=0.1, seed=3, signal_dropout=0.0)
+    per = SequenceSampler([30, 50, 9], num_frames=4, cond_dropout=0.1, seed=3, signal_dropout=0.3)
+    n = 4000
+    a, b, c = [base(k) for k in range(n)], [same(k) for k in range(n)], [per(k) for k in range(n)]
+    key = lambda e: (e.clip, e.source, e.drop, e.drop_global, e.drop_landmarks, tuple(e.frames))  # noqa: E731
+    assert [key(e) for e in a] == [key(e) for e in b] and not any(e.drop_global or e.drop_landmarks for e in a)
+    # the joint draw, clip, frames and source are unchanged by the per-signal draws
+    assert all((x.clip, x.source, x.drop) == (y.clip, y.source, y.drop) and np.array_equal(x.frames, y.frames)
+               for x, y in zip(a, c))
+    g = np.array([e.drop_global for e in c])
+    lm = np.array([e.drop_landmarks for e in c])
+    assert abs(g.mean() - 0.3) < 0.03 and abs(lm.mean() - 0.3) < 0.03
+    assert abs((g & lm).mean() - 0.09) < 0.02, "independent draws"
+    with pytest.raises(AnchorfaceError, match="signal_dropout"):
+        SequenceSampler([30], num_frames=4, cond_dropout=0.1, seed=0, signal_dropout=1.5)

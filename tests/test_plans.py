@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from anchorface.errors import AnchorfaceError
-from anchorface.methods.anchored.plans import (KINDS, anchored_plan, make_plan, multidiffusion_plan, owner_slots, reorder,
-                              timeline)
+from anchorface.methods.anchored.plans import (KINDS, anchor_column, anchored_plan, anchored_sorted_plan, make_plan,
+                                              multidiffusion_plan, owner_slots, reorder, timeline)
 
 SIZES = [(n, T) for T in (2, 3, 4, 5, 8) for n in list(range(1, 30)) + [97, 100, 101, 400]]
 
@@ -26,8 +26,47 @@ def test_every_frame_exactly_once_in_order(kind, n, T):
 
 
 @pytest.mark.parametrize("n,T", SIZES)
-def test_anchored_structure(n, T):
+def test_anchor_in_one_column(n, T):
+    """Eq. (1): the anchor sits in the same column of every sequence; every sequence is a training-like sequence
+    (T distinct frames in temporal order: each temporal position once); sequence 0 alone owns the anchor."""
     plan = anchored_plan(n, T)
+    a = n // 2
+    assert plan.anchor == a
+    if T == 2 and n > T:  # no common column exists with one free slot: the sorted layout (documented)
+        assert np.array_equal(plan.slots, anchored_sorted_plan(n, T).slots)
+        return
+    assert len(np.unique(plan.anchor_positions)) == 1, "one common column"
+    k = int(plan.anchor_positions[0])
+    assert np.all(plan.slots[:, k] == a)
+    if n > T:
+        assert np.all(np.diff(plan.slots, axis=1) > 0), "distinct frames in temporal order"
+        assert np.all(plan.slots[:, :k] < a) and np.all(plan.slots[:, k + 1:] > a)
+        # no more sequences than the column needs, and the column is the best one
+        assert plan.num_sequences == anchor_column(a, n - 1 - a, T)[1]
+        best = min(max(-(-a // j) if j else (0 if a == 0 else 10**9),
+                       -(-(n - 1 - a) // (T - 1 - j)) if T - 1 - j else (0 if n - 1 - a == 0 else 10**9))
+                   for j in range(T))
+        assert plan.num_sequences == max(best, 1)
+    assert plan.owner[0, k] and not plan.owner[1:, k].any()
+    assert sorted(plan.slots[plan.owner].tolist()) == list(range(n)), "every frame rendered exactly once"
+
+
+def test_anchor_column_examples():
+    # the issue's examples: today's layout put the anchor at [3, 3, 0, 0] and [7, 7, 7, 4, 0, 0, 0]
+    plan = anchored_plan(13, 4)
+    assert plan.anchor_positions.tolist() == [1] * plan.num_sequences
+    np.testing.assert_array_equal(plan.slots[0], [0, 6, 7, 8])
+    plan = anchored_plan(50, 8)
+    assert plan.anchor_positions.tolist() == [4] * 8 and plan.num_sequences == 8
+    assert anchored_sorted_plan(50, 8).anchor_positions.tolist() == [7, 7, 7, 4, 0, 0, 0]
+    # T odd: both sides get (T-1)/2 slots and no sequence is wasted
+    plan = anchored_plan(101, 5)
+    assert plan.anchor_positions[0] == 2 and plan.num_sequences == 25 and plan.owner.sum() == 101
+
+
+@pytest.mark.parametrize("n,T", SIZES)
+def test_anchored_sorted_structure(n, T):
+    plan = anchored_sorted_plan(n, T)
     a = n // 2
     assert plan.anchor == a
     rows = np.arange(plan.num_sequences)
@@ -49,11 +88,11 @@ def test_anchored_structure(n, T):
         assert dup.size == 0
 
 
-def test_anchored_example_and_non_uniform_spacing():
-    plan = anchored_plan(13, 4)
+def test_anchored_sorted_example_and_non_uniform_spacing():
+    plan = anchored_sorted_plan(13, 4)
     np.testing.assert_array_equal(plan.slots, [[0, 1, 2, 6], [3, 4, 5, 6], [6, 7, 8, 9], [6, 10, 11, 12]])
     np.testing.assert_array_equal(plan.anchor_positions, [3, 3, 0, 0])
-    plan = anchored_plan(100, 8)
+    plan = anchored_sorted_plan(100, 8)
     gaps = np.diff(plan.slots, axis=1)
     assert len(np.unique(plan.anchor_positions)) > 1, "anchor at different positions"
     non_uniform = [len(np.unique(g)) > 1 for g in gaps]
@@ -61,7 +100,7 @@ def test_anchored_example_and_non_uniform_spacing():
 
 
 def test_short_last_group_is_filled_with_frames_just_before():
-    plan = anchored_plan(9, 4)  # others 0 1 2 3 5 6 7 8 -> [0 1 2] [3 5 6] [7 8 +6]
+    plan = anchored_sorted_plan(9, 4)  # others 0 1 2 3 5 6 7 8 -> [0 1 2] [3 5 6] [7 8 +6]
     np.testing.assert_array_equal(plan.slots[-1], [4, 6, 7, 8])
     np.testing.assert_array_equal(plan.owner[-1], [False, False, True, True])
 

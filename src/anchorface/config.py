@@ -65,6 +65,9 @@ class DataConfig:
     encoder_path: str = "openai/clip-vit-large-patch14"  # local directory or hub id (clip)
     encoder_width: int = 32  # learned G: its four conv stages are w, 2w, 4w, 8w wide
     cond_dropout: float = 0.1  # joint dropout of all conditions (supp. §4)
+    # besides: each signal (G, L) dropped alone with this probability, so that sampling with one signal only
+    # (the guidance-subset ablation, §4.5.2; landmark-only sampling) is in distribution; 0 = the paper's recipe
+    signal_dropout: float = 0.0
 
 
 @dataclass

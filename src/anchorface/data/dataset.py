@@ -288,24 +288,34 @@ class Example:
     frames: np.ndarray  # [T] sorted frame indices
     source: int  # frame index of the source (0 or clip_len - 1)
     drop: bool  # joint dropout of all conditions (supp. §4)
+    drop_global: bool = False  # G alone dropped (`data.signal_dropout`)
+    drop_landmarks: bool = False  # L alone dropped
 
 
 class SequenceSampler:
     """Training example `k` as a pure function of `(seed, k)` (§3.1, supp. §4): clip uniform over clips, frames
-    and source by `sample_training_example`, drop with probability `cond_dropout`."""
+    and source by `sample_training_example`, drop with probability `cond_dropout`, and with `signal_dropout` > 0
+    each signal alone with that probability (drawn after the others, so 0 reproduces the paper's examples)."""
 
-    def __init__(self, clip_lengths, num_frames: int, cond_dropout: float, seed: int):
+    def __init__(self, clip_lengths, num_frames: int, cond_dropout: float, seed: int, signal_dropout: float = 0.0):
         self.clip_lengths = [int(n) for n in clip_lengths]
         if not self.clip_lengths:
             raise ValueError("no clip to sample from")
         self.num_frames, self.cond_dropout, self.seed = int(num_frames), float(cond_dropout), int(seed)
+        self.signal_dropout = float(signal_dropout)
+        for name, v in (("data.cond_dropout", self.cond_dropout), ("data.signal_dropout", self.signal_dropout)):
+            if not 0.0 <= v <= 1.0:
+                raise AnchorfaceError(f"{name} must be in [0, 1], got {v}")
 
     def __call__(self, k: int) -> Example:
         rng = np.random.default_rng([self.seed, int(k)])
         clip = int(rng.integers(len(self.clip_lengths)))
         frames, source = sample_training_example(self.clip_lengths[clip], self.num_frames, rng)
         drop = bool(rng.random() < self.cond_dropout)
-        return Example(clip, frames, source, drop)
+        if self.signal_dropout <= 0:
+            return Example(clip, frames, source, drop)
+        drop_global, drop_landmarks = (bool(u < self.signal_dropout) for u in rng.random(2))
+        return Example(clip, frames, source, drop, drop_global, drop_landmarks)
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -319,7 +329,7 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset_dir: str | Path, num_frames: int, cond_dropout: float, lambda_ex: float, seed: int,
-                 clip_names: list[str] | None = None, index: dict | None = None):
+                 clip_names: list[str] | None = None, index: dict | None = None, signal_dropout: float = 0.0):
         self.dir = Path(dataset_dir)
         self.index = index if index is not None else load_index(self.dir)
         clips = self.index["clips"]
@@ -330,7 +340,8 @@ class ClipDataset(torch.utils.data.Dataset):
         self.skipped_short = len(clips) - len(self.clips)
         if not self.clips:
             raise AnchorfaceError(f"{self.dir}: no clip has at least {num_frames} frames")
-        self.sampler = SequenceSampler([c["num_frames"] for c in self.clips], num_frames, cond_dropout, seed)
+        self.sampler = SequenceSampler([c["num_frames"] for c in self.clips], num_frames, cond_dropout, seed,
+                                       signal_dropout)
         self.lambda_ex = float(lambda_ex)
         self.latent_shape = tuple(self.index["latent_shape"])
         self._files: dict[str, object] = {}
@@ -350,7 +361,8 @@ class ClipDataset(torch.utils.data.Dataset):
         state["_files"], state["_pid"] = {}, None
         return state
 
-    def load(self, clip: int, frames, source: int, drop: bool) -> dict:
+    def load(self, clip: int, frames, source: int, drop: bool, drop_global: bool = False,
+             drop_landmarks: bool = False) -> dict:
         """One example from explicit choices (used by `__getitem__` and for fixed preview examples)."""
         from anchorface.faces.landmarks import expressive_weight_maps, landmark_vector
 
@@ -366,11 +378,13 @@ class ClipDataset(torch.utils.data.Dataset):
         if src.dtype == torch.uint8:
             src = to_pixels(src)
         return {"latents": latents, "landmarks": torch.from_numpy(landmark_vector(lmk)), "weight": weight,
-                "source": src.float(), "drop": torch.tensor(bool(drop))}
+                "source": src.float(), "drop": torch.tensor(bool(drop)), "drop_global": torch.tensor(bool(drop_global)),
+                "drop_landmarks": torch.tensor(bool(drop_landmarks))}
 
     def __getitem__(self, k: int) -> dict:
         ex = self.sampler(k)
-        return self.load(ex.clip, ex.frames, ex.source, ex.drop) | {"index": torch.tensor(int(k))}
+        return self.load(ex.clip, ex.frames, ex.source, ex.drop, ex.drop_global, ex.drop_landmarks) | \
+            {"index": torch.tensor(int(k))}
 
 
 class StepSampler(torch.utils.data.Sampler):

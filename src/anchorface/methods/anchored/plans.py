@@ -6,15 +6,22 @@ renders each frame, and where the shared anchor sits in each sequence.
 
 Three kinds:
 
-- ``anchored`` (ours, Fig. 3b): the anchor a = N // 2 (the central frame, §3.2). The other N-1 frames are split,
-  in temporal order, into *contiguous* groups of T-1 and every sequence is its group plus the anchor, sorted.
-  The paper leaves the split open; we keep neighbours together because a sequence is what the sDiT sees at once,
-  so contiguous groups let it model local motion between neighbouring frames, while the anchor (shared, and
-  overridden in every layer) carries global consistency across all sequences. The anchor therefore sits at
-  different positions in different sequences and the spacing around it is non-uniform, as in training (§3.1).
-  A short last group is filled with the frames just before it; those duplicate slots are generated (the model
-  needs T frames) but not rendered (``owner=False``), so every frame has exactly one owner. The anchor's owner is
-  sequence 0, whose anchor tokens every other sequence receives.
+- ``anchored`` (ours, Fig. 3b, Eq. 1-3): the anchor a = N // 2 (the central frame, §3.2) sits in *one common
+  column* k of every sequence, as Eq. (1) draws it: each sequence holds k frames before the anchor, the anchor, and
+  T-1-k frames after it, all in temporal order. So every sequence is a valid training-like sequence (each temporal
+  position once, frames sorted, non-uniform spacing) and the anchor's overridden tokens carry the temporal
+  positional encoding TPE_k of their own column in every sequence. The frames before the anchor are cut into B
+  contiguous windows of k, those after it into B windows of T-1-k, and sequence i takes window i of each side, so
+  it spans the i-th stretch of each half. k is the column that needs the fewest sequences, the central one on ties.
+  A central anchor splits the video in two halves of (N-1)/2 frames while the columns split T-1 unevenly when T is
+  even, so the side with fewer slots per sequence sets B and the other side's windows overlap (spread evenly): the
+  overlapping slots are generated but not rendered (``owner=False``), and every frame keeps exactly one owner. For
+  T = 8 this costs about 1/6 more sequences than T-1 new frames per sequence would; we keep the paper's central
+  anchor rather than move it to 3/7 of the video. With T = 2 no common column exists (one free slot cannot hold
+  frames from both sides in order), so T = 2 uses the sorted layout below.
+- ``anchored-sorted`` (this project's first layout, kept for comparison): contiguous groups of T-1 frames each
+  completed by the central anchor and sorted, so the anchor sits last in the sequences before it and first in
+  those after it; its overridden tokens then carry sequence 0's TPE in every row.
 - ``multidiffusion`` (the baseline, Fig. 3a): uniform overlapping windows of T frames with a stride (default
   T // 2), the last window aligned to the end. Every slot contributes: the per-step predictions of a frame that
   lies in several windows are averaged.
@@ -27,13 +34,14 @@ encoding and training always see exactly T frames.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from anchorface.errors import AnchorfaceError
 
-KINDS = ("anchored", "multidiffusion", "independent")
+KINDS = ("anchored", "multidiffusion", "independent", "anchored-sorted")
 
 
 @dataclass
@@ -120,8 +128,63 @@ def _check(n: int, T: int) -> None:
         raise AnchorfaceError(f"frames per sequence must be >= 1, got T={T}")
 
 
+def _windows(frames: np.ndarray, size: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` contiguous windows of `size` over `frames` (in order), starts spread evenly from the first to the last
+    possible one, so together they cover every frame (needs count * size >= len(frames) >= size). Returns the
+    windows [count, size] and their owner flags: a frame is owned by the first window holding it."""
+    if size == 0:
+        return np.zeros((count, 0), np.int64), np.zeros((count, 0), bool)
+    starts = np.rint(np.linspace(0, len(frames) - size, count)).astype(np.int64) if count > 1 else np.zeros(1, np.int64)
+    idx = starts[:, None] + np.arange(size)
+    owner = np.ones_like(idx, dtype=bool)
+    owner[1:] = idx[1:] >= (starts[:-1] + size)[:, None]  # slots the previous window already holds
+    return frames[idx], owner
+
+
+def anchor_column(before: int, after: int, T: int) -> tuple[int, int]:
+    """(column k of the anchor, number of sequences B) for `before` and `after` frames on either side of the anchor:
+    the k that needs the fewest sequences, max(ceil(before / k), ceil(after / (T-1-k))); ties go to the column
+    nearest the centre (T-1)/2."""
+    best = None
+    for k in range(T):
+        m = T - 1 - k
+        if (before and not k) or (after and not m) or before < k or after < m:
+            continue  # a side with frames needs slots, and each window holds distinct frames
+        B = max(-(-before // k) if k else 0, -(-after // m) if m else 0, 1)
+        key = (B, abs(k - (T - 1) / 2), k)
+        best = key if best is None or key < best else best
+    if best is None:
+        raise ValueError(f"no anchor column fits {before} + 1 + {after} frames in sequences of {T}")
+    return best[2], best[0]
+
+
 def anchored_plan(n: int, T: int) -> SequencePlan:
-    """Anchored Diffusion (§3.2, Eq. 1): contiguous groups of T-1 frames, each completed by the central frame."""
+    """Anchored Diffusion (§3.2, Eq. 1-3): the central frame in one common column k of every sequence, with k frames
+    before it and T-1-k after it (see the module docstring)."""
+    _check(n, T)
+    anchor = n // 2
+    if n <= T:
+        slots, owner = _padded_single(n, T)
+    else:
+        if T < 2:
+            raise AnchorfaceError("anchored sampling needs T >= 2 frames per sequence (anchor + one frame)")
+        if T == 2:  # one free slot: no common column can hold frames from both sides in temporal order
+            return dataclasses.replace(anchored_sorted_plan(n, T), kind="anchored")
+        before, after = np.arange(anchor, dtype=np.int64), np.arange(anchor + 1, n, dtype=np.int64)
+        k, B = anchor_column(len(before), len(after), T)
+        left, left_own = _windows(before, k, B)
+        right, right_own = _windows(after, T - 1 - k, B)
+        slots = np.concatenate([left, np.full((B, 1), anchor, np.int64), right], axis=1)
+        anchor_own = np.zeros((B, 1), bool)
+        anchor_own[0] = True  # sequence 0 owns (and donates) the anchor
+        owner = np.concatenate([left_own, anchor_own, right_own], axis=1)
+    anchor_positions = np.argmax(slots == anchor, axis=1).astype(np.int64)  # first occurrence in each row
+    return SequencePlan("anchored", n, slots, owner, anchor, anchor_positions).validate()
+
+
+def anchored_sorted_plan(n: int, T: int) -> SequencePlan:
+    """The first layout (kept for comparison): contiguous groups of T-1 frames, each completed by the central frame and
+    sorted, so the anchor is last in the sequences before it and first in those after it."""
     _check(n, T)
     anchor = n // 2
     if n <= T:
@@ -138,7 +201,7 @@ def anchored_plan(n: int, T: int) -> SequencePlan:
             row_owner.append(np.append(own, b == 0)[order])  # sequence 0 owns (and donates) the anchor
         slots, owner = np.stack(rows), np.stack(row_owner)
     anchor_positions = np.argmax(slots == anchor, axis=1).astype(np.int64)  # first occurrence in each row
-    return SequencePlan("anchored", n, slots, owner, anchor, anchor_positions).validate()
+    return SequencePlan("anchored-sorted", n, slots, owner, anchor, anchor_positions).validate()
 
 
 def multidiffusion_plan(n: int, T: int, stride: int | None = None) -> SequencePlan:
@@ -169,9 +232,11 @@ def independent_plan(n: int, T: int) -> SequencePlan:
 
 
 def make_plan(kind: str, n: int, T: int, stride: int | None = None) -> SequencePlan:
-    """Build the plan of the given kind (`anchored` | `multidiffusion` | `independent`)."""
+    """Build the plan of the given kind (`KINDS`)."""
     if kind == "anchored":
         return anchored_plan(n, T)
+    if kind == "anchored-sorted":
+        return anchored_sorted_plan(n, T)
     if kind == "multidiffusion":
         return multidiffusion_plan(n, T, stride)
     if kind == "independent":

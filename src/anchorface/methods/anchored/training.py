@@ -34,11 +34,11 @@ class Denoiser(nn.Module):
         super().__init__()
         self.sdit, self.encoder = sdit, encoder
 
-    def forward(self, x_t, t, source, landmarks, drop):
+    def forward(self, x_t, t, source, landmarks, drop, drop_global=None, drop_landmarks=None):
         if self.sdit.mapping is None:  # global_dim == 0: a plain DiT
             return self.sdit(x_t, t)
         g = self.encoder.encode_images(source) if self.encoder is not None else source
-        return self.sdit(x_t, t, g, landmarks, drop=drop)
+        return self.sdit(x_t, t, g, landmarks, drop=drop, drop_global=drop_global, drop_landmarks=drop_landmarks)
 
 
 def build_denoiser(cfg: Config, latent_shape) -> Denoiser:
@@ -68,7 +68,8 @@ def diffusion_loss(model, diffusion, batch: dict, t: torch.Tensor, noise: torch.
     """The per-sample hybrid loss of one batch (DiT; ε-MSE weighted by the expressive map, §4.1)."""
     x0 = batch["latents"]
     x_t = diffusion.q_sample(x0, t, noise)
-    out = model(x_t, t, batch["source"], batch["landmarks"], batch["drop"])
+    out = model(x_t, t, batch["source"], batch["landmarks"], batch["drop"], batch.get("drop_global"),
+                batch.get("drop_landmarks"))
     return diffusion.training_losses(out.float(), x0, x_t, t, noise, weight=batch["weight"])
 
 
@@ -151,11 +152,11 @@ class AnchoredRecipe:
         check_compatible(self.index, cfg)
         train_clips, preview_clips = split_clips(self.index, holdout_videos)
 
-        def clips(names, cond_dropout):
+        def clips(names, cond_dropout, signal_dropout=0.0):
             return ClipDataset(data_dir, cfg.model.num_frames, cond_dropout, cfg.diffusion.lambda_ex, tc.seed,
-                               clip_names=names, index=self.index)
+                               clip_names=names, index=self.index, signal_dropout=signal_dropout)
 
-        self.dataset = clips(train_clips, cfg.data.cond_dropout)
+        self.dataset = clips(train_clips, cfg.data.cond_dropout, cfg.data.signal_dropout)
         try:
             self.preview_set = clips(preview_clips, 0.0)
         except AnchorfaceError:  # held-out clips too short: preview training clips
