@@ -14,6 +14,12 @@ Protocols (`--protocol`):
 - `ablation` (supp. Table 1): on the cross-identity pairs, CFG scales, step counts and the conditions given at
   sampling (none / landmarks / global / both).
 
+What is compared are Table 1's columns, laid out from the method registry (`methods.registry`, `--methods`):
+each model method x checkpoint x variant (Anchored Diffusion's merge strategies, `--merge`), then one column per
+baseline method ("copy driving", "still source"; `--no-baselines` leaves them out). The driving windows and sources
+are tracked once (`Case`) and every method renders from them (`Reenactor.render`). Each protocol is one function
+(`reenactment_protocol`, `consistency_protocol`, `ablation_protocol`); `evaluation/report.py` writes the report.
+
 Everything is measured on face crops: the driving crop boxes are tracked and smoothed as in the pipeline
 (`faces.track_video`), the model generates crops at its resolution, and the generated crops are compared with
 the driving crops at that resolution (PSNR / SSIM, Self-CSIM, FID / FVD). Landmarks are MediaPipe's on crops

@@ -37,10 +37,8 @@ import torch
 from tqdm.auto import tqdm
 
 from anchorface.errors import AnchorfaceError
-from anchorface.methods.anchored.options import CONDITIONS, SIGNALS, check_sampling, dropped_signals
+from anchorface.methods.anchored.options import SIGNALS, check_sampling, dropped_signals
 from anchorface.methods.anchored.plans import SequencePlan
-
-GUIDANCE = CONDITIONS  # the `guidance` option takes a condition subset (`options.CONDITION_SUBSETS`)
 
 
 @dataclass
