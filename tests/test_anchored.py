@@ -207,3 +207,53 @@ def test_model_without_learned_sigma(model_fixed_sigma, diffusion, sampler):
     ref = run(LowestLearnedVariance(model), diffusion, plan, sampler=sampler, steps=4)
     assert (out - ref).abs().max().item() <= 1e-4
     assert (out - run(model, diffusion, plan, sampler=sampler, steps=4, seed=1)).abs().max() > 1e-2
+
+
+class RecordingDrops(_Wrapped):
+    """Test double around the real sDiT that records which signals each forward pass drops."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.dropped = []
+
+    @property
+    def config(self):
+        return self.inner.config
+
+    def forward(self, x, t, g=None, lmk=None, drop=None, drop_global=None, drop_landmarks=None, anchor=None):
+        def all_(flag):
+            return flag is not None and bool(flag.all())
+        self.dropped.append({s for s, flag in (("global", drop_global), ("landmarks", drop_landmarks))
+                             if all_(drop) or all_(flag)})
+        return self.inner(x, t, g=g, lmk=lmk, drop=drop, drop_global=drop_global, drop_landmarks=drop_landmarks,
+                          anchor=anchor)
+
+
+def test_conditions_subset_drops_the_other_signals_in_every_pass(model, diffusion):
+    """supp. Table 1's "Guidance" column as a sampler option: `conditions` names the signals given; every forward
+    pass drops the others, and classifier-free guidance's unconditional pass drops its `guidance` subset on top."""
+    from anchorface.methods.anchored.options import CONDITION_SUBSETS
+
+    plan = anchored_plan(6, T)
+    base = run(model, diffusion, plan)
+    outs = {}
+    for name, given in CONDITION_SUBSETS.items():
+        rec = RecordingDrops(model)
+        outs[name] = run(rec, diffusion, plan, conditions=name)
+        assert rec.dropped and all(d == {"global", "landmarks"} - set(given) for d in rec.dropped), name
+    assert torch.equal(outs["both"], base)  # the default gives every signal: unchanged results
+    assert all((outs[n] - base).abs().max() > 1e-4 for n in ("none", "landmarks", "global"))
+    rec = RecordingDrops(model)
+    run(rec, diffusion, plan, conditions="landmarks", guidance_scale=3.0, guidance="both")
+    assert rec.dropped[0::2] == [{"global"}] * (len(rec.dropped) // 2)  # conditional passes
+    assert rec.dropped[1::2] == [{"global", "landmarks"}] * (len(rec.dropped) // 2)  # unconditional passes
+    with pytest.raises(AnchorfaceError, match="unknown conditions 'all'"):
+        run(model, diffusion, plan, conditions="all")
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -float("inf"), 1e30])
+def test_non_finite_or_huge_guidance_scale_is_an_error(model, diffusion, scale):
+    """A NaN, infinite or absurd CFG scale used to sample black frames without an error."""
+    with pytest.raises(AnchorfaceError, match="guidance scale must be") as e:
+        run(model, diffusion, anchored_plan(5, T), guidance_scale=scale)
+    assert "\n" not in str(e.value)

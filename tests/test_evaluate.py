@@ -81,20 +81,6 @@ class RecordingSDiT(nn.Module):
         return x
 
 
-def test_given_conditions_drops_the_right_signals():
-    x = torch.zeros(3, 2, 1, 1, 1)
-    for name, (dg, dl) in evaluate.CONDITIONS.items():
-        inner = RecordingSDiT()
-        evaluate.GivenConditions(inner, dg, dl)(x, torch.zeros(3))
-        _, got_g, got_l = inner.calls[-1]
-        assert (got_g is not None and bool(got_g.all())) == dg, name
-        assert (got_l is not None and bool(got_l.all())) == dl, name
-    # a CFG pass that already drops landmarks for some rows keeps them dropped
-    inner = RecordingSDiT()
-    evaluate.GivenConditions(inner, True, False)(x, torch.zeros(3), drop_landmarks=torch.tensor([True, False, True]))
-    assert inner.calls[-1][2].tolist() == [True, False, True] and inner.calls[-1][1].all()
-
-
 def test_ablation_settings_clamp_default_steps_and_keep_zero_scale(tmp_path):
     from anchorface.frozen.codecs import PixelCodec
     from anchorface.config import load_config
@@ -163,6 +149,15 @@ def test_bad_options_raise_one_line_errors(tmp_path):
         list_videos([str(keep)], "driving video")
     with pytest.raises(AnchorfaceError, match="--ablation-steps"):
         evaluate._check_options(evaluate.Options(**base, protocols=("self",), ablation_steps=(0, 50)))
+    for scale in (float("nan"), float("inf"), 1e30):  # used to give black frames with exit 0
+        with pytest.raises(AnchorfaceError, match="guidance scale must be"):
+            evaluate._check_options(evaluate.Options(**base, protocols=("self",), guidance_scale=scale))
+        with pytest.raises(AnchorfaceError, match="guidance scale must be"):
+            evaluate._check_options(evaluate.Options(**base, protocols=("self",), ablation_scales=(1.0, scale)))
+    with pytest.raises(AnchorfaceError, match="unknown method 'nope'; choose one of anchored, copy-driving"):
+        evaluate._check_options(evaluate.Options(**base, protocols=("self",), methods=("nope",)))
+    with pytest.raises(AnchorfaceError, match="method anchored needs --checkpoint DIR"):
+        evaluate._check_options(evaluate.Options(**{**base, "checkpoints": []}, protocols=("self",)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,6 +183,49 @@ def tiny_checkpoint(path: Path) -> Path:
         for p in sdit.parameters():
             p.normal_(0.0, 0.05)
     return save_checkpoint(path, cfg, sdit, LearnedGlobalEncoder(16, 32))
+
+
+def test_table1_columns_come_from_the_registry(tmp_path):
+    """Each checkpointed method x checkpoint x variant (the --merge strategies, in their order), then one column
+    per baseline of the registry at the model's resolution; --no-baselines and --methods select from them."""
+    from anchorface.methods.registry import method_names
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    o = evaluate.Options(checkpoints=[ckpt], driving=[], output=tmp_path / "o", merges=("independent", "anchored"),
+                         steps=1)
+    specs = evaluate.selected_methods(o)
+    assert [s.name for s in specs] == list(method_names())
+    models, columns, baselines = evaluate.load_columns(o, specs)
+    assert list(models) == ["ckpt"]
+    assert [(c.group, c.label, c.options) for c in columns] == [
+        ("ckpt", "independent", {"steps": 1, "merge": "independent"}), ("ckpt", "anchored", {"steps": 1, "merge": "anchored"})]
+    assert [(c.group, c.label) for c in baselines] == [("baseline", "copy driving"), ("baseline", "still source")]
+    assert all(c.method.resolution == 32 for c in baselines)  # the model's resolution
+    assert [s.name for s in evaluate.selected_methods(evaluate.Options(**{**vars(o), "baselines": False}))] == \
+        ["anchored"]
+    only = evaluate.Options(**{**vars(o), "methods": ("still-source",), "checkpoints": []})
+    _, columns, baselines = evaluate.load_columns(only, evaluate.selected_methods(only))
+    assert columns == [] and [c.label for c in baselines] == ["still source"] and baselines[0].method.resolution == 256
+    with pytest.raises(AnchorfaceError, match="steps must be in"):  # every column is checked before any work
+        evaluate.load_columns(evaluate.Options(**{**vars(o), "steps": 5000}), specs)
+
+
+def test_evaluate_baselines_only_without_checkpoint(tmp_path):
+    """`evaluate --methods copy-driving still-source`: no checkpoint needed; Table 1 has the two baseline columns."""
+    if not FACES.is_dir():
+        pytest.skip(f"real face data not found at {FACES} (../shared/data/faces beside the checkout)")
+    from anchorface.apps.cli import main
+
+    out = tmp_path / "report"
+    rc = main(["evaluate", "--methods", "copy-driving", "still-source", "--driving", str(FACES / "driving/d18.mp4"),
+               "--protocol", "self", "--frames", "4", "--output", str(out), "--quiet"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["methods"] == ["copy-driving", "still-source"] and report["checkpoints"] == {}
+    assert report["columns"] == [["baseline", "copy driving"], ["baseline", "still source"]]
+    copy, still = (report["results"]["self"]["baseline"][k] for k in ("copy driving", "still source"))
+    assert copy["psnr"] == "inf" and copy["resolution"] == 256 and still["appearance_drift"] == 0
+    assert "| Metric | baseline / copy driving | baseline / still source |" in (out / "report.md").read_text()
 
 
 def test_evaluate_smoke_end_to_end(tmp_path):

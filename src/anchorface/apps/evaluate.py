@@ -5,23 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from anchorface.evaluation import protocols
-from anchorface.evaluation.protocols import (ABLATION_SCALES, CONDITIONS, DEFAULT_LENGTHS, KINDS, PROTOCOLS,
+from anchorface.evaluation.protocols import (ABLATION_SCALES, CONDITIONS, DEFAULT_LENGTHS, MERGES, PROTOCOLS,
                                              SELF_FRAMES, Options, run_evaluation)
-
+from anchorface.methods.registry import method_names
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="evaluation protocols of §4.3, the Fig. 5 consistency study and the "
                               "supp. Table 1 ablation -> report.md / report.json / PNGs",
                               description=protocols.__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", action="append", required=True, metavar="DIR",
-                   help="checkpoint directory (repeat to compare several)")
+    p.add_argument("--methods", nargs="+", metavar="NAME",
+                   help=f"methods of the registry, Table 1's columns: {' '.join(method_names())} (default: all)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                   help="checkpoint directory of the model methods (repeat to compare several)")
     p.add_argument("--driving", nargs="+", required=True, metavar="DIR_OR_FILE",
                    help="driving videos, or directories of them")
     p.add_argument("--sources", metavar="DIR", help="photos of other identities (cross-identity and ablation)")
     p.add_argument("--output", "-o", required=True, metavar="REPORT_DIR")
-    p.add_argument("--merge", nargs="+", default=list(KINDS), choices=KINDS, metavar="KIND",
-                   help=f"merge strategies to compare: {' '.join(KINDS)} (default: all; the ablation uses the first)")
+    p.add_argument("--merge", nargs="+", default=list(MERGES), choices=MERGES, metavar="KIND",
+                   help=f"merge strategies to compare: {' '.join(MERGES)} (default: all; the ablation uses the first)")
     p.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS, metavar="NAME",
                    help=f"what to run: {' '.join(PROTOCOLS)} (default: all)")
     p.add_argument("--steps", type=int, metavar="N", help="denoising steps (default: each checkpoint's)")
@@ -56,9 +58,8 @@ def _main(a) -> int:
                 steps=a.steps, guidance_scale=a.guidance_scale, frames=a.frames, max_videos=a.max_videos,
                 lengths=tuple(a.lengths), ablation_steps=tuple(a.ablation_steps) if a.ablation_steps else None,
                 ablation_scales=tuple(a.ablation_scales), ablation_conditions=tuple(a.ablation_conditions),
-                clip=a.clip, inception=a.inception, i3d=a.i3d, relative=a.relative, baselines=a.baselines, seed=a.seed,
-                device=a.device,
-                progress=not a.quiet)
+                clip=a.clip, inception=a.inception, i3d=a.i3d, relative=a.relative, baselines=a.baselines,
+                methods=tuple(a.methods) if a.methods else None, seed=a.seed, device=a.device, progress=not a.quiet)
     report = run_evaluation(o)
     print(f"evaluate: wrote {Path(a.output) / 'report.md'} ({len(report['videos'])} videos, "
           f"{report['seconds']:.0f} s)")

@@ -1,7 +1,9 @@
-"""`anchorface reenact SOURCE DRIVING -o OUT.mp4`: face reenactment with Anchored Diffusion (§3.2).
+"""`anchorface reenact SOURCE DRIVING -o OUT.mp4`: face reenactment with Anchored Diffusion (§3.2), or another
+method of the registry (`--method`, e.g. the `copy-driving` / `still-source` baselines, which need no checkpoint).
 
-Thin command over `AnchorFacePipeline.reenact`; every option maps to one of its arguments. Errors are
-`AnchorfaceError`s (one line, exit 1) and no output file is left behind.
+Thin command over the shared video flow (`methods.flow.reenact`, which `AnchorFacePipeline.reenact` runs too);
+every option maps to one of its arguments. Errors are `AnchorfaceError`s (one line, exit 1) and no output file is
+left behind.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from anchorface.diffusion.sampling import SAMPLERS
 from anchorface.devices import resolve_device
 from anchorface.errors import AnchorfaceError
-from anchorface.methods.anchored.plans import KINDS
+from anchorface.methods.anchored.options import MERGES, SAMPLERS, check_sampling
+from anchorface.methods.registry import get_method, method_names
+
+ANCHORED_OPTIONS = ("merge", "sampler", "steps", "guidance_scale", "micro_batch")  # given -> passed to the method
 
 
 def demo_checkpoint() -> Path:
@@ -31,8 +35,11 @@ def register(subparsers) -> None:
     p.add_argument("source", nargs="?", metavar="SOURCE", help="the face photo to animate (omit with --text)")
     p.add_argument("driving", metavar="DRIVING", help="the driving video")
     p.add_argument("-o", "--output", required=True, help="output video (.mp4)")
+    p.add_argument("--method", default="anchored", metavar="NAME",
+                   help=f"reenactment method: {', '.join(method_names())} (default: anchored; the baselines need no "
+                        "checkpoint)")
     p.add_argument("--checkpoint", help="checkpoint directory (default: the installed demo checkpoint)")
-    p.add_argument("--merge", choices=KINDS, help="how sequences form the long video (default: checkpoint's, "
+    p.add_argument("--merge", choices=MERGES, help="how sequences form the long video (default: checkpoint's, "
                                                    "anchored)")
     p.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler (default: checkpoint's)")
     p.add_argument("--steps", type=int, help="denoising steps (default: checkpoint's)")
@@ -62,29 +69,27 @@ def run(args: argparse.Namespace) -> int:
         raise AnchorfaceError("with --text give only the driving video (the text replaces the source photo)")
     if args.text is None and source is None:
         raise AnchorfaceError("expected SOURCE DRIVING (a face photo and a driving video)")
-    for name in ("steps", "micro_batch"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise AnchorfaceError(f"--{name.replace('_', '-')} must be >= 1")
+    spec = get_method(args.method)
+    options = {k: getattr(args, k) for k in ANCHORED_OPTIONS if getattr(args, k) is not None}
+    check_sampling(**{k: v for k, v in options.items() if k in ("steps", "micro_batch", "guidance_scale")})
     checkpoint = args.checkpoint
-    if checkpoint is None:
+    if spec.needs_checkpoint and checkpoint is None:
         checkpoint = demo_checkpoint()
         if not (checkpoint / "anchorface.json").exists():
             raise AnchorfaceError("no checkpoint given and no demo checkpoint installed; pass --checkpoint DIR")
 
-    from anchorface.methods.anchored.pipeline import AnchorFacePipeline, check_inputs
+    from anchorface.methods.flow import check_inputs, reenact
 
     device = resolve_device(args.device)
     check_inputs(source, driving, args.output, args.compare, args.edit_weight)  # before loading any weights
-    pipe = AnchorFacePipeline.from_pretrained(checkpoint, device=device)
-    result = pipe.reenact(source, driving, args.output, merge=args.merge, sampler=args.sampler, steps=args.steps,
-                          guidance_scale=args.guidance_scale, seed=args.seed, relative=args.relative,
-                          crop=args.crop, paste_back=args.paste_back, micro_batch=args.micro_batch,
-                          compare_path=args.compare, text=args.text, edit=args.edit, edit_weight=args.edit_weight,
-                          progress=not args.quiet)
+    method = spec.from_pretrained(checkpoint, device=device)
+    result = reenact(method, source, driving, args.output, seed=args.seed, relative=args.relative, crop=args.crop,
+                     paste_back=args.paste_back, compare_path=args.compare, text=args.text, edit=args.edit,
+                     edit_weight=args.edit_weight, progress=not args.quiet, **options)
     if not args.quiet:
         extra = f" and {result.compare}" if result.compare else ""
         missing = f", {result.frames_without_face} frames without a face filled" if result.frames_without_face else ""
         print(f"wrote {result.output}{extra}: {result.num_frames} frames at {float(result.fps):g} fps, "
-              f"{result.merge} over {result.num_sequences} sequences{missing} ({result.seconds:.1f} s)",
+              f"{result.summary}{missing} ({result.seconds:.1f} s)",
               file=sys.stderr)
     return 0

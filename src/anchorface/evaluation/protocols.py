@@ -14,6 +14,12 @@ Protocols (`--protocol`):
 - `ablation` (supp. Table 1): on the cross-identity pairs, CFG scales, step counts and the conditions given at
   sampling (none / landmarks / global / both).
 
+What is compared are Table 1's columns, laid out from the method registry (`methods.registry`, `--methods`):
+each model method x checkpoint x variant (Anchored Diffusion's merge strategies, `--merge`), then one column per
+baseline method ("copy driving", "still source"; `--no-baselines` leaves them out). The driving windows and sources
+are tracked once (`Case`) and every method renders from them (`Reenactor.render`). Each protocol is one function
+(`reenactment_protocol`, `consistency_protocol`, `ablation_protocol`); `evaluation/report.py` writes the report.
+
 Everything is measured on face crops: the driving crop boxes are tracked and smoothed as in the pipeline
 (`faces.track_video`), the model generates crops at its resolution, and the generated crops are compared with
 the driving crops at that resolution (PSNR / SSIM, Self-CSIM, FID / FVD). Landmarks are MediaPipe's on crops
@@ -26,8 +32,6 @@ landmarks the model was conditioned on.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -36,26 +40,23 @@ from typing import Callable
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from anchorface.evaluation import metrics
-from anchorface.faces import detect as faces, landmarks
 from anchorface.data.dataset import furthest_end
 from anchorface.devices import resolve_device
-from anchorface.methods.anchored.plans import KINDS
 from anchorface.errors import AnchorfaceError, ImageError, NoFaceError
+from anchorface.evaluation import metrics
+from anchorface.evaluation.report import BASELINE_COLUMN, jsonable, write_report  # noqa: F401
+from anchorface.faces import detect as faces, landmarks
+from anchorface.methods.anchored.options import CONDITIONS, MERGES, check_sampling
+from anchorface.methods.base import DrivingClip, Source
+from anchorface.methods.registry import MethodSpec, get_method, method_names
 
 PROTOCOLS = ("self", "cross", "consistency", "ablation")
 SELF_FRAMES = 8  # §4.3.1: "a random 8-frame sequence in its original order"
 DEFAULT_LENGTHS = (8, 16, 32, 64)  # consistency study (Fig. 5)
 ABLATION_SCALES = (1.0, 2.0, 4.0, 8.0)  # supp. Table 1, CFG column
-# supp. Table 1, "Guidance" column: which conditions are given at sampling -> (drop global, drop landmarks)
-CONDITIONS = {"both": (False, False), "landmarks": (True, False), "global": (False, True), "none": (True, True)}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-GRID_FRAMES = 8  # columns of a frame grid
-GRID_CELL = 128  # pixels per grid cell
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,37 +163,7 @@ def make_case(name: str, video: Path, frames: list[np.ndarray], source: np.ndarr
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Generation with a checkpoint
-
-
-class GivenConditions(nn.Module):
-    """Sampling with only some conditions given (supp. Table 1, "Guidance" column): the dropped signals are
-    replaced by the model's learned null embeddings in every forward pass (`drop_global` / `drop_landmarks` of
-    the sDiT), so "none" samples unconditionally and "landmarks" / "global" give one signal only."""
-
-    def __init__(self, sdit: nn.Module, drop_global: bool, drop_landmarks: bool):
-        super().__init__()
-        self.sdit, self.drop_global_all, self.drop_landmarks_all = sdit, drop_global, drop_landmarks
-        self.mapping = sdit.mapping
-        self.config = getattr(sdit, "config", None)  # learn_sigma picks the sampler's variance
-
-    def forward(self, x, t, g=None, lmk=None, drop=None, drop_global=None, drop_landmarks=None, anchor=None):
-        ones = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        if self.drop_global_all:
-            drop_global = ones if drop_global is None else drop_global | ones
-        if self.drop_landmarks_all:
-            drop_landmarks = ones if drop_landmarks is None else drop_landmarks | ones
-        return self.sdit(x, t, g=g, lmk=lmk, drop=drop, drop_global=drop_global, drop_landmarks=drop_landmarks,
-                         anchor=anchor)
-
-
-@dataclass
-class Settings:
-    merge: str
-    steps: int
-    guidance_scale: float
-    conditions: str = "both"
-    seed: int = 0
+# Generation with a method of the registry
 
 
 def target_motion(case: Case, relative: bool) -> np.ndarray:
@@ -203,32 +174,15 @@ def target_motion(case: Case, relative: bool) -> np.ndarray:
     return landmarks.relative_motion(case.drv_lmk, case.src_lmk) if relative else case.drv_lmk
 
 
-# Two trivial "generators" that frame every other column: copying the driving crops is perfect motion with the
-# driving identity (LMSE's floor at that resolution unless --relative re-targets the motion; CSIM of the wrong face
-# in cross-reenactment), holding the source crop still is perfect identity with no motion at all.
-BASELINES = {
-    "copy driving": lambda case, res: case.driving_crops(res),
-    "still source": lambda case, res: np.repeat(case.source_crop(res)[None], len(case.frames), axis=0),
-}
-BASELINE_COLUMN = "baseline"
-
-
-def generate(pipe, case: Case, s: Settings, relative: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Generated crops [n, res, res, 3] and the landmarks the model was conditioned on [n, 478, 3]."""
+def generate(method, case: Case, options: dict, relative: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Generated crops [n, res, res, 3] of a `Reenactor` for a case (its source and driving window, tracked once
+    for all methods) and the landmarks it was conditioned on [n, 478, 3]."""
     motion = target_motion(case, relative)
-    g = pipe.global_signal(case.source_crop(pipe.resolution))
-    drop_global, drop_landmarks = CONDITIONS[s.conditions]
-    sdit = pipe.sdit
-    if drop_global or drop_landmarks:
-        if sdit.mapping is None:
-            raise AnchorfaceError("the conditions ablation needs a conditional model (global_dim > 0)")
-        pipe.sdit = GivenConditions(sdit, drop_global, drop_landmarks)
-    try:
-        latents = pipe.generate(g, motion, merge=s.merge, steps=s.steps, guidance_scale=s.guidance_scale,
-                                seed=s.seed, progress=False)
-    finally:
-        pipe.sdit = sdit
-    return np.stack(list(pipe.decode_frames(latents))), np.asarray(motion, np.float32)
+    clip = DrivingClip.from_frames(case.frames, case.boxes, landmarks=case.drv_lmk, found=case.drv_found,
+                                   motion=motion)
+    source = Source(image=case.source, box=case.src_box, landmarks=case.src_lmk, name=case.source_name)
+    gen = method.render(source, clip, seed=seed, progress=False, **options).array()
+    return gen, np.asarray(motion, np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -301,116 +255,6 @@ def aggregate(scored: list[dict], notes: list[str], label: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Report
-
-
-TABLE_ROWS = [("FID ↓", "fid"), ("FVD ↓", "fvd"), ("LMSE ↓", "lmse"), ("Expressive-LMSE ↓", "e_lmse"),
-              ("CSIM ↑", "csim"), ("Self-CSIM ↓", "self_csim"), ("PSNR ↑", "psnr"), ("SSIM ↑", "ssim"),
-              ("face found (generated)", "face_found_rate")]
-
-
-def fmt(v, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float) and math.isnan(v):
-        return "n/a"
-    if isinstance(v, float) and math.isinf(v):
-        return "inf"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) >= 100 else f"{v:.{digits}f}".rstrip("0").rstrip(".") or "0"
-    return str(v)
-
-
-def jsonable(obj):
-    """NaN -> null, ±inf -> "inf"/"-inf", numpy -> Python (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return None if math.isnan(v) else ("inf" if v == math.inf else "-inf" if v == -math.inf else v)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def table1_markdown(results: dict, columns: list[tuple[str, str]]) -> str:
-    """Table 1 of the paper: metrics x (checkpoint, merge), cells "self / cross"."""
-    head = "| Metric | " + " | ".join(f"{c} / {m}" for c, m in columns) + " |"
-    lines = [head, "|" + "---|" * (len(columns) + 1)]
-    for title, key in TABLE_ROWS:
-        cells = []
-        for c, m in columns:
-            vals = [results.get(p, {}).get(c, {}).get(m, {}).get(key) for p in ("self", "cross")]
-            cells.append(" / ".join(fmt(v) for v in vals))
-        lines.append(f"| {title} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_consistency(rows: list[dict], path: Path) -> None:
-    """Fig. 5: Self-CSIM (and the two extra consistency measures) against video length, one line per strategy."""
-    from matplotlib.figure import Figure
-
-    panels = [("self_csim", "Self-CSIM ↓ (Fig. 5)"), ("first_frame_csim", "min cos(first, later) ↑"),
-              ("appearance_drift", "appearance drift ↓ (0-255)")]
-    fig = Figure(figsize=(4.2 * len(panels), 3.6), dpi=100)
-    series = sorted({(r["checkpoint"], r["merge"]) for r in rows}, key=lambda cm: (cm[0], KINDS.index(cm[1])))
-    lengths = sorted({r["length"] for r in rows})
-    for i, (key, title) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        for ckpt, merge in series:
-            pts = sorted((r["length"], r.get(key)) for r in rows if (r["checkpoint"], r["merge"]) == (ckpt, merge))
-            pts = [(x, y) for x, y in pts if y is not None and not math.isnan(y)]
-            if pts:
-                label = merge if len({c for c, _ in series}) == 1 else f"{ckpt}: {merge}"
-                ax.plot(*zip(*pts), marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(lengths, [str(L) for L in lengths])
-        ax.minorticks_off()
-        ax.set_xlabel("video length (frames)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def frame_grid(source: np.ndarray, driving: np.ndarray, generated: dict[str, np.ndarray], path: Path,
-               title: str) -> None:
-    """A PNG grid: row 1 = source | driving frames; one row per strategy = its generated frames."""
-    from matplotlib.figure import Figure
-
-    n = len(driving)
-    cols = np.unique(np.linspace(0, n - 1, min(n, GRID_FRAMES)).round().astype(int))
-
-    def cell(img):
-        return cv2.resize(img, (GRID_CELL, GRID_CELL), interpolation=cv2.INTER_AREA if img.shape[0] > GRID_CELL
-                          else cv2.INTER_CUBIC)
-
-    blank = np.full((GRID_CELL, GRID_CELL, 3), 255, np.uint8)
-    rows = [np.concatenate([cell(source)] + [cell(driving[i]) for i in cols], axis=1)]
-    names = ["source | driving"]
-    for merge, gen in generated.items():
-        rows.append(np.concatenate([blank] + [cell(gen[i]) for i in cols], axis=1))
-        names.append(merge)
-    grid = np.concatenate(rows, axis=0)
-    fig = Figure(figsize=(grid.shape[1] / 100 + 1.4, grid.shape[0] / 100 + 0.8), dpi=100)
-    ax = fig.add_subplot()
-    ax.imshow(grid)
-    ax.set_yticks([GRID_CELL * (k + 0.5) for k in range(len(names))], names, fontsize=8)
-    ax.set_xticks([GRID_CELL * (k + 1.5) for k in range(len(cols))], [f"t={int(c)}" for c in cols], fontsize=7)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The run
 
 
@@ -420,7 +264,7 @@ class Options:
     driving: list[str]
     output: Path
     sources: Path | None = None
-    merges: tuple[str, ...] = KINDS
+    merges: tuple[str, ...] = MERGES
     protocols: tuple[str, ...] = PROTOCOLS
     steps: int | None = None  # None: each checkpoint's sample.steps
     guidance_scale: float | None = None  # None: each checkpoint's sample.guidance_scale
@@ -429,12 +273,13 @@ class Options:
     lengths: tuple[int, ...] = DEFAULT_LENGTHS
     ablation_steps: tuple[int, ...] | None = None  # None: (steps, 2 x steps)
     ablation_scales: tuple[float, ...] = ABLATION_SCALES
-    ablation_conditions: tuple[str, ...] = ("none", "landmarks", "global", "both")
+    ablation_conditions: tuple[str, ...] = ("none", "landmarks", "global", "both")  # `options.CONDITIONS`
     clip: str | None = None
     inception: str | None = None
     i3d: str | None = None
     relative: bool = False
-    baselines: bool = True  # Table 1 gets the "copy driving" and "still source" columns (BASELINES)
+    baselines: bool = True  # False: leave out the registry's baseline methods ("copy driving", "still source")
+    methods: tuple[str, ...] | None = None  # methods of the registry (None: all of them)
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -442,31 +287,47 @@ class Options:
 
 
 def _check_options(o: Options) -> None:
-    bad = [m for m in o.merges if m not in KINDS]
-    if bad:
-        raise AnchorfaceError(f"unknown merge strategy {bad[0]!r}; choose from {', '.join(KINDS)}")
+    """Every option that needs no model, before any work (`options.check_sampling` for the sampling ones)."""
+    for m in o.merges:
+        check_sampling(merge=m)
     bad = [p for p in o.protocols if p not in PROTOCOLS]
     if bad:
         raise AnchorfaceError(f"unknown protocol {bad[0]!r}; choose from {', '.join(PROTOCOLS)}")
     bad = [c for c in o.ablation_conditions if c not in CONDITIONS]
     if bad:
         raise AnchorfaceError(f"unknown ablation condition {bad[0]!r}; choose from {', '.join(CONDITIONS)}")
+    for name in o.methods or ():
+        get_method(name)
     if o.frames < 2:
         raise AnchorfaceError(f"--frames must be >= 2, got {o.frames}")
     if any(L < 2 for L in o.lengths):
         raise AnchorfaceError(f"--lengths must all be >= 2, got {list(o.lengths)}")
     if o.max_videos is not None and o.max_videos < 1:
         raise AnchorfaceError(f"--max-videos must be >= 1, got {o.max_videos}")
-    if o.steps is not None and o.steps < 1:
-        raise AnchorfaceError(f"--steps must be >= 1, got {o.steps}")
+    check_sampling(steps=o.steps, guidance_scale=o.guidance_scale)
     if o.ablation_steps is not None and (not o.ablation_steps or min(o.ablation_steps) < 1):
         raise AnchorfaceError(f"--ablation-steps must all be >= 1, got {list(o.ablation_steps)}")
+    for scale in o.ablation_scales:
+        check_sampling(guidance_scale=scale)
     if {"cross", "ablation"} & set(o.protocols) and o.sources is None:
         raise AnchorfaceError("the cross and ablation protocols need --sources DIR (photos of other identities)")
+    specs = selected_methods(o)
+    if any(s.needs_checkpoint for s in specs) and not o.checkpoints:
+        names = ", ".join(s.name for s in specs if s.needs_checkpoint)
+        raise AnchorfaceError(f"method {names} needs --checkpoint DIR")
     out = Path(o.output)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "report.json").exists())):
         raise AnchorfaceError(f"--output {out} exists and is not an earlier evaluation report; choose a new "
                               "directory")
+
+
+def selected_methods(o: Options) -> list[MethodSpec]:
+    """The registry's specs of `o.methods` (all when None), without the baselines when `o.baselines` is False."""
+    specs = [get_method(n) for n in dict.fromkeys(o.methods or method_names())]
+    specs = [s for s in specs if o.baselines or not s.baseline]
+    if not specs:
+        raise AnchorfaceError("no method to evaluate (--no-baselines left none of --methods)")
+    return specs
 
 
 def _load_embedder(o: Options, pipes: dict):
@@ -475,8 +336,8 @@ def _load_embedder(o: Options, pipes: dict):
         from anchorface.frozen.encoders import CLIPGlobalEncoder
 
         return CLIPGlobalEncoder(o.clip).to(o.device), f"CLIP ({o.clip})"
-    for name, pipe in pipes.items():
-        if pipe.encoder is not None:
+    for name, pipe in pipes.items():  # the loaded models (e.g. `AnchoredDiffusion`: its checkpoint's encoder)
+        if getattr(pipe, "encoder", None) is not None:
             kind = pipe.config.data.encoder
             what = f"CLIP ({pipe.config.data.encoder_path})" if kind == "clip" else \
                 f"the learned global encoder of checkpoint {name} (not CLIP: pass --clip DIR for the paper's CSIM)"
@@ -500,89 +361,105 @@ def ablation_settings(o: Options, pipe) -> list[tuple[int, float, str]]:
     rows += [(base, 1.0, c) for c in o.ablation_conditions]
     rows = list(dict.fromkeys(rows))
     for st, scale, cond in rows:
-        pipe.check_sampling(o.merges[0], steps=st, guidance_scale=scale)
-        if cond != "both" and getattr(pipe.sdit, "mapping", None) is None:
-            raise AnchorfaceError("the conditions ablation needs a conditional model (global_dim > 0)")
+        pipe.check_sampling(o.merges[0], steps=st, guidance_scale=scale, conditions=cond)
     return rows
 
 
 def _unique_names(paths: list[Path]) -> list[str]:
-    names = [p.resolve().name for p in paths]  # ("baseline" names the BASELINES' column)
+    names = [p.resolve().name for p in paths]  # ("baseline" names the baselines' column group)
     return [n if names.count(n) == 1 and n != BASELINE_COLUMN else f"{n}#{i}" for i, n in enumerate(names)]
 
 
-def run_evaluation(o: Options) -> dict:
-    """Run the selected protocols and write report.md, report.json, plots and grids under `o.output`."""
-    from anchorface.methods.anchored.pipeline import AnchorFacePipeline
-    from anchorface.io.video import atomic_output, list_videos, load_image, probe_video
+@dataclass
+class Column:
+    """One column of Table 1 (§4.3): a loaded method of the registry, under `group` (a checkpoint's name, or
+    "baseline") with `label` (a variant such as a merge strategy, or the baseline's title), rendered with
+    `options`."""
 
-    _check_options(o)
-    o = dataclasses.replace(o, device=resolve_device(o.device))  # (the notes list is shared with the caller's)
-    t0 = time.time()
-    rng_seed = o.seed
-    videos = list_videos(o.driving, "driving video")
-    if o.max_videos is not None:
-        videos = videos[:o.max_videos]
-    notes = o.notes
-    inception = metrics.InceptionFeatures(o.inception, device=o.device) if o.inception else None
-    i3d = metrics.I3DFeatures(o.i3d, device=o.device) if o.i3d else None
+    group: str
+    label: str
+    spec: MethodSpec
+    method: object  # a `Reenactor`
+    options: dict
+
+
+def load_columns(o: Options, specs: list[MethodSpec]) -> tuple[dict[str, object], list[Column], list[Column]]:
+    """Load every selected method and lay out Table 1's columns from the registry: each checkpointed method x
+    checkpoint x variant (the merge strategies `o.merges` for Anchored Diffusion), then one column per baseline
+    (at the first model's resolution). Every column's options are checked before any work. Returns
+    (models by group name, model columns, baseline columns)."""
+    models: dict[str, object] = {}
+    columns: list[Column] = []
+    checkpointed = [s for s in specs if s.needs_checkpoint]
     names = _unique_names(o.checkpoints)
-    pipes = {n: AnchorFacePipeline.from_pretrained(p, device=o.device) for n, p in zip(names, o.checkpoints)}
-    for pipe in pipes.values():  # the requested sampling runs on every checkpoint: fail before any work
-        pipe.check_sampling(steps=o.steps, guidance_scale=o.guidance_scale)
-    abl_rows = ablation_settings(o, pipes[names[0]]) if "ablation" in o.protocols else []
-    embedder, embedder_name = _load_embedder(o, pipes)
-    lmk_res = max(p.resolution for p in pipes.values())  # landmark crops: landmark_crop_size(lmk_res) px
-    if inception is None:
-        notes.append("FID not computed: pass --inception PATH/inception-2015-12-05.pt")
-    if i3d is None:
-        notes.append("FVD not computed: pass --i3d PATH/i3d_torchscript.pt")
-    scorer = Scorer(embedder, inception, i3d)
+    for spec in checkpointed:
+        for name, path in zip(names, o.checkpoints):
+            group = name if len(checkpointed) == 1 else f"{spec.name}:{name}"
+            method = models[group] = spec.from_pretrained(path, device=o.device)
+            shared = {k: v for k, v in (("steps", o.steps), ("guidance_scale", o.guidance_scale))
+                      if v is not None and k in getattr(method, "OPTIONS", ())}
+            variants = (o.merges if spec.variant_option == "merge" else spec.variants) or (None,)
+            for v in variants:
+                opts = dict(shared, **({spec.variant_option: v} if v is not None else {}))
+                method.check(**opts)
+                columns.append(Column(group, v or spec.title, spec, method, opts))
+    res = next(iter(models.values())).resolution if models else None
+    baselines = [Column(BASELINE_COLUMN, s.title, s, s.from_pretrained(None, device=o.device, resolution=res), {})
+                 for s in specs if not s.needs_checkpoint]
+    return models, columns, baselines
 
-    def settings(pipe, merge, seed, steps=None, guidance_scale=None, conditions="both") -> Settings:
-        """Explicit values, else the command line's, else the checkpoint's (None = unset; 0 is a value)."""
-        s = pipe.config.sample
-        return Settings(merge=merge, steps=_first_set(steps, o.steps, s.steps),
-                        guidance_scale=_first_set(guidance_scale, o.guidance_scale, s.guidance_scale),
-                        conditions=conditions, seed=seed)
 
-    # ---- driving windows (one per video and length), self sources, cross sources
-    infos = {v: probe_video(v) for v in videos}
-    lengths_needed = sorted({o.frames} | (set(o.lengths) if "consistency" in o.protocols else set()))
-    windows: dict[tuple[Path, int], tuple[list[int], int]] = {}
-    for v in videos:
-        for L in lengths_needed:
-            w = self_window(infos[v].num_frames, L, random.Random(f"{rng_seed}:{v.name}:{L}"))
-            if w is None:
-                notes.append(f"{v.name}: {infos[v].num_frames} frames, too short for a {L}-frame window plus a "
-                             "source frame; skipped at that length")
-            else:
-                windows[(v, L)] = w
+class Evaluation:
+    """The state the protocols share: the driving windows and the cases (tracked once, for every method), the
+    loaded columns, the scorer, the notes and the progress bar."""
 
-    cases: dict[tuple[Path, int], Case | None] = {}
+    def __init__(self, o: Options, videos: list[Path], models: dict, columns: list[Column], baselines: list[Column],
+                 scorer: Scorer):
+        from anchorface.io.video import probe_video
 
-    def self_case(v: Path, L: int) -> Case | None:
+        self.o, self.videos, self.models, self.columns, self.baselines = o, videos, models, columns, baselines
+        self.scorer, self.notes = scorer, o.notes
+        self.lmk_res = max(c.method.resolution for c in columns + baselines)  # landmark_crop_size(lmk_res) px
+        self.cases: dict[tuple[Path, int], Case | None] = {}
+        self.windows: dict[tuple[Path, int], tuple[list[int], int]] = {}
+        infos = {v: probe_video(v) for v in videos}
+        lengths = sorted({o.frames} | (set(o.lengths) if "consistency" in o.protocols else set()))
+        for v in videos:
+            for L in lengths:
+                w = self_window(infos[v].num_frames, L, random.Random(f"{o.seed}:{v.name}:{L}"))
+                if w is None:
+                    self.notes.append(f"{v.name}: {infos[v].num_frames} frames, too short for a {L}-frame window "
+                                      "plus a source frame; skipped at that length")
+                else:
+                    self.windows[(v, L)] = w
+        self.bar = None
+
+    def self_case(self, v: Path, L: int) -> Case | None:
         """The self-reenactment case of video `v` at window length L (cached; None with a note if unusable)."""
-        if (v, L) not in cases:
-            cases[(v, L)] = None
-            if (v, L) in windows:
-                idx, src = windows[(v, L)]
+        if (v, L) not in self.cases:
+            self.cases[(v, L)] = None
+            if (v, L) in self.windows:
+                idx, src = self.windows[(v, L)]
                 got = read_frames(v, idx + [src])
                 if len(got) < len(idx) + 1:
-                    notes.append(f"{v.name}: decoded fewer frames than its header states; skipped at length {L}")
+                    self.notes.append(f"{v.name}: decoded fewer frames than its header states; skipped at length {L}")
                     return None
                 try:
-                    cases[(v, L)] = make_case(f"{v.stem}[{idx[0]}:{idx[-1] + 1}]<-f{src}", v, [got[i] for i in idx],
-                                              got[src], f"frame {src} of {v.name}", resolution=lmk_res)
+                    self.cases[(v, L)] = make_case(f"{v.stem}[{idx[0]}:{idx[-1] + 1}]<-f{src}", v,
+                                                   [got[i] for i in idx], got[src], f"frame {src} of {v.name}",
+                                                   resolution=self.lmk_res)
                 except NoFaceError as e:
-                    notes.append(f"{v.name} ({L} frames): skipped, {e}")
-        return cases[(v, L)]
+                    self.notes.append(f"{v.name} ({L} frames): skipped, {e}")
+        return self.cases[(v, L)]
 
-    self_cases = [c for v in videos if (c := self_case(v, o.frames)) is not None] \
-        if {"self", "cross", "ablation"} & set(o.protocols) else []
-    cross_cases: list[Case] = []
-    if {"cross", "ablation"} & set(o.protocols):
-        photos = list_photos(o.sources)
+    def self_cases(self) -> list[Case]:
+        return [c for v in self.videos if (c := self.self_case(v, self.o.frames)) is not None]
+
+    def cross_cases(self) -> list[Case]:
+        """§4.3.2: the self cases' driving windows, each with a photo of another identity (`pair_sources`)."""
+        from anchorface.io.video import load_image
+
+        photos = list_photos(self.o.sources)
         found: dict[Path, tuple[np.ndarray, faces.Box] | None] = {}
 
         def has_face(p: Path) -> bool:
@@ -593,94 +470,147 @@ def run_evaluation(o: Options) -> dict:
                 found[p] = None
             return found[p] is not None
 
-        usable = [v for v in videos if cases.get((v, o.frames)) is not None]
-        pairs, pair_notes = pair_sources(usable, photos, has_face, rng_seed)
-        notes.extend(pair_notes)
+        usable = [v for v in self.videos if self.self_case(v, self.o.frames) is not None]
+        pairs, pair_notes = pair_sources(usable, photos, has_face, self.o.seed)
+        self.notes.extend(pair_notes)
+        out = []
         for v, photo in pairs.items():
-            base, (image, box) = cases[(v, o.frames)], found[photo]
-            cross_cases.append(Case(f"{base.name.split('<-')[0]}<-{photo.stem}", v.name, photo.name, base.frames,
-                                    base.boxes, base.drv_lmk, base.drv_found, image, box,
-                                    faces.source_landmarks(image, box, lmk_res)))
+            base, (image, box) = self.cases[(v, self.o.frames)], found[photo]
+            out.append(Case(f"{base.name.split('<-')[0]}<-{photo.stem}", v.name, photo.name, base.frames, base.boxes,
+                            base.drv_lmk, base.drv_found, image, box, faces.source_landmarks(image, box, self.lmk_res)))
+        return out
 
-    results: dict = {"self": {}, "cross": {}}
-    grids: dict[str, dict] = {}
-    jobs = []
-    for proto, proto_cases in (("self", self_cases), ("cross", cross_cases)):
-        if proto in o.protocols:
-            jobs += [(proto, n, m, ci, c) for n in pipes for m in o.merges for ci, c in enumerate(proto_cases)]
+    def score(self, column: Column, case: Case, seed: int, with_reference: bool, **options) -> tuple[dict, np.ndarray]:
+        gen, target = generate(column.method, case, {**column.options, **options}, self.o.relative, seed)
+        return self.scorer.score(case, gen, target, with_reference=with_reference), gen
+
+    def tick(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+
+def reenactment_protocol(ev: Evaluation, proto: str, cases: list[Case]) -> tuple[dict, dict | None]:
+    """§4.3.1 (`self`, with the driving frames as ground truth) or §4.3.2 (`cross`): every column on every case.
+    Returns (results[group][label], the frame grid of the first case for the first model's variants)."""
+    results: dict = {}
+    grid = None
+    first = ev.columns[0].group if ev.columns else None
+    for col in ev.columns:
+        scored = []
+        for ci, c in enumerate(cases):
+            sc, gen = ev.score(col, c, ev.o.seed + ci, with_reference=proto == "self")
+            scored.append(sc)
+            if ci == 0 and col.group == first:
+                grid = grid or {"case": c, "gen": {}}
+                grid["gen"][col.label] = gen
+            ev.tick()
+        if scored:
+            results.setdefault(col.group, {})[col.label] = aggregate(scored, ev.notes, f"{proto}/{col.group}/{col.label}")
+    for col in ev.baselines:
+        if cases:
+            scored = [ev.score(col, c, ev.o.seed + ci, with_reference=proto == "self")[0] for ci, c in enumerate(cases)]
+            results.setdefault(BASELINE_COLUMN, {})[col.label] = dict(
+                aggregate(scored, ev.notes, f"{proto}/baseline/{col.label}"), resolution=col.method.resolution)
+    return results, grid
+
+
+def consistency_protocol(ev: Evaluation) -> list[dict]:
+    """Fig. 5: self-reenactment windows of each length in `o.lengths`, every model column; one length at a time
+    (long windows are freed after use)."""
+    scored: dict[tuple, list] = {}
+    for L in ev.o.lengths:
+        for v in ev.videos:
+            c = ev.self_case(v, L)
+            for col in ev.columns:
+                if c is not None:
+                    scored.setdefault((L, col.group, col.label), []).append(
+                        ev.score(col, c, ev.o.seed, with_reference=True)[0])
+                ev.tick(int((v, L) in ev.windows))
+            if L != ev.o.frames:
+                ev.cases.pop((v, L), None)
+    return [{"length": L, "checkpoint": g, "merge": m, **aggregate(sc, ev.notes, f"consistency/{g}/{m}/{L}")}
+            for (L, g, m), sc in scored.items()]
+
+
+def ablation_protocol(ev: Evaluation, column: Column, rows: list[tuple[int, float, str]],
+                      cases: list[Case]) -> list[dict]:
+    """Supp. Table 1 on the first model column: each (steps, CFG scale, conditions) row on every case."""
+    out = []
+    for row in rows:
+        st, scale, cond = row
+        scored = []
+        for ci, c in enumerate(cases):
+            scored.append(ev.score(column, c, ev.o.seed + ci, with_reference=False, steps=st, guidance_scale=scale,
+                                   conditions=cond)[0])
+            ev.tick()
+        if scored:
+            out.append({"steps": st, "guidance_scale": scale, "conditions": cond, "checkpoint": column.group,
+                        "merge": column.label, **aggregate(scored, ev.notes, f"ablation/{row}")})
+    return out
+
+
+def run_evaluation(o: Options) -> dict:
+    """Run the selected protocols with the selected methods of the registry and write report.md, report.json,
+    plots and grids under `o.output` (`evaluation.report`)."""
+    from anchorface.io.video import list_videos
+
+    _check_options(o)
+    o = dataclasses.replace(o, device=resolve_device(o.device))  # (the notes list is shared with the caller's)
+    t0 = time.time()
+    specs = selected_methods(o)
+    videos = list_videos(o.driving, "driving video")
+    if o.max_videos is not None:
+        videos = videos[:o.max_videos]
+    notes = o.notes
+    if o.checkpoints and not any(s.needs_checkpoint for s in specs):
+        notes.append("--checkpoint given but no selected method uses a checkpoint")
+    inception = metrics.InceptionFeatures(o.inception, device=o.device) if o.inception else None
+    i3d = metrics.I3DFeatures(o.i3d, device=o.device) if o.i3d else None
+    models, columns, baselines = load_columns(o, specs)
+    anchored = [c for c in columns if hasattr(c.method, "pipe")]  # the ablation samples with Anchored Diffusion
+    abl_rows = ablation_settings(o, anchored[0].method.pipe) if "ablation" in o.protocols and anchored else []
+    if "ablation" in o.protocols and not anchored:
+        notes.append("ablation: needs the anchored method; skipped")
+    embedder, embedder_name = _load_embedder(o, models)
+    if inception is None:
+        notes.append("FID not computed: pass --inception PATH/inception-2015-12-05.pt")
+    if i3d is None:
+        notes.append("FVD not computed: pass --i3d PATH/i3d_torchscript.pt")
+    ev = Evaluation(o, videos, models, columns, baselines, Scorer(embedder, inception, i3d))
+
+    self_cases = ev.self_cases() if {"self", "cross", "ablation"} & set(o.protocols) else []
+    cross_cases = ev.cross_cases() if {"cross", "ablation"} & set(o.protocols) else []
+    abl_cases = cross_cases or self_cases
+    if abl_rows and not cross_cases:
+        notes.append("ablation: no cross-identity pairs, ran on the self-reenactment cases instead")
     consistency_lengths = list(o.lengths) if "consistency" in o.protocols else []
-    consistency_total = sum((v, L) in windows for L in consistency_lengths for v in videos) * len(pipes) * \
-        len(o.merges)
-    ablation_jobs = []
-    if "ablation" in o.protocols:
-        abl_cases = cross_cases or self_cases
-        if not cross_cases:
-            notes.append("ablation: no cross-identity pairs, ran on the self-reenactment cases instead")
-        first, merge = names[0], o.merges[0]
-        ablation_jobs = [(row, first, merge, ci, c) for row in abl_rows for ci, c in enumerate(abl_cases)]
-
-    total = len(jobs) + consistency_total + len(ablation_jobs)
+    total = sum(len(cs) * len(columns) for p, cs in (("self", self_cases), ("cross", cross_cases))
+                if p in o.protocols)
+    total += sum((v, L) in ev.windows for L in consistency_lengths for v in videos) * len(columns)
+    total += len(abl_rows) * len(abl_cases)
+    total += sum(len(cs) * len(baselines) for p, cs in (("self", self_cases), ("cross", cross_cases))
+                 if p in o.protocols)
     if total == 0:
         raise AnchorfaceError("nothing to evaluate: " + ("; ".join(dict.fromkeys(notes[-3:])) if notes else
                                                          "no usable driving video"))
-    bar = tqdm(total=total, desc="evaluate", unit="video", disable=not o.progress)
-    scored: dict[tuple, list] = {}
-    for proto, n, m, ci, c in jobs:
-        gen, target = generate(pipes[n], c, settings(pipes[n], m, o.seed + ci), o.relative)
-        scored.setdefault((proto, n, m), []).append(scorer.score(c, gen, target, with_reference=proto == "self"))
-        if ci == 0 and n == names[0]:
-            g = grids.setdefault(proto, {"case": c, "gen": {}})
-            g["gen"][m] = gen
-        bar.update()
-    for (proto, n, m), sc in scored.items():
-        results[proto].setdefault(n, {})[m] = aggregate(sc, notes, f"{proto}/{n}/{m}")
-    if o.baselines:  # at the first checkpoint's resolution
-        res = pipes[names[0]].resolution
-        for proto, proto_cases in (("self", self_cases), ("cross", cross_cases)):
-            if proto not in o.protocols or not proto_cases:
-                continue
-            for label, make in BASELINES.items():
-                sc = [scorer.score(c, make(c, res), target_motion(c, o.relative), with_reference=proto == "self")
-                      for c in proto_cases]
-                results[proto].setdefault(BASELINE_COLUMN, {})[label] = dict(
-                    aggregate(sc, notes, f"{proto}/baseline/{label}"), resolution=res)
-
-    consistency_rows = []
-    cons_scored: dict[tuple, list] = {}
-    for L in consistency_lengths:  # one window length at a time: long windows are freed after use
-        for v in videos:
-            c = self_case(v, L)
-            for n in pipes:
-                for m in o.merges:
-                    if c is not None:
-                        gen, target = generate(pipes[n], c, settings(pipes[n], m, o.seed), o.relative)
-                        cons_scored.setdefault((L, n, m), []).append(scorer.score(c, gen, target,
-                                                                                  with_reference=True))
-                    bar.update(int((v, L) in windows))
-            if L != o.frames:
-                cases.pop((v, L), None)
-    for (L, n, m), sc in cons_scored.items():
-        agg = aggregate(sc, notes, f"consistency/{n}/{m}/{L}")
-        consistency_rows.append({"length": L, "checkpoint": n, "merge": m, **agg})
-
-    ablation_rows = []
-    abl_scored: dict[tuple, list] = {}
-    for row, n, m, ci, c in ablation_jobs:
-        st, scale, cond = row
-        gen, target = generate(pipes[n], c, settings(pipes[n], m, o.seed + ci, steps=st, guidance_scale=scale,
-                                                     conditions=cond), o.relative)
-        abl_scored.setdefault(row, []).append(scorer.score(c, gen, target, with_reference=False))
-        bar.update()
-    for row, sc in abl_scored.items():
-        st, scale, cond = row
-        ablation_rows.append({"steps": st, "guidance_scale": scale, "conditions": cond,
-                              "checkpoint": ablation_jobs[0][1], "merge": ablation_jobs[0][2],
-                              **aggregate(sc, notes, f"ablation/{row}")})
-    bar.close()
+    ev.bar = tqdm(total=total, desc="evaluate", unit="video", disable=not o.progress)
+    results: dict = {"self": {}, "cross": {}}
+    grids: dict[str, dict] = {}
+    for proto, cases in (("self", self_cases), ("cross", cross_cases)):
+        if proto in o.protocols:
+            results[proto], grid = reenactment_protocol(ev, proto, cases)
+            if grid is not None:
+                grids[proto] = grid
+            ev.tick(len(cases) * len(baselines))
+    consistency_rows = consistency_protocol(ev) if consistency_lengths else []
+    ablation_rows = ablation_protocol(ev, anchored[0], abl_rows, abl_cases) if abl_rows else []
+    ev.bar.close()
 
     report = {
         "settings": {k: v for k, v in vars(o).items() if k != "notes"},
-        "checkpoints": {n: str(p) for n, p in zip(names, o.checkpoints)},
+        "methods": [s.name for s in specs],
+        "checkpoints": {n: str(p) for n, p in zip(_unique_names(o.checkpoints), o.checkpoints)},
+        "columns": [[c.group, c.label] for c in columns + baselines],
         "csim_embedding": embedder_name,
         "lmse_unit": f"squared pixels of a {int(metrics.LMSE_CROP_PX)}-px face crop (mean over frames and points "
                      "of the squared XYZ distance)",
@@ -691,76 +621,7 @@ def run_evaluation(o: Options) -> dict:
         "notes": list(dict.fromkeys(notes)),
         "seconds": time.time() - t0,
     }
-    with atomic_output(Path(o.output)) as tmp:
-        tmp.mkdir(parents=True)
-        images = []
-        if consistency_rows:
-            plot_consistency(consistency_rows, tmp / "consistency.png")
-            images.append("consistency.png")
-        for proto, g in grids.items():
-            c = g["case"]
-            res = next(iter(g["gen"].values())).shape[1]
-            name = f"grid-{proto}.png"
-            frame_grid(c.source_crop(res), c.driving_crops(res), g["gen"], tmp / name, f"{proto}: {c.name}")
-            images.append(name)
-        report["images"] = images
-        (tmp / "report.json").write_text(json.dumps(jsonable(report), indent=2, allow_nan=False))
-        (tmp / "report.md").write_text(render_markdown(report, names, o))
+    order = list(dict.fromkeys(c.label for c in columns))
+    write_report(report, Path(o.output), [(c.group, c.label) for c in columns + baselines], grids,
+                 [f"*{c.label}*: {c.spec.summary.removeprefix('baseline: ')}" for c in baselines], order)
     return report
-
-
-def render_markdown(report: dict, names: list[str], o: Options) -> str:
-    out = ["# anchorface evaluation", ""]
-    motion = "re-targeted to the source face (--relative)" if o.relative else "driving landmarks as they are (paper)"
-    out += ["- checkpoints: " + ", ".join(f"`{n}` ({p})" for n, p in report["checkpoints"].items()),
-            f"- driving videos: {len(report['videos'])} ({', '.join(report['videos'])})",
-            f"- CSIM / Self-CSIM embedding: {report['csim_embedding']}",
-            f"- LMSE unit: {report['lmse_unit']}",
-            f"- motion: {motion}",
-            f"- steps: {o.steps or 'checkpoint default'}, CFG scale: "
-            f"{o.guidance_scale if o.guidance_scale is not None else 'checkpoint default'}, seed: {o.seed}",
-            f"- time: {report['seconds']:.0f} s", ""]
-    res = report["results"]
-    columns = [(n, m) for n in names for m in o.merges if any(m in res.get(p, {}).get(n, {}) for p in res)]
-    baselines = [(BASELINE_COLUMN, b) for b in BASELINES if any(b in res.get(p, {}).get(BASELINE_COLUMN, {})
-                                                                 for p in res)]
-    if columns:
-        out += ["## Same- / cross-identity reenactment (§4.3, Table 1)", "",
-                "Cells are *self / cross*; PSNR and SSIM exist for self-reenactment only (the driving frames are the "
-                "ground truth)."]
-        if baselines:
-            res_px = next(r["resolution"] for p in res.values() for r in p.get(BASELINE_COLUMN, {}).values())
-            floor = "the re-targeted motion is the target, so not LMSE's floor" if o.relative else \
-                "LMSE's floor at that resolution"
-            out += [f"The *baseline* columns are not models: *copy driving* outputs the driving crops at {res_px} px "
-                    f"(perfect motion, the driving identity; {floor}), *still source* repeats the source crop "
-                    "(perfect identity, no motion)."]
-        out += ["", table1_markdown(res, columns + baselines), ""]
-        for p in ("self", "cross"):
-            if f"grid-{p}.png" in report.get("images", []):
-                out += [f"![{p}](grid-{p}.png)", ""]
-    if report["consistency"]:
-        out += ["## Consistency vs. video length (Fig. 5)", "",
-                "Self-CSIM (lower is better, the paper's measure), min cosine between the first generated frame and "
-                "every later one (higher is better) and the appearance drift (8x8 area-averaged mean absolute "
-                "difference from the first frame, 0-255; lower is better).", "",
-                "| length | checkpoint | merge | videos | Self-CSIM ↓ | min cos(first, later) ↑ | drift ↓ |",
-                "|---|---|---|---|---|---|---|"]
-        for r in sorted(report["consistency"], key=lambda r: (r["length"], r["checkpoint"], KINDS.index(r["merge"]))):
-            out.append(f"| {r['length']} | {r['checkpoint']} | {r['merge']} | {r['videos']} | "
-                       f"{fmt(r.get('self_csim'))} | {fmt(r.get('first_frame_csim'))} | "
-                       f"{fmt(r.get('appearance_drift'))} |")
-        out += ["", "![consistency](consistency.png)", ""]
-    if report["ablation"]:
-        r0 = report["ablation"][0]
-        out += ["## Inference ablation (supp. Table 1)", "",
-                f"Checkpoint `{r0['checkpoint']}`, {r0['merge']} merge. *Conditions* = the signals given at sampling "
-                "(the others replaced by the model's null embeddings).", "",
-                "| steps | CFG | conditions | FID ↓ | LMSE ↓ | CSIM ↑ | face found |", "|---|---|---|---|---|---|---|"]
-        for r in report["ablation"]:
-            out.append(f"| {r['steps']} | {fmt(r['guidance_scale'])} | {r['conditions']} | {fmt(r.get('fid'))} | "
-                       f"{fmt(r.get('lmse'))} | {fmt(r.get('csim'))} | {fmt(r.get('face_found_rate'))} |")
-        out.append("")
-    if report["notes"]:
-        out += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
-    return "\n".join(out)

@@ -20,6 +20,8 @@ construction, with a shared initial noise (the paper's "Override" of the anchor,
 - Classifier-free guidance (scale != 1): a second, unconditional pass per micro-batch with the guided signals
   dropped (`guidance`: both / landmarks / global); the anchor is recorded and replayed separately in that pass,
   so it is handled consistently there too.
+- Condition subsets (supp. Table 1, "Guidance" column): `conditions` names the signals given at sampling; every
+  forward pass drops the others (the sDiT's learned null embeddings, `drop_global` / `drop_landmarks`).
 
 Decoding and reordering to the timeline (Alg. 1 steps 4-5) are streamed by `anchorface.methods.anchored.pipeline`.
 """
@@ -35,12 +37,8 @@ import torch
 from tqdm.auto import tqdm
 
 from anchorface.errors import AnchorfaceError
-from anchorface.diffusion.sampling import SAMPLERS
+from anchorface.methods.anchored.options import SIGNALS, check_sampling, dropped_signals
 from anchorface.methods.anchored.plans import SequencePlan
-
-GUIDANCE = ("both", "landmarks", "global", "none")
-# which signals the unconditional pass of classifier-free guidance drops (supp. §4: both, jointly)
-_UNCOND_DROP = {"both": "drop", "landmarks": "drop_landmarks", "global": "drop_global"}
 
 
 @dataclass
@@ -111,24 +109,21 @@ class _FrameMerge:
 
 def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors, *, sampler: str = "ddpm",
                        steps: int = 250, guidance_scale: float = 1.0, micro_batch: int = 4, seed: int = 0,
-                       latent_shape: tuple[int, int, int], guidance: str = "both", progress: bool = True,
-                       callback: Callable[[SamplerEvent], None] | None = None) -> torch.Tensor:
+                       latent_shape: tuple[int, int, int], guidance: str = "both", conditions: str = "both",
+                       progress: bool = True, callback: Callable[[SamplerEvent], None] | None = None) -> torch.Tensor:
     """Algorithm 1: sample latents [N, C, h, w] (timeline order, float32) for the plan's N driving frames.
 
     g: [Dg] or [1, Dg] global signal G; landmark_vectors: [N, Dl] per-frame L (numpy or torch). `sampler` and
     `steps` choose the diffusers scheduler; `guidance_scale` != 1 enables classifier-free guidance on the
-    `guidance` signals. See the module docstring for the formulation."""
+    `guidance` signals; `conditions` are the signals given at all (`options.CONDITION_SUBSETS`). Options are
+    checked by `options.check_sampling`. See the module docstring for the formulation."""
     from anchorface.diffusion.sampling import guided, learns_sigma, scheduler_step
     from anchorface.methods.anchored.sdit import AnchorOverride
 
-    if sampler not in SAMPLERS:
-        raise AnchorfaceError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
-    if guidance not in GUIDANCE:
-        raise AnchorfaceError(f"unknown guidance '{guidance}'; choose one of {', '.join(GUIDANCE)}")
-    if not 1 <= int(steps) <= diffusion.num_timesteps:
-        raise AnchorfaceError(f"steps must be in [1, {diffusion.num_timesteps}], got {steps}")
-    if int(micro_batch) < 1:
-        raise AnchorfaceError(f"micro-batch must be >= 1, got {micro_batch}")
+    conditional = getattr(model, "mapping", None) is not None
+    check_sampling(sampler=sampler, steps=steps, guidance_scale=guidance_scale, micro_batch=micro_batch,
+                   guidance=guidance, conditions=conditions, num_timesteps=diffusion.num_timesteps,
+                   conditional=conditional)
     param = next(itertools.chain(model.parameters(), model.buffers()))
     device, dtype = param.device, param.dtype
     N, slots = plan.num_frames, torch.as_tensor(plan.slots, device=device)
@@ -136,20 +131,22 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
                           else landmark_vectors)
     if lmk.shape[0] != N:
         raise AnchorfaceError(f"got landmarks for {lmk.shape[0]} frames but the plan has {N}")
-    conditional = getattr(model, "mapping", None) is not None
     g = None if g is None else torch.as_tensor(g).reshape(1, -1).to(device, dtype)
     cfg = guidance_scale != 1.0 and guidance != "none"
-    if cfg and not conditional:
-        raise AnchorfaceError("classifier-free guidance needs a conditional model (global_dim > 0)")
+    # the sDiT's drop flags of the conditional and the unconditional pass: both signals -> `drop` (joint dropout)
+    flags = {}
+    for uncond in (False, True):
+        dropped = dropped_signals(conditions, guidance if uncond else None)
+        flags[uncond] = ["drop"] if dropped == SIGNALS else [f"drop_{s}" for s in dropped]
 
-    def sdit(x, t, rows, drop: str | None, donor):
+    def sdit(x, t, rows, uncond: bool, donor):
         """One forward pass over sequences `rows`, with the anchoring hook (record when donor is None)."""
         b = len(rows)
         kwargs = {}
         if conditional:
             kwargs = dict(g=None if g is None else g.expand(b, -1), lmk=lmk[plan.slots[rows]].to(device, dtype))
-        if drop is not None:
-            kwargs[drop] = torch.ones(b, dtype=torch.bool, device=device)
+        for name in flags[uncond]:
+            kwargs[name] = torch.ones(b, dtype=torch.bool, device=device)
         hook = None
         if plan.anchor is not None:
             hook = AnchorOverride(positions=torch.as_tensor(plan.anchor_positions[rows], device=device), donor=donor)
@@ -169,10 +166,10 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
                 for m, rows in enumerate(batches):
                     gather = slots[torch.as_tensor(rows, device=device)]
                     x = scheduler.scale_model_input(z[gather], t)  # gather Q_k: [b, T, C, h, w]
-                    out, hook = sdit(x, t, rows, None, donor)  # Q'_{k-1}, anchor overridden in all layers
+                    out, hook = sdit(x, t, rows, False, donor)  # Q'_{k-1}, anchor overridden in all layers
                     hook_u = None
                     if cfg:
-                        out_u, hook_u = sdit(x, t, rows, _UNCOND_DROP[guidance], donor_uncond)
+                        out_u, hook_u = sdit(x, t, rows, True, donor_uncond)
                         out = guided(out, out_u, guidance_scale, z.shape[1])
                     if hook is not None and donor is None:
                         donor = hook.recorded
