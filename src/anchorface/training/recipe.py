@@ -7,7 +7,6 @@ checkpoints, logs and previews on disk.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -57,13 +56,12 @@ class Recipe(Protocol):
 
 
 # Config.method -> "module:Class" of its recipe (imported on first use)
-RECIPES = {"anchored": "anchorface.methods.anchored.training:AnchoredRecipe"}
-
-
 def recipe_class(method: str) -> type:
-    """The recipe class of `method`; AnchorfaceError naming the trainable methods if it has none."""
-    if method not in RECIPES:
-        raise AnchorfaceError(f"method {method!r} has no training recipe; trainable methods: "
-                              f"{', '.join(sorted(RECIPES))}")
-    module, _, name = RECIPES[method].partition(":")
-    return getattr(importlib.import_module(module), name)
+    """The training recipe class of `method`, from the methods registry; AnchorfaceError naming the trainable
+    methods for an unknown or untrainable one."""
+    from anchorface.methods.registry import get_method, method_names
+
+    trainable = [n for n in method_names() if get_method(n).recipe is not None]
+    if method not in trainable:
+        raise AnchorfaceError(f"method {method!r} has no training recipe; trainable methods: {', '.join(trainable)}")
+    return get_method(method).load_recipe()
