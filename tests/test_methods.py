@@ -24,7 +24,7 @@ def test_registry_names_specs_and_recipe():
     assert method_names(baselines=False) == ("anchored",)
     spec = get_method("anchored")
     assert spec.needs_checkpoint and not spec.baseline and spec.variant_option == "merge"
-    assert spec.variants == ("anchored", "multidiffusion", "independent")
+    assert spec.variants == ("anchored", "multidiffusion", "independent", "anchored-sorted")
     assert spec.recipe == "anchorface.methods.anchored.training:AnchoredRecipe"
     cls = spec.load()
     assert issubclass(cls, Reenactor) and cls.name == "anchored"
