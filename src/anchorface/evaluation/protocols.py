@@ -514,7 +514,9 @@ def _unique_names(paths: list[Path]) -> list[str]:
 def run_evaluation(o: Options) -> dict:
     """Run the selected protocols and write report.md, report.json, plots and grids under `o.output`."""
     from anchorface.methods.anchored.pipeline import AnchorFacePipeline
-    from anchorface.io.video import atomic_output, list_videos, load_image, probe_video
+    from anchorface.io.atomic import atomic_output
+    from anchorface.io.images import load_image
+    from anchorface.io.video import list_videos, probe_video
 
     _check_options(o)
     o = dataclasses.replace(o, device=resolve_device(o.device))  # (the notes list is shared with the caller's)

@@ -310,7 +310,7 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     from anchorface.data.dataset import ClipDataset, StepSampler, check_compatible, load_index, sample_training_example
     from anchorface.diffusion.gaussian import GaussianDiffusion
     from anchorface.errors import MissingWeightsError
-    from anchorface.io.video import save_image
+    from anchorface.io.images import save_image
 
     output, data_dir = Path(output), Path(data_dir)
     if output.exists() and not output.is_dir():

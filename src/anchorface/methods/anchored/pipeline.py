@@ -39,7 +39,8 @@ from anchorface.config import Config
 from anchorface.devices import resolve_device
 from anchorface.errors import AnchorfaceError, NoFaceError
 from anchorface.methods.anchored.plans import KINDS, make_plan
-from anchorface.io.video import VideoInfo, VideoWriter, iter_frames, load_image, probe_video
+from anchorface.io.images import load_image
+from anchorface.io.video import VideoInfo, VideoWriter, iter_frames, probe_video
 
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")  # containers the H.264 output is written into (`VideoWriter`)
 DECODE_BATCH = 8  # generated frames decoded at once in pass 2
