@@ -89,3 +89,20 @@ def _remove(p: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
     else:
         p.unlink(missing_ok=True)
+
+
+def write_safetensors(path: str | Path, tensors: dict, error: type[AnchorfaceError] = AnchorfaceError,
+                      metadata: dict[str, str] | None = None) -> None:
+    """`tensors` (name -> torch tensor) as a safetensors file, atomically and with the mode a plain open() gives
+    (safetensors itself creates files private to their writer)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        with atomic_output(path, error) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o666 & ~umask)
+    except SafetensorError as e:
+        raise error(f"cannot write {path}: {one_line(e)}") from None

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 import os
 import shutil
@@ -39,6 +38,8 @@ from torch import nn
 
 from anchorface.config import Config, save_config
 from anchorface.errors import AnchorfaceError, CheckpointError
+from anchorface.io.atomic import atomic_output, write_text
+from anchorface.io.manifest import read_json_object, write_json
 
 LOG_FIELDS = ["step", "loss", "mse", "vb", "lr", "lr_mapping", "samples_per_s", "elapsed_s"]
 PREVIEW_EXAMPLES = 2  # held-out examples in the periodic sample grid
@@ -171,14 +172,12 @@ def save_training_checkpoint(accelerator, cfg: Config, output: Path, step: int, 
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial / "training_state"))
     if accelerator.is_main_process:
-        (partial / "training_state" / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
+        write_json(partial / "training_state" / TRAINER_STATE, trainer_state, CheckpointError, indent=1)
         final = output / name
         if final.exists():
             shutil.rmtree(final)
         os.rename(partial, final)
-        tmp = output / f".{LATEST}.tmp"
-        tmp.write_text(name + "\n")
-        os.replace(tmp, output / LATEST)
+        write_text(output / LATEST, name + "\n", CheckpointError)
     accelerator.wait_for_everyone()
     return output / name
 
@@ -199,12 +198,10 @@ class CSVLog:
         if start_step > 0 and path.exists():
             with path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, LOG_FIELDS, lineterminator="\n")
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, path)
         self.f = path.open("a", newline="")
         self.w = csv.DictWriter(self.f, LOG_FIELDS, lineterminator="\n")
 
@@ -372,7 +369,7 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     step, elapsed = 0, 0.0
     if resume_from is not None:
         accelerator.load_state(str(resume_from / "training_state"))
-        state = json.loads((resume_from / "training_state" / TRAINER_STATE).read_text())
+        state = read_json_object(resume_from / "training_state" / TRAINER_STATE, CheckpointError)
         step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
         _, ema_sdit, ema_encoder = load_checkpoint(resume_from, device=device)
         ema.model.sdit.load_state_dict(ema_sdit.state_dict())

@@ -14,9 +14,7 @@ output, the tokens of the anchor frame of every anchored sequence are replaced b
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -358,16 +356,13 @@ class SDiT(nn.Module):
     # ------------------------------------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str | Path) -> None:
         """Write config.json and model.safetensors into `directory` (each file atomically)."""
-        from safetensors.torch import save_file
+        from anchorface.io.atomic import write_safetensors
+        from anchorface.io.manifest import write_json
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{CONFIG_NAME}.tmp"
-        tmp.write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
-        os.replace(tmp, directory / CONFIG_NAME)
-        tmp = directory / f".{WEIGHTS_NAME}.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
-        os.replace(tmp, directory / WEIGHTS_NAME)
+        write_json(directory / CONFIG_NAME, dataclasses.asdict(self.config), CheckpointError)
+        write_safetensors(directory / WEIGHTS_NAME, {k: v.detach().contiguous().cpu()
+                                                     for k, v in self.state_dict().items()}, CheckpointError)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "SDiT":
@@ -375,14 +370,18 @@ class SDiT(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        from anchorface.io.manifest import read_json_object
+
         directory = Path(directory)
         cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (cfg_path, weights):
             if not path.is_file():
                 raise CheckpointError(f"sDiT checkpoint incomplete: {path} not found")
         try:
-            cfg = SDiTConfig(**json.loads(cfg_path.read_text()))
-        except (json.JSONDecodeError, TypeError, AnchorfaceError) as e:
+            cfg = SDiTConfig(**read_json_object(cfg_path, CheckpointError))
+        except CheckpointError:
+            raise
+        except (TypeError, AnchorfaceError) as e:
             raise CheckpointError(f"{cfg_path} is not a valid sDiT config: {str(e).splitlines()[0]}") from None
         try:
             state = load_file(str(weights), device=str(device))
