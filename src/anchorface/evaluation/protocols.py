@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -46,6 +45,7 @@ from anchorface.data.dataset import furthest_end
 from anchorface.devices import resolve_device
 from anchorface.methods.anchored.plans import KINDS
 from anchorface.errors import AnchorfaceError, ImageError, NoFaceError
+from anchorface.io.images import resize
 
 PROTOCOLS = ("self", "cross", "consistency", "ablation")
 SELF_FRAMES = 8  # §4.3.1: "a random 8-frame sequence in its original order"
@@ -248,7 +248,7 @@ class Scorer:
         res = gen.shape[1]
         real = case.driving_crops(res)
         size = landmarks.landmark_crop_size(res)
-        big = [x if res == size else cv2.resize(x, (size, size), interpolation=cv2.INTER_CUBIC) for x in gen]
+        big = [x if res == size else resize(x, size) for x in gen]
         try:
             gen_lmk, gen_found = landmarks.track_landmarks(big, progress=False)
         except NoFaceError:
@@ -390,8 +390,7 @@ def frame_grid(source: np.ndarray, driving: np.ndarray, generated: dict[str, np.
     cols = np.unique(np.linspace(0, n - 1, min(n, GRID_FRAMES)).round().astype(int))
 
     def cell(img):
-        return cv2.resize(img, (GRID_CELL, GRID_CELL), interpolation=cv2.INTER_AREA if img.shape[0] > GRID_CELL
-                          else cv2.INTER_CUBIC)
+        return resize(img, GRID_CELL)
 
     blank = np.full((GRID_CELL, GRID_CELL, 3), 255, np.uint8)
     rows = [np.concatenate([cell(source)] + [cell(driving[i]) for i in cols], axis=1)]

@@ -21,8 +21,9 @@ from scipy.ndimage import gaussian_filter1d
 from tqdm.auto import tqdm
 
 from anchorface.errors import AnchorfaceError, NoFaceError, VideoError
-from anchorface.faces.landmarks import (LandmarkDetector, landmark_crop_size, native_stderr_silenced, run_quietly,
-                                  track_landmarks)
+from anchorface.io.images import resize
+from anchorface.faces.landmarks import LandmarkDetector, landmark_crop_size, track_landmarks
+from anchorface.faces.native_logs import native_stderr_silenced, run_quietly
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +373,7 @@ def crop(frame: np.ndarray, box: Box, size: int) -> np.ndarray:
     out = cv2.warpAffine(frame, _box_to_pixels(box, work, work), (work, work), flags=interp | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_REPLICATE)
     if shrink:
-        out = cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA)
+        out = resize(out, size)
     return out
 
 
@@ -407,7 +408,7 @@ def paste_back(frame: np.ndarray, crop_img: np.ndarray, box: Box, feather: float
         return frame.copy()
     if box.width * SHRINK_AREA < crop_img.shape[1]:  # a crop much larger than the box: area-average it down first
         size = (max(1, int(round(box.width))), max(1, int(round(box.height))))
-        crop_img = cv2.resize(crop_img, size, interpolation=cv2.INTER_AREA)
+        crop_img = resize(crop_img, size)
     # Region pixel -> crop pixel: the inverse of crop's map, moved to the region's origin.
     m = cv2.invertAffineTransform(_box_to_pixels(box, crop_img.shape[1], crop_img.shape[0]))
     m[:, 2] += m[:, :2] @ np.array([ix0, iy0], dtype=np.float64)

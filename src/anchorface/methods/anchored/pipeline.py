@@ -39,7 +39,7 @@ from anchorface.config import Config
 from anchorface.devices import resolve_device
 from anchorface.errors import AnchorfaceError, NoFaceError
 from anchorface.methods.anchored.plans import KINDS, make_plan
-from anchorface.io.images import load_image
+from anchorface.io.images import load_image, resize
 from anchorface.io.video import VideoInfo, VideoWriter, iter_frames, probe_video
 
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")  # containers the H.264 output is written into (`VideoWriter`)
@@ -285,7 +285,7 @@ class AnchorFacePipeline:
                 box = faces.Box.from_array(box)
                 writer.write(faces.paste_back(frame, gen[0], box) if paste_back else gen[0])
                 if cmp is not None:
-                    panels = [faces.crop(frame, box, COMPARE_HEIGHT)] + [_resize(x, COMPARE_HEIGHT) for x in gen[1:]]
+                    panels = [faces.crop(frame, box, COMPARE_HEIGHT)] + [resize(x, COMPARE_HEIGHT) for x in gen[1:]]
                     cmp.write(np.concatenate([_label(p, name) for p, name in zip(panels, COMPARE_PANELS)], axis=1))
                 written += 1
                 bar.update()
@@ -304,9 +304,3 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
     for color, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
         cv2.putText(out, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, thickness, cv2.LINE_AA)
     return out
-
-
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[0] == size:
-        return img
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC if size > img.shape[0] else cv2.INTER_AREA)
