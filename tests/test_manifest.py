@@ -46,3 +46,17 @@ def test_unreadable_files(tmp_path):
         write_json(tmp_path / "dir.json", {}, CheckpointError)
     write_json(tmp_path / "ok.json", {"b": [1]}, indent=1)
     assert json.loads((tmp_path / "ok.json").read_text()) == {"b": [1]}
+
+
+def test_manifest_in_tells_missing_file_and_empty_apart(tmp_path):
+    from anchorface.io.manifest import manifest_in
+
+    with pytest.raises(CheckpointError, match="checkpoint directory not found"):
+        manifest_in(tmp_path / "nope", "m.json", "checkpoint", "a checkpoint", CheckpointError)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file, not a checkpoint directory"):
+        manifest_in(tmp_path / "file", "m.json", "checkpoint", "a checkpoint", CheckpointError)
+    with pytest.raises(AnchorfaceError, match=f"{tmp_path} is not a dataset"):
+        manifest_in(tmp_path, "m.json", "dataset", "a dataset")
+    (tmp_path / "m.json").write_text("{}")
+    assert manifest_in(tmp_path, "m.json", "dataset", "a dataset") == tmp_path / "m.json"

@@ -46,7 +46,7 @@ from anchorface.frozen.codecs import to_pixels
 from anchorface.config import Config, DataConfig
 from anchorface.errors import AnchorfaceError, NoFaceError, VideoError
 from anchorface.io.atomic import atomic_output, write_safetensors
-from anchorface.io.manifest import read_manifest, write_json
+from anchorface.io.manifest import manifest_in, read_manifest, write_json
 
 FORMAT, VERSION = "anchorface-dataset", 1
 INDEX = "index.json"
@@ -196,11 +196,7 @@ class DatasetWriter:
 def load_index(dataset_dir: str | Path) -> dict:
     """Read and check `DATASET_DIR/index.json`; AnchorfaceError with a one-line reason if it is not a dataset."""
     dataset_dir = Path(dataset_dir)
-    path = dataset_dir / INDEX
-    if not dataset_dir.is_dir():
-        raise AnchorfaceError(f"dataset directory not found: {dataset_dir}")
-    if not path.exists():
-        raise AnchorfaceError(f"{dataset_dir} is not a prepared dataset (no {INDEX}; run `anchorface prepare` first)")
+    path = manifest_in(dataset_dir, INDEX, "dataset", f"a prepared dataset (no {INDEX}; run `anchorface prepare` first)")
     index = read_manifest(path, FORMAT, VERSION, required=("clips", "data", "latent_shape", "source_kind"),
                           what="dataset index")
     if not index["clips"]:

@@ -106,7 +106,8 @@ def landmark_crop_size(resolution: int | None = None) -> int:
     return max(LANDMARK_CROP, int(resolution or 0))
 
 
-def _check_frame(frame: np.ndarray) -> np.ndarray:
+def check_frame(frame: np.ndarray) -> np.ndarray:
+    """`frame` as a contiguous RGB uint8 [H, W, 3] array; AnchorfaceError for anything else."""
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         desc = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
         raise AnchorfaceError(f"expected an RGB uint8 frame [H, W, 3], got {desc}")
@@ -133,7 +134,7 @@ class LandmarkDetector:
 
     def detect(self, frame_rgb: np.ndarray) -> np.ndarray | None:
         """Landmarks ``float32 [478, 3]`` of the face in an RGB uint8 frame, or None when there is none."""
-        result = run_quietly(self._mesh, _check_frame(frame_rgb))
+        result = run_quietly(self._mesh, check_frame(frame_rgb))
         if not result.multi_face_landmarks:
             return None
         points = result.multi_face_landmarks[0].landmark

@@ -43,6 +43,21 @@ def read_json_object(path: str | Path, error: type[AnchorfaceError] = Anchorface
     return obj
 
 
+def manifest_in(directory: str | Path, name: str, kind: str, not_one: str,
+                error: type[AnchorfaceError] = AnchorfaceError) -> Path:
+    """`directory/name`, the manifest of a `kind` directory (checkpoint, dataset); `error` in one line when
+    `directory` does not exist, is a file, or lacks the manifest (then "{directory} is not {not_one}")."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise error(f"{kind} directory not found: {directory}")
+    if not directory.is_dir():
+        raise error(f"{kind} path {directory} is a file, not a {kind} directory")
+    path = directory / name
+    if not path.is_file():
+        raise error(f"{directory} is not {not_one}")
+    return path
+
+
 def read_manifest(path: str | Path, fmt: str, version: int, required: tuple[str, ...] = (),
                   error: type[AnchorfaceError] = AnchorfaceError, what: str = "file") -> dict:
     """The manifest in `path`, checked: a JSON object of format `fmt`, version `version`, holding the `required`

@@ -16,7 +16,7 @@ import torch
 from anchorface.config import Config
 from anchorface.errors import AnchorfaceError, CheckpointError
 from anchorface.io.atomic import atomic_output
-from anchorface.io.manifest import read_manifest, write_manifest
+from anchorface.io.manifest import manifest_in, read_manifest, write_manifest
 
 FORMAT, VERSION = "anchorface", 1
 MANIFEST = "anchorface.json"
@@ -35,13 +35,8 @@ def save_checkpoint(directory: str | Path, cfg: Config, sdit, encoder=None) -> P
 
 def read_config(directory: str | Path) -> Config:
     """The run config stored in a checkpoint; CheckpointError if `directory` is not an anchorface checkpoint."""
-    directory = Path(directory)
-    manifest = directory / MANIFEST
-    if not directory.is_dir():
-        raise CheckpointError(f"checkpoint directory not found: {directory}")
-    if not manifest.exists():
-        raise CheckpointError(f"{directory} is not an anchorface checkpoint (no {MANIFEST}; "
-                              "pass the directory written by `anchorface train`, e.g. runs/x/checkpoint-0001000)")
+    manifest = manifest_in(directory, MANIFEST, "checkpoint", f"an anchorface checkpoint (no {MANIFEST}; pass the "
+                           "directory written by `anchorface train`, e.g. runs/x/checkpoint-0001000)", CheckpointError)
     meta = read_manifest(manifest, FORMAT, VERSION, error=CheckpointError, what="checkpoint")
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{manifest}: no \"config\" object (the run's configuration)")
