@@ -11,7 +11,8 @@ from anchorface.errors import AnchorfaceError, NoFaceError
 from anchorface.faces.detect import (CROP_SHIFT_UP, FACE_HEIGHT_RATIO, FACE_SCORE_ON_CROP, FACE_WIDTH_RATIO,
                               MAX_INSIDE_SHIFT, Box, FaceDetector, crop, crop_box, crop_side, detect_face_boxes,
                               feather_mask, iou, paste_back, smooth_boxes, source_crop_box, track_crop_boxes)
-from anchorface.io.video import iter_frames, load_image
+from anchorface.io.images import load_image
+from anchorface.io.video import iter_frames
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/faces"
 needs_data = pytest.mark.skipif(not (DATA / "driving").is_dir(),

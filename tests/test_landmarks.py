@@ -14,7 +14,8 @@ from anchorface.faces.detect import FaceDetector, crop, source_crop_box, track_c
 from anchorface.faces.landmarks import (EXPRESSIVE_INDICES, EXPRESSIVE_REGIONS, LandmarkDetector, expressive_mask,
                                   expressive_weight_map, expressive_weight_maps, fill_from_nearest, landmark_vector,
                                   relative_motion, track_landmarks)
-from anchorface.io.video import iter_frames, load_image
+from anchorface.io.images import load_image
+from anchorface.io.video import iter_frames
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/faces"
 needs_data = pytest.mark.skipif(not (DATA / "driving").is_dir(),

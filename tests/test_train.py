@@ -138,7 +138,7 @@ def test_sigkill_and_resume_continues_exactly(micro, reference):
     assert len(list(ref.glob("checkpoint-*/training_state"))) == 2  # only the newest 2 their training state
 
     # previews: 2 held-out examples x (driving, generated) rows of 16 px, source + T = 4 columns
-    from anchorface.io.video import load_image
+    from anchorface.io.images import load_image
 
     grid = load_image(ref / "samples" / "step-0000008.png")
     assert grid.shape == (2 * 2 * 16, 5 * 16, 3)

@@ -23,3 +23,9 @@ class MissingWeightsError(AnchorfaceError):
 
 class CheckpointError(AnchorfaceError):
     """A checkpoint directory is missing, incomplete or of the wrong kind."""
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): what a one-line error quotes."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -17,7 +17,7 @@ def run_demo(output_dir: str | Path = "demo-output", checkpoint: str | Path | No
              steps: int | None = 25, seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, Path]:
     """Render a synthetic driving clip, reenact the astronaut with it, write the video and a comparison."""
     from anchorface.methods.anchored.pipeline import AnchorFacePipeline
-    from anchorface.io.video import save_image
+    from anchorface.io.images import save_image
 
     ckpt = Path(checkpoint) if checkpoint else DEMO_CHECKPOINT
     if not (ckpt / "anchorface.json").exists():

@@ -31,7 +31,6 @@ therefore replays exactly the examples an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -46,6 +45,8 @@ from tqdm.auto import tqdm
 from anchorface.frozen.codecs import to_pixels
 from anchorface.config import Config, DataConfig
 from anchorface.errors import AnchorfaceError, NoFaceError, VideoError
+from anchorface.io.atomic import atomic_output, write_safetensors
+from anchorface.io.manifest import manifest_in, read_manifest, write_json
 
 FORMAT, VERSION = "anchorface-dataset", 1
 INDEX = "index.json"
@@ -71,15 +72,6 @@ def data_signature(data: DataConfig) -> dict:
     return sig
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class DatasetWriter:
     """Writes clips into rotating safetensors shards and, on a clean exit, the index (last).
 
@@ -89,14 +81,12 @@ class DatasetWriter:
 
     `source_*` are float [D] embeddings or uint8 [res, res, 3] crops (one kind per dataset). An existing dataset
     in `dataset_dir` is an error unless `overwrite`. The new dataset is written into a temporary sibling directory
-    that replaces `dataset_dir` only once its index is written (`video.atomic_output`): if the block raises, or the
+    that replaces `dataset_dir` only once its index is written (`io.atomic.atomic_output`): if the block raises, or the
     run is interrupted, an existing dataset is left as it was and nothing new appears.
     """
 
     def __init__(self, dataset_dir: str | Path, data: dict, latent_shape, overwrite: bool = False,
                  shard_bytes: int = SHARD_BYTES):
-        from anchorface.io.video import atomic_output
-
         self.dir = Path(dataset_dir)
         if self.dir.exists() and not self.dir.is_dir():
             raise AnchorfaceError(f"dataset path {self.dir} exists and is not a directory")
@@ -108,7 +98,7 @@ class DatasetWriter:
                 raise AnchorfaceError(f"{self.dir} holds files that are not part of a dataset ({other[0]}"
                                       f"{', ...' if len(other) > 1 else ''}); choose an empty or new folder")
         self._stack = ExitStack()
-        self._tmp = self._stack.enter_context(atomic_output(self.dir))  # renamed onto self.dir by close()
+        self._tmp = self._stack.enter_context(atomic_output(self.dir, what="dataset "))  # renamed by close()
         (self._tmp / SHARD_DIR).mkdir(parents=True)
         self.data = dict(data)
         self.latent_shape = tuple(int(s) for s in latent_shape)
@@ -165,20 +155,10 @@ class DatasetWriter:
                            "source_video": str(source_video)})
 
     def _flush(self) -> None:
-        from safetensors.torch import save_file
-
         if not self._pending:
             return
-        path = self._tmp / self._shard_name
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            save_file(self._pending, str(tmp), metadata={"format": FORMAT, "version": str(VERSION)})
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_safetensors(self._tmp / self._shard_name, self._pending,
+                          metadata={"format": FORMAT, "version": str(VERSION)})
         self._pending, self._pending_bytes = {}, 0
         self._shard += 1
 
@@ -191,11 +171,11 @@ class DatasetWriter:
             index = {"format": FORMAT, "version": VERSION, "data": self.data,
                      "latent_shape": list(self.latent_shape), "source_kind": self.source_kind,
                      "global_dim": self.global_dim, "clips": self.clips}
-            _atomic_write_bytes(self._tmp / INDEX, json.dumps(index, indent=1).encode())
+            write_json(self._tmp / INDEX, index, indent=1)
         except BaseException as e:
             self.abort(e)
             raise
-        self._stack.close()  # the rename (VideoError, temporary directory removed, if it fails)
+        self._stack.close()  # the rename (one-line error, temporary directory removed, if it fails)
         return index
 
     def abort(self, exc: BaseException | None = None) -> None:
@@ -216,20 +196,11 @@ class DatasetWriter:
 def load_index(dataset_dir: str | Path) -> dict:
     """Read and check `DATASET_DIR/index.json`; AnchorfaceError with a one-line reason if it is not a dataset."""
     dataset_dir = Path(dataset_dir)
-    path = dataset_dir / INDEX
-    if not dataset_dir.is_dir():
-        raise AnchorfaceError(f"dataset directory not found: {dataset_dir}")
-    if not path.exists():
-        raise AnchorfaceError(f"{dataset_dir} is not a prepared dataset (no {INDEX}; run `anchorface prepare` first)")
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise AnchorfaceError(f"{path} is not valid JSON ({e.msg})") from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION:
-        raise AnchorfaceError(f"{path}: not an {FORMAT} v{VERSION} index")
-    missing = {"data", "latent_shape", "clips", "source_kind"} - set(index)
-    if missing or not index["clips"]:
-        raise AnchorfaceError(f"{path}: incomplete index (missing {sorted(missing) or 'clips'})")
+    path = manifest_in(dataset_dir, INDEX, "dataset", f"a prepared dataset (no {INDEX}; run `anchorface prepare` first)")
+    index = read_manifest(path, FORMAT, VERSION, required=("clips", "data", "latent_shape", "source_kind"),
+                          what="dataset index")
+    if not index["clips"]:
+        raise AnchorfaceError(f"{path}: incomplete dataset index (no clips)")
     for shard in sorted({c["shard"] for c in index["clips"]}):
         if not (dataset_dir / shard).exists():
             raise AnchorfaceError(f"{dataset_dir}: shard {shard} listed in the index is missing")

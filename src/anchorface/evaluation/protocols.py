@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -46,6 +45,7 @@ from anchorface.data.dataset import furthest_end
 from anchorface.devices import resolve_device
 from anchorface.errors import AnchorfaceError, ImageError, NoFaceError
 from anchorface.evaluation import metrics
+from anchorface.io.images import resize
 from anchorface.evaluation.report import BASELINE_COLUMN, jsonable, write_report  # noqa: F401
 from anchorface.faces import detect as faces, landmarks
 from anchorface.methods.anchored.options import CONDITIONS, MERGES, check_sampling
@@ -202,7 +202,7 @@ class Scorer:
         res = gen.shape[1]
         real = case.driving_crops(res)
         size = landmarks.landmark_crop_size(res)
-        big = [x if res == size else cv2.resize(x, (size, size), interpolation=cv2.INTER_CUBIC) for x in gen]
+        big = [x if res == size else resize(x, size) for x in gen]
         try:
             gen_lmk, gen_found = landmarks.track_landmarks(big, progress=False)
         except NoFaceError:
@@ -457,7 +457,7 @@ class Evaluation:
 
     def cross_cases(self) -> list[Case]:
         """§4.3.2: the self cases' driving windows, each with a photo of another identity (`pair_sources`)."""
-        from anchorface.io.video import load_image
+        from anchorface.io.images import load_image
 
         photos = list_photos(self.o.sources)
         found: dict[Path, tuple[np.ndarray, faces.Box] | None] = {}

@@ -8,10 +8,10 @@ import json
 import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from anchorface.io.video import atomic_output
+from anchorface.io.atomic import atomic_output
+from anchorface.io.images import resize
 
 BASELINE_COLUMN = "baseline"  # the group of Table 1's baseline columns (results[protocol]["baseline"][title])
 GRID_FRAMES = 8  # columns of a frame grid
@@ -104,8 +104,7 @@ def frame_grid(source: np.ndarray, driving: np.ndarray, generated: dict[str, np.
     cols = np.unique(np.linspace(0, n - 1, min(n, GRID_FRAMES)).round().astype(int))
 
     def cell(img):
-        return cv2.resize(img, (GRID_CELL, GRID_CELL), interpolation=cv2.INTER_AREA if img.shape[0] > GRID_CELL
-                          else cv2.INTER_CUBIC)
+        return resize(img, GRID_CELL)
 
     blank = np.full((GRID_CELL, GRID_CELL, 3), 255, np.uint8)
     rows = [np.concatenate([cell(source)] + [cell(driving[i]) for i in cols], axis=1)]

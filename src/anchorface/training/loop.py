@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 import os
 import shutil
@@ -38,6 +37,8 @@ from torch import nn
 
 from anchorface.config import Config, save_config
 from anchorface.errors import AnchorfaceError, CheckpointError
+from anchorface.io.atomic import atomic_output, write_text
+from anchorface.io.manifest import read_json_object, write_json
 from anchorface.training.recipe import recipe_class
 
 LATEST = "latest"
@@ -94,7 +95,7 @@ def find_resume(output: Path, resume: str | None) -> Path | None:
 
 
 def read_trainer_state(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / "training_state" / TRAINER_STATE).read_text())
+    return read_json_object(checkpoint / "training_state" / TRAINER_STATE, CheckpointError)
 
 
 def save_training_checkpoint(accelerator, recipe, output: Path, step: int, ema: EMA, trainer_state: dict) -> Path:
@@ -108,14 +109,12 @@ def save_training_checkpoint(accelerator, recipe, output: Path, step: int, ema: 
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial / "training_state"))
     if accelerator.is_main_process:
-        (partial / "training_state" / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
+        write_json(partial / "training_state" / TRAINER_STATE, trainer_state, CheckpointError, indent=1)
         final = output / name
         if final.exists():
             shutil.rmtree(final)
         os.rename(partial, final)
-        tmp = output / f".{LATEST}.tmp"
-        tmp.write_text(name + "\n")
-        os.replace(tmp, output / LATEST)
+        write_text(output / LATEST, name + "\n", CheckpointError)
     accelerator.wait_for_everyone()
     return output / name
 
@@ -140,12 +139,10 @@ class CSVLog:
         if start_step > 0 and path.exists():
             with path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, fields, lineterminator="\n")
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, path)
         self.f = path.open("a", newline="")
         self.w = csv.DictWriter(self.f, fields, lineterminator="\n")
 
@@ -194,7 +191,7 @@ class TrainLog:
         self.bar.set_postfix(loss=f"{losses['loss']:.4f}")
 
     def image(self, step: int, image) -> None:
-        from anchorface.io.video import save_image
+        from anchorface.io.images import save_image
 
         (self.output / "samples").mkdir(exist_ok=True)
         save_image(self.output / "samples" / f"step-{step:07d}.png", image)

@@ -243,36 +243,3 @@ def make_plan(kind: str, n: int, T: int, stride: int | None = None) -> SequenceP
         return independent_plan(n, T)
     raise AnchorfaceError(f"unknown merge strategy '{kind}'; choose one of {', '.join(KINDS)}")
 
-
-def timeline(plan: SequencePlan) -> list[list[tuple[int, int, float]]]:
-    """For each driving frame, the (sequence, position, weight) slots whose predictions make that frame
-    (weights sum to 1; one entry for owner-based plans)."""
-    out: list[list[tuple[int, int, float]]] = [[] for _ in range(plan.num_frames)]
-    w = plan.weights
-    for b, t in zip(*np.nonzero(w)):
-        out[plan.slots[b, t]].append((int(b), int(t), float(w[b, t])))
-    return out
-
-
-def owner_slots(plan: SequencePlan) -> tuple[np.ndarray, np.ndarray]:
-    """Owner-based plans: (sequence, position) of the slot that renders each frame, in timeline order."""
-    if plan.kind == "multidiffusion":
-        raise ValueError("owner_slots: multidiffusion frames are averaged over windows, use timeline/reorder")
-    b, t = np.nonzero(plan.owner)
-    order = np.argsort(plan.slots[b, t], kind="stable")
-    return b[order], t[order]
-
-
-def reorder(plan: SequencePlan, per_slot: np.ndarray) -> np.ndarray:
-    """Alg. 1 step 5 (Reorder): per-slot values [B, T, ...] -> per-frame values [N, ...] in timeline order
-    (the owner slot's value; for multidiffusion the weighted mean over the windows, as float)."""
-    per_slot = np.asarray(per_slot)
-    if per_slot.shape[:2] != plan.slots.shape:
-        raise ValueError(f"reorder: expected leading shape {plan.slots.shape}, got {per_slot.shape[:2]}")
-    if plan.kind != "multidiffusion":
-        return per_slot[owner_slots(plan)]
-    w = plan.weights
-    b, t = np.nonzero(w)
-    out = np.zeros((plan.num_frames,) + per_slot.shape[2:], dtype=np.float64)
-    np.add.at(out, plan.slots[b, t], per_slot[b, t] * w[b, t].reshape((-1,) + (1,) * (per_slot.ndim - 2)))
-    return out
