@@ -280,7 +280,7 @@ def test_the_loop_trains_another_method_and_resumes_it_exactly(tmp_path, capsys)
     first, last = np.mean([r["loss"] for r in a[:5]]), np.mean([r["loss"] for r in a[-10:]])
     assert last < 0.2 * first, (first, last)  # it learns
     assert all(r["lr_head"] == pytest.approx(r["lr"] / 2) for r in a) and a[-1]["lr"] < a[0]["lr"]  # cosine
-    from anchorface.io.video import load_image
+    from anchorface.io.images import load_image
 
     assert load_image(ref / "samples" / "step-0000020.png").shape == (16, 4, 3)  # the recipe's previews
     assert "train: y = A x + b" in capsys.readouterr().err
