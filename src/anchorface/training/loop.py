@@ -145,7 +145,9 @@ def find_resume(output: Path, resume: str | None) -> Path | None:
     if resume is None:
         return None
     if resume != "auto":
-        path = Path(resume)
+        from anchorface.methods.anchored.checkpoint import check_checkpoint_path
+
+        path = check_checkpoint_path(resume)
         if not (path / "training_state" / TRAINER_STATE).exists():
             raise CheckpointError(f"{path} is not a resumable training checkpoint (no training_state/{TRAINER_STATE})")
         return path
@@ -163,22 +165,31 @@ def save_training_checkpoint(accelerator, cfg: Config, output: Path, step: int, 
     when complete; then OUT/latest. Collective: every process calls it."""
     from anchorface.methods.anchored.checkpoint import save_checkpoint
 
+    from anchorface.errors import io_errors, one_line
+
     name = checkpoint_name(step)
     partial = output / f".{name}.partial"
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        save_checkpoint(partial, cfg, ema.model.sdit, ema.model.encoder)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial / "training_state"))
-    if accelerator.is_main_process:
-        (partial / "training_state" / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
-        final = output / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(partial, final)
-        tmp = output / f".{LATEST}.tmp"
-        tmp.write_text(name + "\n")
-        os.replace(tmp, output / LATEST)
+    try:  # a full disk or a lost folder: one line, and no partial checkpoint left behind
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            save_checkpoint(partial, cfg, ema.model.sdit, ema.model.encoder)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial / "training_state"))
+        if accelerator.is_main_process:
+            (partial / "training_state" / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
+            final = output / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(partial, final)
+            tmp = output / f".{LATEST}.tmp"
+            tmp.write_text(name + "\n")
+            os.replace(tmp, output / LATEST)
+    except BaseException as e:
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(e, io_errors()) or (isinstance(e, RuntimeError) and "write" in str(e)):  # torch.save's
+            raise CheckpointError(f"cannot write checkpoint {output / name}: {one_line(e)}") from None
+        raise
     accelerator.wait_for_everyone()
     return output / name
 
@@ -277,7 +288,7 @@ def split_clips(index: dict, holdout_videos: int) -> tuple[list[str], list[str]]
 # --------------------------------------------------------------------------------------------------------------
 
 # TrainConfig fields that must be at least this (a 0 batch or logging period would crash deep in the loop)
-_MINIMA = {"batch_size": 1, "grad_accum": 1, "max_steps": 0, "warmup_steps": 0, "num_workers": 0, "log_every": 1,
+_MINIMA = {"batch_size": 1, "grad_accum": 1, "max_steps": 1, "seed": 0, "warmup_steps": 0, "num_workers": 0, "log_every": 1,
            "ckpt_every": 1, "sample_every": 0, "sample_steps": 1}
 
 

@@ -53,12 +53,21 @@ def save_checkpoint(directory: str | Path, cfg: Config, sdit, encoder=None) -> P
     return directory
 
 
+def check_checkpoint_path(directory: str | Path) -> Path:
+    """CheckpointError unless `directory` is an existing directory (a file is named as such, not "not found")."""
+    directory = Path(directory)
+    if directory.is_file() or (directory.exists() and not directory.is_dir()):
+        raise CheckpointError(f"{directory} is a file, expected a checkpoint directory")
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {directory}")
+    return directory
+
+
 def read_config(directory: str | Path) -> Config:
     """The run config stored in a checkpoint; CheckpointError if `directory` is not an anchorface checkpoint."""
     directory = Path(directory)
     manifest = directory / MANIFEST
-    if not directory.is_dir():
-        raise CheckpointError(f"checkpoint directory not found: {directory}")
+    check_checkpoint_path(directory)
     if not manifest.exists():
         raise CheckpointError(f"{directory} is not an anchorface checkpoint (no {MANIFEST}; "
                               "pass the directory written by `anchorface train`, e.g. runs/x/checkpoint-0001000)")
@@ -102,7 +111,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", d
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The newest `checkpoint-*` directory of a training run (or `run_dir` itself if it is a checkpoint)."""
-    run_dir = Path(run_dir)
+    run_dir = check_checkpoint_path(run_dir)
     if (run_dir / MANIFEST).exists():
         return run_dir
     found = sorted(p for p in run_dir.glob("checkpoint-*") if (p / MANIFEST).exists())
