@@ -59,7 +59,7 @@ non_negative_int = int_range(0, name="an integer >= 0")
 seed = int_range(0, SEED_MAX, name=f"a seed in 0..{SEED_MAX} (2**63 - 1)")
 
 
-def writable_folder(path, what: str = "output folder"):
+def writable_folder(path, what: str = "the output folder"):
     """Check, before any work, that files can be written into folder `path` (created if missing): AnchorfaceError
     when it is a file, read-only, on a full disk... Returns `path` as a Path."""
     import tempfile
@@ -75,5 +75,5 @@ def writable_folder(path, what: str = "output folder"):
         with tempfile.TemporaryFile(dir=path, prefix=".anchorface-write-test-"):
             pass
     except OSError as e:
-        raise AnchorfaceError(f"cannot write the {what} {path}: {one_line(e)}") from None
+        raise AnchorfaceError(f"cannot write {what} {path}: {e.strerror or one_line(e)}") from None
     return path

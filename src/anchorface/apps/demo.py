@@ -29,7 +29,7 @@ def run_demo(output_dir: str | Path = "demo-output", checkpoint: str | Path | No
     if checkpoint is None and not (ckpt / "anchorface.json").exists():
         raise AnchorfaceError(f"demo checkpoint not found at {ckpt}; train one with scripts/train_demo_checkpoint.py")
     read_config(ckpt)  # a one-line error for a missing / wrong checkpoint, before any work
-    out = writable_folder(output_dir, "output folder")
+    out = writable_folder(output_dir, "the output folder")
     t0 = time.time()
     image, geo = head_and_shoulders(astronaut())
     source = out / "source.png"

@@ -52,6 +52,13 @@ def register(subparsers) -> None:
 
 
 def _main(a) -> int:
+    from anchorface.apps.arguments import writable_folder
+    from anchorface.errors import AnchorfaceError
+
+    out = Path(a.output)
+    if out.exists() and not out.is_dir():
+        raise AnchorfaceError(f"the --output folder {out} is a file, expected a folder")
+    writable_folder(out.parent, "the folder of --output")  # before any work (the report is written last)
     o = Options(checkpoints=[Path(c) for c in a.checkpoint], driving=a.driving, output=Path(a.output),
                 sources=Path(a.sources) if a.sources else None, merges=tuple(a.merge), protocols=tuple(a.protocol),
                 steps=a.steps, guidance_scale=a.guidance_scale, frames=a.frames, max_videos=a.max_videos,

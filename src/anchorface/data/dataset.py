@@ -295,11 +295,15 @@ def load_index(dataset_dir: str | Path) -> dict:
 def open_shard(path: str | Path):
     """A shard opened with safetensors (memory-mapped); AnchorfaceError when it cannot be read (truncated, corrupt,
     unreadable)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with translate_io_errors(f"cannot read dataset shard {path} (truncated or corrupt? run `anchorface prepare` "
-                             "again)"):
+    try:
         return safe_open(str(path), framework="pt")
+    except SafetensorError as e:
+        raise AnchorfaceError(f"cannot read dataset shard {path}: truncated or corrupt ({_reason(e)}); run "
+                              "`anchorface prepare` again") from None
+    except OSError as e:
+        raise AnchorfaceError(f"cannot read dataset shard {path}: {_reason(e)}") from None
 
 
 def check_compatible(index: dict, cfg: Config) -> None:

@@ -70,6 +70,7 @@ class LearnedGlobalEncoder(GlobalEncoder):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "LearnedGlobalEncoder":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -83,7 +84,7 @@ class LearnedGlobalEncoder(GlobalEncoder):
                 raise ValueError("config.json is not a learned global encoder's")
             enc = cls(**cfg)
             enc.load_state_dict(load_file(str(weights)))
-        except (ValueError, TypeError, KeyError, RuntimeError, OSError) as e:
+        except (ValueError, TypeError, KeyError, RuntimeError, OSError, SafetensorError) as e:
             if isinstance(e, AnchorfaceError):
                 raise
             raise CheckpointError(f"learned global encoder at {directory} cannot be loaded: "
