@@ -428,7 +428,7 @@ def test_hostile_command_lines(tmp_path):
         (R + ["--guidance-scale", "nan"], "--guidance-scale"),
         (R + ["--checkpoint", "afile"], "is a file, expected a checkpoint directory"),
         (R + ["--checkpoint", str(ckpt)], "cannot be loaded"),
-        (["reenact", str(src), str(cut), "-o", "out.mp4", "--steps", "1", "--device", "cpu"], "truncated"),
+        (["reenact", str(src), str(cut), "-o", "out.mp4", "--steps", "1", "--device", "cpu", "--quiet"], "truncated"),
         (["demo", "--frames", "0"], "--frames"),
         (["demo", "-o", "afile"], "is a file, expected a folder"),
         (["demo", "-o", readonly], "cannot write the output folder"),
