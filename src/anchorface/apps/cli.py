@@ -44,7 +44,8 @@ def _raise_terminated(signum, frame) -> None:
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """`warnings` as one line, without the file name and the source line Python prints by default."""
-    return f"anchorface: warning: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}\n"
+    text = str(message).strip()
+    return f"anchorface: warning: {text.splitlines()[0] if text else category.__name__}\n"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,7 +51,8 @@ def register(subparsers) -> None:
                               description=run_demo.__doc__)
     p.add_argument("-o", "--output", default="demo-output", help="output directory (default: demo-output)")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the committed demo model)")
-    p.add_argument("--frames", type=positive_int, default=50, help="length of the synthetic driving clip (default: 50 = 2 s)")
+    p.add_argument("--frames", type=positive_int, default=50,
+                   help="length of the synthetic driving clip (default: 50 = 2 s)")
     p.add_argument("--steps", type=positive_int, default=25, help="DDIM denoising steps (default: 25)")
     p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--device", default="cpu")

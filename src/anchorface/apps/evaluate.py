@@ -26,10 +26,12 @@ def register(subparsers) -> None:
     p.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS, metavar="NAME",
                    help=f"what to run: {' '.join(PROTOCOLS)} (default: all)")
     p.add_argument("--steps", type=positive_int, metavar="N", help="denoising steps (default: each checkpoint's)")
-    p.add_argument("--guidance-scale", type=non_negative_float, metavar="S", help="CFG scale (default: each checkpoint's)")
+    p.add_argument("--guidance-scale", type=non_negative_float, metavar="S",
+                   help="CFG scale (default: each checkpoint's)")
     p.add_argument("--frames", type=int_range(2), default=SELF_FRAMES, metavar="N",
                    help="driving window length for self/cross (default 8, §4.3.1)")
-    p.add_argument("--max-videos", type=positive_int, default=8, metavar="K", help="use at most K driving videos (default 8)")
+    p.add_argument("--max-videos", type=positive_int, default=8, metavar="K",
+                   help="use at most K driving videos (default 8)")
     p.add_argument("--lengths", type=int_range(2), nargs="+", default=list(DEFAULT_LENGTHS), metavar="L",
                    help="video lengths of the consistency study (default: 8 16 32 64)")
     p.add_argument("--ablation-steps", type=positive_int, nargs="+", metavar="N",

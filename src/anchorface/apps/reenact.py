@@ -37,7 +37,8 @@ def register(subparsers) -> None:
                                                    "anchored)")
     p.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler (default: checkpoint's)")
     p.add_argument("--steps", type=positive_int, help="denoising steps (default: checkpoint's)")
-    p.add_argument("--guidance-scale", type=non_negative_float, help="classifier-free guidance scale (1 = none, the paper's best)")
+    p.add_argument("--guidance-scale", type=non_negative_float,
+                   help="classifier-free guidance scale (1 = none, the paper's best)")
     p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     motion = p.add_mutually_exclusive_group()
     motion.add_argument("--relative", dest="relative", action="store_true", default=None,
@@ -47,7 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-crop", dest="crop", action="store_false",
                    help="the inputs are already square face crops: use whole frames")
     p.add_argument("--paste-back", action="store_true", help="paste the generated face back into the full frames")
-    p.add_argument("--micro-batch", type=positive_int, help="sequences per forward pass (memory; default: checkpoint's)")
+    p.add_argument("--micro-batch", type=positive_int,
+                   help="sequences per forward pass (memory; default: checkpoint's)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--compare", metavar="PATH", help="also write driving | anchored | multidiffusion side by side")
     p.add_argument("--text", help="text-to-video: a text prompt instead of the source photo (CLIP checkpoints)")

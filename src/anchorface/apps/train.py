@@ -51,11 +51,13 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=positive_float, help="base learning rate (config: train.lr)")
     p.add_argument("--grad-accum", type=positive_int, help="gradient accumulation steps (config: train.grad_accum)")
     p.add_argument("--warmup-steps", type=non_negative_int, help="linear warmup steps (config: train.warmup_steps)")
-    p.add_argument("--num-workers", type=non_negative_int, help="DataLoader workers per process (config: train.num_workers)")
+    p.add_argument("--num-workers", type=non_negative_int,
+                   help="DataLoader workers per process (config: train.num_workers)")
     p.add_argument("--seed", type=seed, help="data, noise and init seed (config: train.seed)")
     p.add_argument("--log-every", type=positive_int, help="config: train.log_every")
     p.add_argument("--ckpt-every", type=positive_int, help="config: train.ckpt_every")
-    p.add_argument("--sample-every", type=non_negative_int, help="sample grid period, 0 = never (config: train.sample_every)")
+    p.add_argument("--sample-every", type=non_negative_int,
+                   help="sample grid period, 0 = never (config: train.sample_every)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     p.add_argument("--holdout-videos", type=non_negative_int, default=1,
                    help="source videos held out of training for the sample grids (default: 1)")

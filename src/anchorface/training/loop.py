@@ -288,7 +288,8 @@ def split_clips(index: dict, holdout_videos: int) -> tuple[list[str], list[str]]
 # --------------------------------------------------------------------------------------------------------------
 
 # TrainConfig fields that must be at least this (a 0 batch or logging period would crash deep in the loop)
-_MINIMA = {"batch_size": 1, "grad_accum": 1, "max_steps": 1, "seed": 0, "warmup_steps": 0, "num_workers": 0, "log_every": 1,
+_MINIMA = {"batch_size": 1, "grad_accum": 1, "max_steps": 1, "seed": 0, "warmup_steps": 0, "num_workers": 0,
+           "log_every": 1,
            "ckpt_every": 1, "sample_every": 0, "sample_steps": 1}
 
 
