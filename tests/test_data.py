@@ -281,7 +281,8 @@ def test_prepare_real_clip(videos, tmp_path):
     cfg = tiny_cfg(32)
     with pytest.warns(UserWarning, match="noface.mp4"):
         summary = prepare_dataset(videos, tmp_path / "ds", cfg, max_seconds=0.5, progress=False)
-    assert summary == {"videos": 2, "clips": 3, "frames": 25, "skipped_no_face": 1, "skipped_unreadable": 0}
+    assert summary == {"videos": 2, "clips": 3, "frames": 25, "skipped_no_face": 1, "skipped_unreadable": 0,
+                       "skipped_faceless_stretches": 0, "skipped_faceless_frames": 0}
     index = load_index(tmp_path / "ds")
     check_compatible(index, cfg)
     assert [c["num_frames"] for c in index["clips"]] == [8, 9, 8]  # 1 s cut into equal segments <= 0.5 s

@@ -168,11 +168,11 @@ def test_processes_and_accumulation_do_not_change_the_run(micro, reference):
         np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--batch-size", "0"], "--batch-size / train.batch_size must be >= 1, got 0"),
-    (["--log-every", "0"], "train.log_every must be >= 1"),
-    (["--lr", "0"], "train.lr must be positive"),
-    (["--keep-states", "-1"], "--keep-states must be >= 0"),
+@pytest.mark.parametrize("args,message", [  # options out of range are refused by argparse (exit 2), the rest exit 1
+    (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got 0"),
+    (["--log-every", "0"], "argument --log-every: expected an integer >= 1, got 0"),
+    (["--lr", "0"], "argument --lr: expected a positive number, got 0"),
+    (["--keep-states", "-1"], "argument --keep-states: expected an integer >= 0, got -1"),
     (["--output-is-a-file"], "exists and is not a directory"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
@@ -182,9 +182,13 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
     if args == ["--output-is-a-file"]:
         output.write_text("not a folder")
         args = []
-    code = main(["train", "--data", str(tmp_path / "no-data"), "--output", str(output), "--quiet", *args])
+    try:
+        code = main(["train", "--data", str(tmp_path / "no-data"), "--output", str(output), "--quiet", *args])
+    except SystemExit as e:
+        code = e.code
     err = capsys.readouterr().err
-    assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+    assert code in (1, 2) and message in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("anchorface: error: ")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -320,3 +324,17 @@ def test_config_method_picks_the_recipe(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "method 'nonesuch' has no training recipe; trainable methods: anchored" in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("batch_size", 0, "train.batch_size must be >= 1"), ("log_every", 0, "train.log_every must be >= 1"),
+    ("lr", 0.0, "train.lr must be positive"), ("max_steps", 0, "train.max_steps must be >= 1"),
+    ("seed", -1, "train.seed must be >= 0"),
+])
+def test_bad_config_values_are_one_line_errors(tmp_path, field, value, message):
+    from anchorface.training.loop import check_train_config
+
+    cfg = load_config("tiny")
+    setattr(cfg.train, field, value)
+    with pytest.raises(AnchorfaceError, match=message):
+        check_train_config(cfg.train)

@@ -8,6 +8,7 @@ Presets live in `anchorface/configs/*.yaml`: `paper-t4`, `paper-t8` (the paper's
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,8 @@ def _coerce(value, kind, where: str):
             number = float(value) if isinstance(value, str) else value
         except ValueError:
             raise bad from None
+        if not math.isfinite(number):
+            raise AnchorfaceError(f"{where}: expected a finite number, got {value!r}")
         if kind is float:
             return float(number)
         if isinstance(number, float) and not number.is_integer():

@@ -43,15 +43,21 @@ def read_json_object(path: str | Path, error: type[AnchorfaceError] = Anchorface
     return obj
 
 
-def manifest_in(directory: str | Path, name: str, kind: str, not_one: str,
-                error: type[AnchorfaceError] = AnchorfaceError) -> Path:
-    """`directory/name`, the manifest of a `kind` directory (checkpoint, dataset); `error` in one line when
-    `directory` does not exist, is a file, or lacks the manifest (then "{directory} is not {not_one}")."""
+def existing_directory(directory: str | Path, kind: str, error: type[AnchorfaceError] = AnchorfaceError) -> Path:
+    """`directory` as a Path; `error` in one line when it does not exist or is a file (named as such)."""
     directory = Path(directory)
     if not directory.exists():
         raise error(f"{kind} directory not found: {directory}")
     if not directory.is_dir():
-        raise error(f"{kind} path {directory} is a file, not a {kind} directory")
+        raise error(f"{directory} is a file, expected a {kind} directory")
+    return directory
+
+
+def manifest_in(directory: str | Path, name: str, kind: str, not_one: str,
+                error: type[AnchorfaceError] = AnchorfaceError) -> Path:
+    """`directory/name`, the manifest of a `kind` directory (checkpoint, dataset); `error` in one line when
+    `directory` does not exist, is a file, or lacks the manifest (then "{directory} is not {not_one}")."""
+    directory = existing_directory(directory, kind, error)
     path = directory / name
     if not path.is_file():
         raise error(f"{directory} is not {not_one}")

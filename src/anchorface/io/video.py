@@ -133,8 +133,27 @@ def iter_frames(path: str | Path, max_frames: int | None = None) -> Iterator[np.
     return _decoded(container, stream, path, max_frames)
 
 
+def expected_frames(stream) -> int | None:
+    """The frame count a video stream's container declares (its index / header), or estimates from the stream's
+    duration and frame rate; None when it says neither."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames)
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.duration and stream.time_base and rate:
+        return int(round(float(stream.duration * stream.time_base * rate)))
+    return None
+
+
+def ended_early(decoded: int, expected: int | None) -> bool:
+    """Whether a decode that stopped after `decoded` frames fell short of the `expected` count: by more than 2
+    frames and 2 % (edit lists may legitimately hide a few frames). A file whose index sits at the front and whose
+    data was cut (an interrupted download or copy) decodes without an error but ends early."""
+    return expected is not None and expected - decoded > max(2, 0.02 * expected)
+
+
 def _decoded(container, stream, path, max_frames: int | None) -> Iterator[np.ndarray]:
     i = 0
+    expected = expected_frames(stream)
     try:
         frames = container.decode(stream)
         while max_frames is None or i < max_frames:
@@ -146,6 +165,9 @@ def _decoded(container, stream, path, max_frames: int | None) -> Iterator[np.nda
             i += 1
         if i == 0 and max_frames != 0:
             raise VideoError(f"cannot read video {path}: it has no frames (empty or truncated file?)")
+        if (max_frames is None or i < max_frames) and ended_early(i, expected):
+            raise VideoError(f"cannot read video {path}: decoding stopped at frame {i} of the {expected} the file "
+                             "declares (truncated or corrupt file?)")
     finally:
         container.close()
 

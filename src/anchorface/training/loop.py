@@ -38,7 +38,7 @@ from torch import nn
 from anchorface.config import Config, save_config
 from anchorface.errors import AnchorfaceError, CheckpointError
 from anchorface.io.atomic import atomic_output, write_text
-from anchorface.io.manifest import read_json_object, write_json
+from anchorface.io.manifest import existing_directory, read_json_object, write_json
 from anchorface.training.recipe import recipe_class
 
 LATEST = "latest"
@@ -81,7 +81,7 @@ def find_resume(output: Path, resume: str | None) -> Path | None:
     if resume is None:
         return None
     if resume != "auto":
-        path = Path(resume)
+        path = existing_directory(resume, "checkpoint", CheckpointError)
         if not (path / "training_state" / TRAINER_STATE).exists():
             raise CheckpointError(f"{path} is not a resumable training checkpoint (no training_state/{TRAINER_STATE})")
         return path
@@ -100,21 +100,31 @@ def read_trainer_state(checkpoint: Path) -> dict:
 
 def save_training_checkpoint(accelerator, recipe, output: Path, step: int, ema: EMA, trainer_state: dict) -> Path:
     """OUT/checkpoint-XXXXXXX (the recipe's export of the EMA weights) + training_state/, renamed into place only
-    when complete; then OUT/latest. Collective: every process calls it."""
+    when complete; then OUT/latest. Collective: every process calls it. A full disk or a lost folder is one line,
+    and no partial checkpoint is left behind."""
+    from anchorface.errors import io_errors, one_line
+
     name = checkpoint_name(step)
     partial = output / f".{name}.partial"
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        recipe.export(ema.model, partial)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial / "training_state"))
-    if accelerator.is_main_process:
-        write_json(partial / "training_state" / TRAINER_STATE, trainer_state, CheckpointError, indent=1)
-        final = output / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(partial, final)
-        write_text(output / LATEST, name + "\n", CheckpointError)
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            recipe.export(ema.model, partial)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial / "training_state"))
+        if accelerator.is_main_process:
+            write_json(partial / "training_state" / TRAINER_STATE, trainer_state, CheckpointError, indent=1)
+            final = output / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(partial, final)
+            write_text(output / LATEST, name + "\n", CheckpointError)
+    except BaseException as e:
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(e, io_errors()) or (isinstance(e, RuntimeError) and "write" in str(e)):  # torch.save's
+            raise CheckpointError(f"cannot write checkpoint {output / name}: {one_line(e)}") from None
+        raise
     accelerator.wait_for_everyone()
     return output / name
 
@@ -227,7 +237,8 @@ class Meter:
 # --------------------------------------------------------------------------------------------------------------
 
 # TrainConfig fields that must be at least this (a 0 batch or logging period would crash deep in the loop)
-_MINIMA = {"batch_size": 1, "grad_accum": 1, "max_steps": 0, "warmup_steps": 0, "num_workers": 0, "log_every": 1,
+_MINIMA = {"batch_size": 1, "grad_accum": 1, "max_steps": 1, "seed": 0, "warmup_steps": 0, "num_workers": 0,
+           "log_every": 1,
            "ckpt_every": 1, "sample_every": 0, "sample_steps": 1}
 
 

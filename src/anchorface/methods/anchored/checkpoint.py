@@ -16,7 +16,7 @@ import torch
 from anchorface.config import Config
 from anchorface.errors import AnchorfaceError, CheckpointError
 from anchorface.io.atomic import atomic_output
-from anchorface.io.manifest import manifest_in, read_manifest, write_manifest
+from anchorface.io.manifest import existing_directory, manifest_in, read_manifest, write_manifest
 
 FORMAT, VERSION = "anchorface", 1
 MANIFEST = "anchorface.json"
@@ -67,7 +67,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", d
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The newest `checkpoint-*` directory of a training run (or `run_dir` itself if it is a checkpoint)."""
-    run_dir = Path(run_dir)
+    run_dir = existing_directory(run_dir, "checkpoint", CheckpointError)
     if (run_dir / MANIFEST).exists():
         return run_dir
     found = sorted(p for p in run_dir.glob("checkpoint-*") if (p / MANIFEST).exists())
