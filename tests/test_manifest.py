@@ -54,7 +54,7 @@ def test_manifest_in_tells_missing_file_and_empty_apart(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint directory not found"):
         manifest_in(tmp_path / "nope", "m.json", "checkpoint", "a checkpoint", CheckpointError)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(CheckpointError, match="is a file, not a checkpoint directory"):
+    with pytest.raises(CheckpointError, match="is a file, expected a checkpoint directory"):
         manifest_in(tmp_path / "file", "m.json", "checkpoint", "a checkpoint", CheckpointError)
     with pytest.raises(AnchorfaceError, match=f"{tmp_path} is not a dataset"):
         manifest_in(tmp_path, "m.json", "dataset", "a dataset")
