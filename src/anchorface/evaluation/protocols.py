@@ -105,6 +105,22 @@ def pair_sources(videos: list[Path], photos: list[Path], has_face: Callable[[Pat
     return pairs, notes
 
 
+def read_cross_pairs(path: str | Path, videos: list[Path]) -> tuple[dict[Path, Path], list[str]]:
+    """§4.3.2 with given pairs (`anchorface split`'s cross_pairs.tsv): lines `driving<TAB>photo`, paths relative to
+    the file. Returns (pairs for those of `videos` listed, notes for the videos not listed)."""
+    path = Path(path)
+    try:
+        lines = [ln.split("\t") for ln in path.read_text().splitlines() if ln.strip()]
+    except OSError as e:
+        raise AnchorfaceError(f"cannot read --cross-pairs {path}: {e.strerror or e}") from None
+    if any(len(parts) != 2 for parts in lines):
+        raise AnchorfaceError(f"--cross-pairs {path}: expected lines 'driving<TAB>photo'")
+    table = {(path.parent / d).resolve(): path.parent / p for d, p in lines}
+    pairs = {v: table[v.resolve()] for v in videos if v.resolve() in table}
+    notes = [f"cross-identity: {v.name} has no pair in {path.name}" for v in videos if v not in pairs]
+    return pairs, notes
+
+
 def list_photos(directory: str | Path) -> list[Path]:
     d = Path(directory)
     if not d.is_dir():
@@ -420,6 +436,7 @@ class Options:
     driving: list[str]
     output: Path
     sources: Path | None = None
+    cross_pairs: Path | None = None  # driving<TAB>photo lines (`anchorface split`), instead of --sources' rotation
     merges: tuple[str, ...] = KINDS
     protocols: tuple[str, ...] = PROTOCOLS
     steps: int | None = None  # None: each checkpoint's sample.steps
@@ -461,8 +478,9 @@ def _check_options(o: Options) -> None:
         raise AnchorfaceError(f"--steps must be >= 1, got {o.steps}")
     if o.ablation_steps is not None and (not o.ablation_steps or min(o.ablation_steps) < 1):
         raise AnchorfaceError(f"--ablation-steps must all be >= 1, got {list(o.ablation_steps)}")
-    if {"cross", "ablation"} & set(o.protocols) and o.sources is None:
-        raise AnchorfaceError("the cross and ablation protocols need --sources DIR (photos of other identities)")
+    if {"cross", "ablation"} & set(o.protocols) and o.sources is None and o.cross_pairs is None:
+        raise AnchorfaceError("the cross and ablation protocols need --sources DIR (photos of other identities) "
+                              "or --cross-pairs FILE")
     out = Path(o.output)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "report.json").exists())):
         raise AnchorfaceError(f"--output {out} exists and is not an earlier evaluation report; choose a new "
@@ -582,7 +600,7 @@ def run_evaluation(o: Options) -> dict:
         if {"self", "cross", "ablation"} & set(o.protocols) else []
     cross_cases: list[Case] = []
     if {"cross", "ablation"} & set(o.protocols):
-        photos = list_photos(o.sources)
+        photos = list_photos(o.sources) if o.cross_pairs is None else []
         found: dict[Path, tuple[np.ndarray, faces.Box] | None] = {}
 
         def has_face(p: Path) -> bool:
@@ -594,7 +612,18 @@ def run_evaluation(o: Options) -> dict:
             return found[p] is not None
 
         usable = [v for v in videos if cases.get((v, o.frames)) is not None]
-        pairs, pair_notes = pair_sources(usable, photos, has_face, rng_seed)
+        if o.cross_pairs is not None:
+            pairs, pair_notes = read_cross_pairs(o.cross_pairs, usable)
+            for v, photo in list(pairs.items()):
+                try:
+                    ok, why = has_face(photo), "no face found"
+                except ImageError as e:
+                    ok, why = False, str(e)
+                if not ok:
+                    pair_notes.append(f"cross-identity: skipped source photo {photo.name} ({why})")
+                    del pairs[v]
+        else:
+            pairs, pair_notes = pair_sources(usable, photos, has_face, rng_seed)
         notes.extend(pair_notes)
         for v, photo in pairs.items():
             base, (image, box) = cases[(v, o.frames)], found[photo]
