@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "anchorface.apps.prepare",
     "anchorface.apps.train",
     "anchorface.apps.evaluate",
+    "anchorface.apps.curate",
 ]
 
 

@@ -166,7 +166,7 @@ def curate_video(path: str | Path, key: str, out_dir: str | Path, opts: CurateOp
     tracks: list = []
     scored: dict[int, dict] = {}  # track start -> scores
     state: dict = {}  # the open track: scorer, next sampled frame, human-face score
-    n = 0
+    n = several = 0
 
     def close(closed):
         for t in closed:
@@ -179,6 +179,7 @@ def curate_video(path: str | Path, key: str, out_dir: str | Path, opts: CurateOp
             n = i + 1
             cut = shots.feed(frame)
             boxes = [b.as_array() / scale for b in detector.detect(_shrunk(frame, scale))]
+            several += len(tracker.significant_faces(boxes)) > 1
             close(tracker.update(i, boxes, cut))
             box = tracker.current_box
             if tracker.started:
@@ -194,6 +195,7 @@ def curate_video(path: str | Path, key: str, out_dir: str | Path, opts: CurateOp
         rec.update(status="rejected", reason=f"undecodable: {e}", segments=[])
         return rec
     rec["num_frames"] = n
+    rec["frames_with_several_faces"] = several
     rec["duration"] = round(n / fps, 6)
     if n == 0:
         rec["reason"] = "no frames"
@@ -229,6 +231,8 @@ def curate_video(path: str | Path, key: str, out_dir: str | Path, opts: CurateOp
     accepted = [s for s in rec["segments"] if s["accepted"]]
     if accepted:
         rec["status"] = "curated"
+    elif not rec["segments"] and several and opts.multiple == "reject":
+        rec["reason"] = f"several faces ({several} of {n} frames; --multiple reject)"
     elif not rec["segments"]:
         rec["reason"] = f"no face at least {opts.min_face:g} px wide"
     else:

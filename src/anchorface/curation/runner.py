@@ -211,13 +211,13 @@ def run_curation(raw_dir: str | Path, out_dir: str | Path, opts: CurateOptions, 
                     _on_ray(todo, out, opts, workers, ray_address, on_done)
         finally:
             bar.close()
-        manifest = build_manifest(records, params)
+        manifest = build_manifest(records, params, raw)
         write_json_atomic(out / MANIFEST, manifest)
         _prune_clips(out, manifest)
     return manifest
 
 
-def build_manifest(records: dict[str, dict], params: dict) -> dict:
+def build_manifest(records: dict[str, dict], params: dict, raw_dir: Path) -> dict:
     """The run's manifest: records sorted by relative path (deterministic), the settings once, a summary."""
     videos = [{k: v for k, v in records[rel].items() if k != "params"} for rel in sorted(records)]
     segs = [s for v in videos for s in v["segments"]]
@@ -231,7 +231,8 @@ def build_manifest(records: dict[str, dict], params: dict) -> dict:
                "segments": len(segs), "segments_accepted": sum(s["accepted"] for s in segs),
                "seconds_accepted": round(sum(s["duration"] for s in segs if s["accepted"]), 3),
                "video_rejections": dict(sorted(reasons.items()))}
-    return {"format": FORMAT, "version": VERSION, "params": params, "summary": summary, "videos": videos}
+    return {"format": FORMAT, "version": VERSION, "raw_dir": str(Path(raw_dir).resolve()), "params": params,
+            "summary": summary, "videos": videos}
 
 
 def _prune_clips(out: Path, manifest: dict) -> None:

@@ -47,8 +47,9 @@ def identity_clusters(vectors: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def choose_test_clusters(labels: np.ndarray, fraction: float, seed: int) -> set[int]:
-    """Whole clusters in a seeded random order until the test side has `fraction` of the items (>= 1 cluster on
-    each side when there are two or more)."""
+    """Whole clusters in a seeded random order until the test side has `fraction` of the items: at least one
+    cluster on each side, and two on the test side when there are three or more (so that cross-identity pairs can
+    be formed within the test identities)."""
     clusters = sorted(set(labels.tolist()))
     if len(clusters) < 2:
         raise AnchorfaceError(f"a split by identity needs at least two identity clusters, found {len(clusters)}")
@@ -56,7 +57,7 @@ def choose_test_clusters(labels: np.ndarray, fraction: float, seed: int) -> set[
     sizes = {c: int((labels == c).sum()) for c in clusters}
     test, count = set(), 0
     for c in clusters[:-1]:
-        if test and count >= fraction * len(labels):
+        if len(test) >= min(2, len(clusters) - 1) and count >= fraction * len(labels):
             break
         test.add(c)
         count += sizes[c]
