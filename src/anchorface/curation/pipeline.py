@@ -49,6 +49,12 @@ class CurateOptions:
     human_face_score: float = 0.86  # faces.detect.FACE_SCORE_ON_CROP
     write_clips: bool = False
 
+    def __post_init__(self):  # one type per field, so settings from the CLI and from Python compare equal
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("int", "float") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                object.__setattr__(self, f.name, int(v) if f.type == "int" else float(v))
+
     def params(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -126,11 +126,13 @@ class Tracker:
         if self._open is not None:
             prev = np.asarray(self._open.boxes[-1])
             match = max(big, key=lambda b: _iou(b, prev), default=None)
-            if match is None or _iou(match, prev) == 0:
+            if match is None:
                 if i - self._open.frames[-1] > self.max_gap:
                     closed.append(self._close(END_LOST))
                 else:
                     return closed  # a short gap: interpolated when the face comes back
+            elif _iou(match, prev) == 0:  # a face, but elsewhere
+                closed.append(self._close(END_JUMP))
             else:
                 step = np.linalg.norm(_center(match) - _center(prev)) / _width(prev)
                 ratio = _width(match) / _width(prev)
