@@ -141,13 +141,22 @@ def _on_ray(todo, out: Path, opts: CurateOptions, workers: int | None, address: 
     try:
         task = ray.remote(num_cpus=1, max_retries=2)(process_video)
         limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))  # bounded in flight: flat driver memory
-        pending, queue = [], list(todo)
+        pending, queue, which = [], list(todo), {}
         while queue or pending:
             while queue and len(pending) < limit:
                 path, rel, key = queue.pop(0)
-                pending.append(task.remote(str(path), rel, key, str(out), opts))
+                ref = task.remote(str(path), rel, key, str(out), opts)
+                pending.append(ref)
+                which[ref] = (rel, key)
             done, pending = ray.wait(pending, num_returns=1)
-            on_done(ray.get(done[0]))
+            rel, key = which.pop(done[0])
+            try:
+                rec = ray.get(done[0])
+            except Exception as e:  # the worker died (out of memory, node lost) after its retries
+                msg = (str(e).strip().splitlines() or [""])[-1]
+                rec = {"video": rel, "key": key, "status": "failed", "reason": f"{type(e).__name__}: {msg}",
+                       "segments": [], "params": opts.params()}
+            on_done(rec)
     finally:
         if started:
             ray.shutdown()
