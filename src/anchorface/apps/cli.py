@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "anchorface.apps.prepare",
     "anchorface.apps.train",
     "anchorface.apps.evaluate",
+    "anchorface.apps.curate",
 ]
 
 

@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     p.add_argument("--driving", nargs="+", required=True, metavar="DIR_OR_FILE",
                    help="driving videos, or directories of them")
     p.add_argument("--sources", metavar="DIR", help="photos of other identities (cross-identity and ablation)")
+    p.add_argument("--cross-pairs", metavar="TSV",
+                   help="explicit cross-identity pairs, lines 'driving<TAB>photo' (`anchorface split`), instead of "
+                        "a rotation over --sources")
     p.add_argument("--output", "-o", required=True, metavar="REPORT_DIR")
     p.add_argument("--merge", nargs="+", default=list(MERGES), choices=MERGES, metavar="KIND",
                    help=f"merge strategies to compare: {' '.join(MERGES)} (default: all; the ablation uses the first)")
@@ -64,7 +67,8 @@ def _main(a) -> int:
         raise AnchorfaceError(f"the --output folder {out} is a file, expected a folder")
     writable_folder(out.parent, "the folder of --output")  # before any work (the report is written last)
     o = Options(checkpoints=[Path(c) for c in a.checkpoint], driving=a.driving, output=Path(a.output),
-                sources=Path(a.sources) if a.sources else None, merges=tuple(a.merge), protocols=tuple(a.protocol),
+                sources=Path(a.sources) if a.sources else None,
+                cross_pairs=Path(a.cross_pairs) if a.cross_pairs else None, merges=tuple(a.merge), protocols=tuple(a.protocol),
                 steps=a.steps, guidance_scale=a.guidance_scale, frames=a.frames, max_videos=a.max_videos,
                 lengths=tuple(a.lengths), ablation_steps=tuple(a.ablation_steps) if a.ablation_steps else None,
                 ablation_scales=tuple(a.ablation_scales), ablation_conditions=tuple(a.ablation_conditions),

@@ -106,6 +106,22 @@ def pair_sources(videos: list[Path], photos: list[Path], has_face: Callable[[Pat
     return pairs, notes
 
 
+def read_cross_pairs(path: str | Path, videos: list[Path]) -> tuple[dict[Path, Path], list[str]]:
+    """§4.3.2 with given pairs (`anchorface split`'s cross_pairs.tsv): lines `driving<TAB>photo`, paths relative to
+    the file. Returns (pairs for those of `videos` listed, notes for the videos not listed)."""
+    path = Path(path)
+    try:
+        lines = [ln.split("\t") for ln in path.read_text().splitlines() if ln.strip()]
+    except OSError as e:
+        raise AnchorfaceError(f"cannot read --cross-pairs {path}: {e.strerror or e}") from None
+    if any(len(parts) != 2 for parts in lines):
+        raise AnchorfaceError(f"--cross-pairs {path}: expected lines 'driving<TAB>photo'")
+    table = {(path.parent / d).resolve(): path.parent / p for d, p in lines}
+    pairs = {v: table[v.resolve()] for v in videos if v.resolve() in table}
+    notes = [f"cross-identity: {v.name} has no pair in {path.name}" for v in videos if v not in pairs]
+    return pairs, notes
+
+
 def list_photos(directory: str | Path) -> list[Path]:
     d = Path(directory)
     if not d.is_dir():
@@ -264,6 +280,7 @@ class Options:
     driving: list[str]
     output: Path
     sources: Path | None = None
+    cross_pairs: Path | None = None  # driving<TAB>photo lines (`anchorface split`), instead of --sources' rotation
     merges: tuple[str, ...] = MERGES
     protocols: tuple[str, ...] = PROTOCOLS
     steps: int | None = None  # None: each checkpoint's sample.steps
@@ -309,8 +326,9 @@ def _check_options(o: Options) -> None:
         raise AnchorfaceError(f"--ablation-steps must all be >= 1, got {list(o.ablation_steps)}")
     for scale in o.ablation_scales:
         check_sampling(guidance_scale=scale)
-    if {"cross", "ablation"} & set(o.protocols) and o.sources is None:
-        raise AnchorfaceError("the cross and ablation protocols need --sources DIR (photos of other identities)")
+    if {"cross", "ablation"} & set(o.protocols) and o.sources is None and o.cross_pairs is None:
+        raise AnchorfaceError("the cross and ablation protocols need --sources DIR (photos of other identities) "
+                              "or --cross-pairs FILE")
     specs = selected_methods(o)
     if any(s.needs_checkpoint for s in specs) and not o.checkpoints:
         names = ", ".join(s.name for s in specs if s.needs_checkpoint)
@@ -459,7 +477,7 @@ class Evaluation:
         """§4.3.2: the self cases' driving windows, each with a photo of another identity (`pair_sources`)."""
         from anchorface.io.images import load_image
 
-        photos = list_photos(self.o.sources)
+        photos = list_photos(self.o.sources) if self.o.cross_pairs is None else []
         found: dict[Path, tuple[np.ndarray, faces.Box] | None] = {}
 
         def has_face(p: Path) -> bool:
@@ -471,7 +489,18 @@ class Evaluation:
             return found[p] is not None
 
         usable = [v for v in self.videos if self.self_case(v, self.o.frames) is not None]
-        pairs, pair_notes = pair_sources(usable, photos, has_face, self.o.seed)
+        if self.o.cross_pairs is not None:
+            pairs, pair_notes = read_cross_pairs(self.o.cross_pairs, usable)
+            for v, photo in list(pairs.items()):
+                try:
+                    ok, why = has_face(photo), "no face found"
+                except ImageError as e:
+                    ok, why = False, str(e)
+                if not ok:
+                    pair_notes.append(f"cross-identity: skipped source photo {photo.name} ({why})")
+                    del pairs[v]
+        else:
+            pairs, pair_notes = pair_sources(usable, photos, has_face, self.o.seed)
         self.notes.extend(pair_notes)
         out = []
         for v, photo in pairs.items():
