@@ -45,7 +45,7 @@ from anchorface.faces import detect as faces, landmarks
 from anchorface.data.dataset import furthest_end
 from anchorface.devices import resolve_device
 from anchorface.methods.anchored.plans import KINDS
-from anchorface.errors import AnchorfaceError, ImageError, NoFaceError
+from anchorface.errors import AnchorfaceError, ImageError, NoFaceError, require
 
 PROTOCOLS = ("self", "cross", "consistency", "ablation")
 SELF_FRAMES = 8  # §4.3.1: "a random 8-frame sequence in its original order"
@@ -354,7 +354,7 @@ def table1_markdown(results: dict, columns: list[tuple[str, str]]) -> str:
 
 def plot_consistency(rows: list[dict], path: Path) -> None:
     """Fig. 5: Self-CSIM (and the two extra consistency measures) against video length, one line per strategy."""
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", "eval", "evaluate's plots").Figure
 
     panels = [("self_csim", "Self-CSIM ↓ (Fig. 5)"), ("first_frame_csim", "min cos(first, later) ↑"),
               ("appearance_drift", "appearance drift ↓ (0-255)")]
@@ -384,7 +384,7 @@ def plot_consistency(rows: list[dict], path: Path) -> None:
 def frame_grid(source: np.ndarray, driving: np.ndarray, generated: dict[str, np.ndarray], path: Path,
                title: str) -> None:
     """A PNG grid: row 1 = source | driving frames; one row per strategy = its generated frames."""
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", "eval", "evaluate's plots").Figure
 
     n = len(driving)
     cols = np.unique(np.linspace(0, n - 1, min(n, GRID_FRAMES)).round().astype(int))
@@ -517,6 +517,7 @@ def run_evaluation(o: Options) -> dict:
     from anchorface.io.video import atomic_output, list_videos, load_image, probe_video
 
     _check_options(o)
+    require("matplotlib", "eval", "evaluate")  # the plots come last: fail before any work
     o = dataclasses.replace(o, device=resolve_device(o.device))  # (the notes list is shared with the caller's)
     t0 = time.time()
     rng_seed = o.seed

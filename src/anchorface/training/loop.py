@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from anchorface.config import Config, save_config
-from anchorface.errors import AnchorfaceError, CheckpointError
+from anchorface.errors import AnchorfaceError, CheckpointError, require
 
 LOG_FIELDS = ["step", "loss", "mse", "vb", "lr", "lr_mapping", "samples_per_s", "elapsed_s"]
 PREVIEW_EXAMPLES = 2  # held-out examples in the periodic sample grid
@@ -300,6 +300,8 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     run uses its saved config, except `max_steps` when given. keep_states: training_state/ is kept in the newest
     `keep_states` checkpoints only (0 = all); the EMA weights of every checkpoint are kept.
     """
+    require("accelerate", "train", "training")
+    require("tensorboard", "train", "training")  # (torch.utils.tensorboard imports it)
     from accelerate import Accelerator
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from torch.utils.tensorboard import SummaryWriter
