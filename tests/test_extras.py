@@ -40,7 +40,7 @@ def test_require_names_a_missing_package_of_the_extra(monkeypatch, tmp_path):
     (tmp_path / "halfinstalled" / "__init__.py").write_text("import anchorface_no_such_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(MissingExtraError, match=r"^plots needs the 'eval' extra \(no module named "
-                                                r"'anchorface_no_such_dependency'\): pip install 'anchorface\[eval\]'$"):
+                       r"'anchorface_no_such_dependency'\): pip install 'anchorface\[eval\]'$"):
         require("halfinstalled", "eval", "plots")
 
 
