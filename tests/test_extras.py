@@ -2,6 +2,7 @@
 the demo runs with none of them. A missing package is simulated with `sys.modules[name] = None`, which makes
 `import name` raise ModuleNotFoundError exactly as when it is not installed."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +81,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_demo_needs_no_extra(tmp_path):
     """The Quickstart installs the core only (`pip install -e .`): the demo must run without the extras."""
-    env = {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-c", BLOCK_EXTRAS, "demo", "-o", str(tmp_path), "--frames", "4",
                           "--steps", "1", "--quiet"], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr
