@@ -17,8 +17,6 @@ from anchorface.errors import AnchorfaceError
 from anchorface.methods.anchored.plans import KINDS
 from anchorface.io.video import list_videos
 
-FACES = Path(__file__).resolve().parents[2] / "shared/data/faces"
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Selection
@@ -30,7 +28,10 @@ def test_self_window_is_consecutive_and_source_is_furthest():
         idx, src = evaluate.self_window(n, L, random.Random(seed))
         assert idx == list(range(idx[0], idx[0] + L)) and 0 <= idx[0] and idx[-1] < n
         assert src not in idx
-        dist = lambda f: min(abs(f - i) for i in idx)  # noqa: E731
+
+        def dist(f, idx=idx):
+            return min(abs(f - i) for i in idx)
+
         assert dist(src) == max(dist(f) for f in range(n))  # the frame furthest in time from the window
     assert evaluate.self_window(8, 8, random.Random(0)) is None  # no frame left for the source
     idx, src = evaluate.self_window(9, 8, random.Random(0))
@@ -164,33 +165,12 @@ def test_bad_options_raise_one_line_errors(tmp_path):
 # End to end on a tiny random checkpoint
 
 
-def tiny_checkpoint(path: Path) -> Path:
-    from anchorface.methods.anchored.checkpoint import save_checkpoint
-    from anchorface.frozen.codecs import PixelCodec
-    from anchorface.config import load_config
-    from anchorface.methods.anchored.global_encoder import LearnedGlobalEncoder
-    from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
-
-    cfg = load_config("tiny")
-    cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads, cfg.model.global_dim = 48, 2, 2, 16
-    cfg.model.patch_size = 1  # 48 values per token: the width must hold them
-    cfg.data.resolution, cfg.data.pixel_factor = 32, 4
-    cfg.sample.steps, cfg.sample.micro_batch = 2, 4
-    c, h, _ = PixelCodec(4).latent_shape(32)
-    torch.manual_seed(0)
-    sdit = SDiT(SDiTConfig.from_model_config(cfg.model, input_size=h, in_channels=c))
-    with torch.no_grad():  # random, not zero-initialised, output layers: the conditions and merges matter
-        for p in sdit.parameters():
-            p.normal_(0.0, 0.05)
-    return save_checkpoint(path, cfg, sdit, LearnedGlobalEncoder(16, 32))
-
-
-def test_table1_columns_come_from_the_registry(tmp_path):
+def test_table1_columns_come_from_the_registry(tmp_path, tiny_checkpoint):
     """Each checkpointed method x checkpoint x variant (the --merge strategies, in their order), then one column
     per baseline of the registry at the model's resolution; --no-baselines and --methods select from them."""
     from anchorface.methods.registry import method_names
 
-    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    ckpt = tiny_checkpoint
     o = evaluate.Options(checkpoints=[ckpt], driving=[], output=tmp_path / "o", merges=("independent", "anchored"),
                          steps=1)
     specs = evaluate.selected_methods(o)
@@ -210,14 +190,12 @@ def test_table1_columns_come_from_the_registry(tmp_path):
         evaluate.load_columns(evaluate.Options(**{**vars(o), "steps": 5000}), specs)
 
 
-def test_evaluate_baselines_only_without_checkpoint(tmp_path):
+def test_evaluate_baselines_only_without_checkpoint(tmp_path, face_corpus):
     """`evaluate --methods copy-driving still-source`: no checkpoint needed; Table 1 has the two baseline columns."""
-    if not FACES.is_dir():
-        pytest.skip(f"real face data not found at {FACES} (../shared/data/faces beside the checkout)")
     from anchorface.apps.cli import main
 
     out = tmp_path / "report"
-    rc = main(["evaluate", "--methods", "copy-driving", "still-source", "--driving", str(FACES / "driving/d18.mp4"),
+    rc = main(["evaluate", "--methods", "copy-driving", "still-source", "--driving", str(face_corpus / "driving/d18.mp4"),
                "--protocol", "self", "--frames", "4", "--output", str(out), "--quiet"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
@@ -228,24 +206,18 @@ def test_evaluate_baselines_only_without_checkpoint(tmp_path):
     assert "| Metric | baseline / copy driving | baseline / still source |" in (out / "report.md").read_text()
 
 
-def test_evaluate_smoke_end_to_end(tmp_path):
-    if not FACES.is_dir():
-        pytest.skip(f"real face data not found at {FACES} (../shared/data/faces beside the checkout)")
-    from test_metrics import TinyI3D, TinyInception  # TorchScript nets with the real files' calling conventions
-
+def test_evaluate_smoke_end_to_end(tmp_path, face_corpus, tiny_checkpoint, feature_nets):
     from anchorface.apps.cli import main
 
-    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    corpus, ckpt = face_corpus, tiny_checkpoint
+    inception, i3d = feature_nets  # TorchScript nets with the real files' calling conventions
     sources = tmp_path / "sources"  # one photo with a face, one without (skipped with a note)
     sources.mkdir()
     for name in ("s1.jpg", "s22.jpg"):
-        (sources / name).symlink_to(FACES / "source" / name)
-    inception, i3d = tmp_path / "inception-2015-12-05.pt", tmp_path / "i3d_torchscript.pt"
-    torch.jit.script(TinyInception()).save(str(inception))
-    torch.jit.script(TinyI3D()).save(str(i3d))
+        (sources / name).symlink_to(corpus / "source" / name)
     out = tmp_path / "report"
-    rc = main(["evaluate", "--checkpoint", str(ckpt), "--driving", str(FACES / "driving" / "d18.mp4"),
-               str(FACES / "driving" / "d19.mp4"), "--sources", str(sources), "--output", str(out),
+    rc = main(["evaluate", "--checkpoint", str(ckpt), "--driving", str(corpus / "driving" / "d18.mp4"),
+               str(corpus / "driving" / "d19.mp4"), "--sources", str(sources), "--output", str(out),
                "--steps", "2", "--frames", "4", "--lengths", "4", "8", "--ablation-steps", "1",
                "--ablation-scales", "1", "2", "--ablation-conditions", "none", "both",
                "--inception", str(inception), "--i3d", str(i3d), "--quiet"])
@@ -258,7 +230,7 @@ def test_evaluate_smoke_end_to_end(tmp_path):
     assert "learned global encoder" in report["csim_embedding"]
     self_res = report["results"]["self"]["ckpt"]
     assert set(self_res) == set(KINDS)
-    for merge, r in self_res.items():
+    for r in self_res.values():
         assert r["videos"] == 2 and -1 <= r["csim"] <= 1 and 0 <= r["self_csim"] <= 2
         assert r["psnr"] is not None and 0 <= r["face_found_rate"] <= 1
         assert r["fid"] is not None and r["fid_samples"] == 8 and r["fvd"] is not None and r["fvd_samples"] == 2
@@ -283,15 +255,13 @@ def test_evaluate_smoke_end_to_end(tmp_path):
     assert ablation[(2, 1.0, "none")]["csim"] != ablation[(2, 1.0, "both")]["csim"]
 
 
-def test_scorer_on_real_clip_perfect_and_shifted_generation():
+def test_scorer_on_real_clip_perfect_and_shifted_generation(face_corpus):
     """The scoring chain on real frames: a generator that returns the driving crops scores LMSE 0, Self-CSIM 0,
     PSNR inf, SSIM 1; one whose crops are shifted by 4 px (of a 256-px crop) scores LMSE ~ 4^2 = 16."""
-    if not FACES.is_dir():
-        pytest.skip(f"real face data not found at {FACES} (../shared/data/faces beside the checkout)")
     from anchorface.faces import detect as faces
     from anchorface.methods.anchored.global_encoder import LearnedGlobalEncoder
 
-    video = FACES / "driving" / "d18.mp4"
+    video = face_corpus / "driving" / "d18.mp4"
     got = evaluate.read_frames(video, list(range(40, 46)) + [0])
     case = evaluate.make_case("d18", video, [got[i] for i in range(40, 46)], got[0], "frame 0")
     torch.manual_seed(0)

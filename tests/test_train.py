@@ -21,9 +21,6 @@ from anchorface.methods.anchored.checkpoint import load_checkpoint
 from anchorface.methods.anchored.training import build_denoiser, example_noise, param_groups
 from anchorface.training.loop import EMA, read_log, train
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_data import write_synthetic_dataset  # noqa: E402
-
 # A micro model: 2 layers, width 48, patch 1, 16x16 crops -> 4x4x48 pixel-codec latents, learned G, T = 4.
 MICRO = {
     "model": {"preset": "custom", "hidden_size": 48, "depth": 2, "num_heads": 2, "patch_size": 1, "num_frames": 4,
@@ -35,7 +32,7 @@ MICRO = {
 
 
 @pytest.fixture(scope="module")
-def micro(tmp_path_factory):
+def micro(tmp_path_factory, write_synthetic_dataset):
     root = tmp_path_factory.mktemp("micro")
     (root / "micro.yaml").write_text(yaml.safe_dump(MICRO))
     cfg = load_config(root / "micro.yaml")

@@ -20,9 +20,6 @@ from anchorface.io.images import load_image, save_image
 from anchorface.io import video
 from anchorface.io.video import VideoInfo, VideoWriter, iter_frames, probe_video
 
-FACES = Path(__file__).resolve().parents[2] / "shared/data/faces"
-DRIVING = FACES / "driving"
-needs_faces = pytest.mark.skipif(not DRIVING.is_dir(), reason=f"real face data not found at {FACES}")
 FAST = "ultrafast"  # x264 preset for test outputs
 
 
@@ -142,12 +139,11 @@ def test_legacy_rotate_tag_is_clockwise():
     assert _rotation(Frame(), Stream()) == 180
 
 
-@needs_faces
-def test_probe_real_driving_clip():
-    info = probe_video(DRIVING / "d0.mp4")
+def test_probe_real_driving_clip(face_corpus):
+    info = probe_video(face_corpus / "driving" / "d0.mp4")
     assert (info.width, info.height, info.fps, info.num_frames) == (512, 512, Fraction(25), 78)
-    assert sum(1 for _ in iter_frames(DRIVING / "d0.mp4")) == 78
-    assert probe_video(DRIVING / "d11.mp4").has_audio
+    assert sum(1 for _ in iter_frames(face_corpus / "driving" / "d0.mp4")) == 78
+    assert probe_video(face_corpus / "driving" / "d11.mp4").has_audio
 
 
 # --------------------------------------------------------------------------------------------------- writing
@@ -223,9 +219,8 @@ def test_writer_with_silent_audio_source(tmp_path):
     assert not probe_video(out).has_audio
 
 
-@needs_faces
-def test_writer_from_real_driving_clip_keeps_audio_rate_and_count(tmp_path):
-    clip = DRIVING / "d11.mp4"
+def test_writer_from_real_driving_clip_keeps_audio_rate_and_count(tmp_path, face_corpus):
+    clip = face_corpus / "driving" / "d11.mp4"
     src = probe_video(clip)
     out = tmp_path / "reenacted.mp4"
     n = 40
@@ -255,10 +250,9 @@ def _peak_rss_kb(path: Path) -> tuple[int, int]:
     return int(out[0]), int(out[1])
 
 
-@needs_faces
-def test_decoding_is_streaming(tmp_path):
+def test_decoding_is_streaming(tmp_path, face_corpus):
     # the same clip once and four times over; decoding either must take about the same peak memory
-    frames = [np.ascontiguousarray(f[::2, ::2]) for f in iter_frames(DRIVING / "d0.mp4")]  # 78 x 256x256
+    frames = [np.ascontiguousarray(f[::2, ::2]) for f in iter_frames(face_corpus / "driving" / "d0.mp4")]  # 78 x 256x256
     one, four = tmp_path / "x1.mp4", tmp_path / "x4.mp4"
     with VideoWriter(one, 25, preset=FAST) as w:
         for f in frames:

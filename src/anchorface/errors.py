@@ -66,3 +66,20 @@ class translate_io_errors:
         if exc is not None and isinstance(exc, io_errors()):
             raise self.cls(f"{self.what}: {one_line(exc)}") from None
         return False
+
+
+class MissingExtraError(AnchorfaceError):
+    """An optional dependency (a pip extra of anchorface) is not installed."""
+
+
+def require(module: str, extra: str, what: str):
+    """Import and return `module`, or raise a one-line `MissingExtraError` naming the pip extra that brings it:
+    `<what> needs the '<extra>' extra: pip install 'anchorface[<extra>]'`. Used at every optional import."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:  # the extra, or a package it needs (installing the extra brings both)
+        same = e.name is None or e.name.split(".")[0] == module.split(".")[0]
+        why = "" if same else f" (no module named '{e.name}')"
+        raise MissingExtraError(f"{what} needs the '{extra}' extra{why}: pip install 'anchorface[{extra}]'") from None

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from anchorface.data.dataset import furthest_end
 from anchorface.devices import resolve_device
-from anchorface.errors import AnchorfaceError, ImageError, NoFaceError
+from anchorface.errors import AnchorfaceError, ImageError, NoFaceError, require
 from anchorface.evaluation import metrics
 from anchorface.io.images import resize
 from anchorface.evaluation.report import BASELINE_COLUMN, jsonable, write_report  # noqa: F401
@@ -584,6 +584,7 @@ def run_evaluation(o: Options) -> dict:
     from anchorface.io.video import list_videos
 
     _check_options(o)
+    require("matplotlib", "eval", "evaluate")  # the plots come last: fail before any work
     o = dataclasses.replace(o, device=resolve_device(o.device))  # (the notes list is shared with the caller's)
     t0 = time.time()
     specs = selected_methods(o)

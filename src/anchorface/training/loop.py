@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from anchorface.config import Config, save_config
-from anchorface.errors import AnchorfaceError, CheckpointError
+from anchorface.errors import AnchorfaceError, CheckpointError, require
 from anchorface.io.atomic import atomic_output, write_text
 from anchorface.io.manifest import existing_directory, read_json_object, write_json
 from anchorface.training.recipe import recipe_class
@@ -417,6 +417,8 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     held out for previews). keep_states: training_state/ is kept in the newest `keep_states` checkpoints only
     (0 = all); the EMA weights of every checkpoint are kept. recipe: a recipe class instead of `cfg.method`'s.
     """
+    require("accelerate", "train", "training")
+    require("tensorboard", "train", "training")  # (torch.utils.tensorboard imports it)
     output = Path(output)
     resume_from = check_output(output, resume, keep_states)
     cfg, recipe_cls = run_config(cfg, resume_from, recipe)
