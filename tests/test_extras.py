@@ -11,7 +11,7 @@ import pytest
 
 from anchorface.apps.cli import main
 from anchorface.errors import AnchorfaceError, MissingExtraError, require
-from anchorface.evaluation import protocols
+from anchorface.evaluation import report
 from anchorface.frozen.encoders import CLIPGlobalEncoder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -61,7 +61,7 @@ def test_evaluate_without_the_eval_extra_fails_before_any_work(monkeypatch, tmp_
     assert capsys.readouterr().err == ("anchorface: error: evaluate needs the 'eval' extra: "
                                        "pip install 'anchorface[eval]'\n")
     with pytest.raises(MissingExtraError, match="evaluate's plots needs the 'eval' extra"):
-        protocols.plot_consistency([], tmp_path / "fig5.png")
+        report.plot_consistency([], tmp_path / "fig5.png")
 
 
 def test_clip_without_the_clip_extra(monkeypatch, tmp_path):

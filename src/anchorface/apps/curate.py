@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from anchorface.apps.arguments import (finite_float, non_negative_float, positive_float, positive_int, seed,
+                                       unit_float)
 from anchorface.curation.pipeline import CurateOptions
 
 _D = CurateOptions()
@@ -76,26 +78,26 @@ def register(subparsers) -> None:
                     "re-run skips finished videos.")
     p.add_argument("raw_dir", help="folder of raw videos (searched recursively)")
     p.add_argument("out_dir", help="output folder")
-    p.add_argument("--min-height", type=int, default=_D.min_height,
+    p.add_argument("--min-height", type=positive_int, default=_D.min_height,
                    help=f"shorter side of the video in px (default {_D.min_height}, i.e. 720p)")
-    p.add_argument("--min-face", type=float, default=_D.min_face, help=f"face width in px (default {_D.min_face:g})")
-    p.add_argument("--min-seconds", type=float, default=_D.min_seconds,
+    p.add_argument("--min-face", type=non_negative_float, default=_D.min_face, help=f"face width in px (default {_D.min_face:g})")
+    p.add_argument("--min-seconds", type=non_negative_float, default=_D.min_seconds,
                    help=f"segment length (default {_D.min_seconds:g})")
-    p.add_argument("--max-identity-distance", type=float, default=_D.max_identity_distance,
+    p.add_argument("--max-identity-distance", type=positive_float, default=_D.max_identity_distance,
                    help="largest face-recognition distance from the first frame (dlib metric; default "
                         f"{_D.max_identity_distance:g})")
     p.add_argument("--clip", metavar="DIR", help="CLIP model directory: also check the CLIP distance")
-    p.add_argument("--max-clip-distance", type=float, default=_D.max_clip_distance,
+    p.add_argument("--max-clip-distance", type=positive_float, default=_D.max_clip_distance,
                    help=f"largest CLIP cosine distance from the first frame (default {_D.max_clip_distance:g})")
-    p.add_argument("--min-quality", type=float, default=_D.min_quality,
+    p.add_argument("--min-quality", type=finite_float, default=_D.min_quality,
                    help="smallest laplacian sharpness of the face crop (default 0: keep all)")
     p.add_argument("--multiple", choices=["largest", "reject"], default=_D.multiple,
                    help="several faces in a frame: follow the largest (default) or reject the frames")
-    p.add_argument("--sample-seconds", type=float, default=_D.sample_seconds,
+    p.add_argument("--sample-seconds", type=positive_float, default=_D.sample_seconds,
                    help=f"score the tracked face every this many seconds (default {_D.sample_seconds:g})")
     p.add_argument("--write-clips", action="store_true", help="write the accepted segments to OUT_DIR/clips/")
     p.add_argument("--stats", action="store_true", help="also write the App. B statistics to OUT_DIR/stats/")
-    p.add_argument("--workers", type=int, help="Ray workers on this machine (default: all cores); 1 = serial")
+    p.add_argument("--workers", type=positive_int, help="Ray workers on this machine (default: all cores); 1 = serial")
     p.add_argument("--ray-address", metavar="ADDR", help="join a running Ray cluster (e.g. auto or HOST:6379)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_curate)
@@ -114,9 +116,9 @@ def register(subparsers) -> None:
                                           "self_pairs.tsv and cross_pairs.tsv for `anchorface evaluate`.")
     t.add_argument("curated_dir")
     t.add_argument("--output", "-o", help="split folder (default: CURATED_DIR/split)")
-    t.add_argument("--test-fraction", type=float, default=0.2, help="share of segments held out (default 0.2)")
-    t.add_argument("--threshold", type=float, help="identity clustering distance (default: 0.6, dlib's)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--test-fraction", type=unit_float, default=0.2, help="share of segments held out (default 0.2)")
+    t.add_argument("--threshold", type=positive_float, help="identity clustering distance (default: 0.6, dlib's)")
+    t.add_argument("--seed", type=seed, default=0)
     t.set_defaults(func=_cmd_split)
 
     c = subparsers.add_parser("scene-study", help="scene recognition study of §4.5.1 (Table 2, t-SNE)",
@@ -127,8 +129,8 @@ def register(subparsers) -> None:
     c.add_argument("--output", "-o", required=True)
     c.add_argument("--checkpoint", help="checkpoint directory whose global encoder G to include")
     c.add_argument("--clip", metavar="DIR", help="CLIP model directory")
-    c.add_argument("--frames", type=int, default=16, help="frames per segment/video (default 16)")
-    c.add_argument("--max-groups", type=int, help="use at most this many segments/videos")
+    c.add_argument("--frames", type=positive_int, default=16, help="frames per segment/video (default 16)")
+    c.add_argument("--max-groups", type=positive_int, help="use at most this many segments/videos")
     c.add_argument("--device", default="cpu")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_scene_study)

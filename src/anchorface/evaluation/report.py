@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anchorface.errors import require
 from anchorface.io.atomic import atomic_output
 from anchorface.io.images import resize
 
@@ -68,6 +69,7 @@ def table1_markdown(results: dict, columns: list[tuple[str, str]]) -> str:
 
 def plot_consistency(rows: list[dict], path: Path, order: list[str] = ()) -> None:
     """Fig. 5: Self-CSIM (and the two extra consistency measures) against video length, one line per strategy."""
+    require("matplotlib", "eval", "evaluate's plots")
     from matplotlib.figure import Figure
 
     panels = [("self_csim", "Self-CSIM ↓ (Fig. 5)"), ("first_frame_csim", "min cos(first, later) ↑"),
