@@ -11,7 +11,7 @@ import pytest
 
 from anchorface.apps.cli import main
 from anchorface.errors import AnchorfaceError, MissingExtraError, require
-from anchorface.evaluation import report
+from anchorface.evaluation import protocols, report  # noqa: F401  (protocols imports mediapipe, which needs matplotlib, before a test blocks it)
 from anchorface.frozen.encoders import CLIPGlobalEncoder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
