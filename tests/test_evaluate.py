@@ -252,9 +252,12 @@ def test_evaluate_smoke_end_to_end(tmp_path):
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     md = (out / "report.md").read_text()
-    for png in ("consistency.png", "grid-self.png", "grid-cross.png"):
+    for png in ("consistency.png", "grid-self.png", "grid-cross.png", "guidance.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "Table 1" in md and "Fig. 5" in md and "supp. Table 1" in md
+    assert "Table 1" in md and "Fig. 5" in md and "supp. Table 1" in md and "Fig. 7" in md
+    guidance = report["guidance"]
+    assert guidance["cases"] == 2 and len(guidance["rows"]) == 20
+    assert set(guidance["mse"]) == {"both", "landmarks", "global", "none"}
     assert "learned global encoder" in report["csim_embedding"]
     self_res = report["results"]["self"]["ckpt"]
     assert set(self_res) == set(KINDS)

@@ -13,6 +13,8 @@ Protocols (`--protocol`):
   and every later one, and a landmark-free appearance drift, plotted against the length.
 - `ablation` (supp. Table 1): on the cross-identity pairs, CFG scales, step counts and the conditions given at
   sampling (none / landmarks / global / both).
+- `guidance` (§4.5.2, Fig. 7): on the self-reenactment windows, how much better the first anchored checkpoint
+  recovers x0 from x_t with each subset of its signals than with none, per timestep (`evaluation/guidance.py`).
 
 What is compared are Table 1's columns, laid out from the method registry (`methods.registry`, `--methods`):
 each model method x checkpoint x variant (Anchored Diffusion's merge strategies, `--merge`), then one column per
@@ -52,7 +54,7 @@ from anchorface.methods.anchored.options import CONDITIONS, MERGES, check_sampli
 from anchorface.methods.base import DrivingClip, Source
 from anchorface.methods.registry import MethodSpec, get_method, method_names
 
-PROTOCOLS = ("self", "cross", "consistency", "ablation")
+PROTOCOLS = ("self", "cross", "consistency", "ablation", "guidance")
 SELF_FRAMES = 8  # §4.3.1: "a random 8-frame sequence in its original order"
 DEFAULT_LENGTHS = (8, 16, 32, 64)  # consistency study (Fig. 5)
 ABLATION_SCALES = (1.0, 2.0, 4.0, 8.0)  # supp. Table 1, CFG column
@@ -549,6 +551,30 @@ def ablation_protocol(ev: Evaluation, column: Column, rows: list[tuple[int, floa
     return out
 
 
+def guidance_protocol(ev: Evaluation, column: Column, cases: list[Case]) -> dict | None:
+    """Fig. 7 on the first anchored column: x0-recovery error per timestep and condition subset, on the first T
+    frames of every self-reenactment window (`evaluation.guidance`)."""
+    from anchorface.evaluation.guidance import recovery_errors, study_timesteps, summarize
+
+    pipe = column.method.pipe
+    T, res = pipe.num_frames, pipe.resolution
+    seqs = []
+    for c in cases:
+        if len(c.frames) < T:
+            ev.notes.append(f"guidance: {c.name} has fewer than T={T} frames; skipped")
+            continue
+        seqs.append((c.driving_crops(res)[:T], pipe.global_signal(c.source_crop(res)),
+                     target_motion(c, ev.o.relative)[:T]))
+    ev.tick(len(cases))
+    if not seqs:
+        return None
+    timesteps = study_timesteps(pipe.diffusion.num_timesteps)
+    errors = recovery_errors(pipe, seqs, timesteps, seed=ev.o.seed)
+    return {"checkpoint": column.group, "cases": len(seqs), "frames": T, "timesteps": timesteps,
+            "rows": summarize(errors, timesteps, seed=ev.o.seed),
+            "mse": {k: v.tolist() for k, v in errors.items()}}
+
+
 def run_evaluation(o: Options) -> dict:
     """Run the selected protocols with the selected methods of the registry and write report.md, report.json,
     plots and grids under `o.output` (`evaluation.report`)."""
@@ -578,7 +604,7 @@ def run_evaluation(o: Options) -> dict:
         notes.append("FVD not computed: pass --i3d PATH/i3d_torchscript.pt")
     ev = Evaluation(o, videos, models, columns, baselines, Scorer(embedder, inception, i3d))
 
-    self_cases = ev.self_cases() if {"self", "cross", "ablation"} & set(o.protocols) else []
+    self_cases = ev.self_cases() if {"self", "cross", "ablation", "guidance"} & set(o.protocols) else []
     cross_cases = ev.cross_cases() if {"cross", "ablation"} & set(o.protocols) else []
     abl_cases = cross_cases or self_cases
     if abl_rows and not cross_cases:
@@ -588,6 +614,10 @@ def run_evaluation(o: Options) -> dict:
                 if p in o.protocols)
     total += sum((v, L) in ev.windows for L in consistency_lengths for v in videos) * len(columns)
     total += len(abl_rows) * len(abl_cases)
+    guided = anchored[0] if "guidance" in o.protocols and anchored else None
+    if "guidance" in o.protocols and not anchored:
+        notes.append("guidance: needs the anchored method; skipped")
+    total += len(self_cases) if guided is not None else 0
     total += sum(len(cs) * len(baselines) for p, cs in (("self", self_cases), ("cross", cross_cases))
                  if p in o.protocols)
     if total == 0:
@@ -604,6 +634,7 @@ def run_evaluation(o: Options) -> dict:
             ev.tick(len(cases) * len(baselines))
     consistency_rows = consistency_protocol(ev) if consistency_lengths else []
     ablation_rows = ablation_protocol(ev, anchored[0], abl_rows, abl_cases) if abl_rows else []
+    guidance = guidance_protocol(ev, guided, self_cases) if guided is not None else None
     ev.bar.close()
 
     report = {
@@ -618,6 +649,7 @@ def run_evaluation(o: Options) -> dict:
         "results": results,
         "consistency": consistency_rows,
         "ablation": ablation_rows,
+        "guidance": guidance,
         "notes": list(dict.fromkeys(notes)),
         "seconds": time.time() - t0,
     }
