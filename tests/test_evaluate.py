@@ -272,6 +272,11 @@ def test_evaluate_smoke_end_to_end(tmp_path):
     assert any("s22.jpg" in n and "no face" in n for n in report["notes"])  # the animal photo was skipped
     cons = {(r["length"], r["merge"]): r for r in report["consistency"]}
     assert set(cons) == {(L, m) for L in (4, 8) for m in KINDS}
+    for r in cons.values():  # the drifts of the Fig. 5 study, each with its bootstrap interval over the 2 clips
+        for key in ("self_csim", "id_drift_first", "id_drift_anchor", "background_drift"):
+            lo, hi = r["ci"][key]
+            assert lo <= r[key] <= hi
+    assert (out / "strip-both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # Fig. 4 strip
     # 8 frames with T=4: the strategies plan different sequences, so their videos differ
     assert cons[(8, "anchored")]["appearance_drift"] != cons[(8, "independent")]["appearance_drift"]
     # the baseline columns: copying the driving crops is the ground truth itself (PSNR inf, written "inf" in strict
@@ -309,3 +314,41 @@ def test_scorer_on_real_clip_perfect_and_shifted_generation():
     m = scorer.score(case, moved, case.drv_lmk, with_reference=True)["metrics"]
     assert 0.8 * shift ** 2 < m["lmse"] < 1.25 * shift ** 2, m["lmse"]  # measured 15.8
     assert m["psnr"] < 40
+
+
+def test_long_window_plays_the_clip_forward_and_back():
+    idx, src = evaluate.long_window(5, 12)
+    assert idx == [0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3] and src == 4
+    assert all(abs(a - b) == 1 for a, b in zip(idx, idx[1:])), "continuous motion"
+
+
+def test_consistency_study_settings_seeds_and_long_windows(tmp_path):
+    """Both settings of the study (full conditions; G dropped), 2 seeds, and a window longer than the clip
+    (ping-pong): rows per (setting, length, strategy) with intervals over clips x seeds, a Fig. 4 strip per
+    setting, and the dropped G changes the videos."""
+    if not FACES.is_dir():
+        pytest.skip(f"real face data not found at {FACES} (../shared/data/faces beside the checkout)")
+    from anchorface.apps.cli import main
+    from anchorface.io.video import probe_video
+
+    clip = FACES / "driving" / "d18.mp4"
+    n = probe_video(clip).num_frames
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "report"
+    L = n + 8  # longer than the clip
+    rc = main(["evaluate", "--checkpoint", str(ckpt), "--driving", str(clip), "--output", str(out),
+               "--protocol", "consistency", "--lengths", "4", str(L), "--merge", "anchored", "multidiffusion",
+               "--consistency-conditions", "both", "landmarks", "--seeds", "2", "--steps", "1", "--no-baselines",
+               "--quiet"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    rows = {(r["conditions"], r["length"], r["merge"]): r for r in report["consistency"]}
+    assert set(rows) == {(c, length, m) for c in ("both", "landmarks") for length in (4, L)
+                         for m in ("anchored", "multidiffusion")}
+    assert all(r["videos"] == 2 and r["seeds"] == 2 for r in rows.values())  # 1 clip x 2 seeds
+    assert any("ping-pong" in note for note in report["notes"])
+    for cond in ("both", "landmarks"):
+        assert (out / f"strip-{cond}.png").is_file()
+    assert rows[("both", L, "anchored")]["background_drift"] != rows[("landmarks", L, "anchored")]["background_drift"]
+    md = (out / "report.md").read_text()
+    assert "landmarks only (G dropped)" in md and "full conditions" in md

@@ -46,6 +46,11 @@ def register(subparsers) -> None:
     p.add_argument("--relative", action="store_true", help="condition on motion re-targeted to the source face")
     p.add_argument("--no-baselines", dest="baselines", action="store_false",
                    help="leave out Table 1's 'copy driving' and 'still source' reference columns")
+    p.add_argument("--consistency-conditions", nargs="+", default=["both"], choices=list(CONDITIONS), metavar="C",
+                   help="settings of the consistency study: the signals given (both = full conditions, landmarks = "
+                        "G dropped; default: both)")
+    p.add_argument("--seeds", type=int, default=1, metavar="K",
+                   help="seeds per clip, length and strategy in the consistency study (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -59,7 +64,8 @@ def _main(a) -> int:
                 lengths=tuple(a.lengths), ablation_steps=tuple(a.ablation_steps) if a.ablation_steps else None,
                 ablation_scales=tuple(a.ablation_scales), ablation_conditions=tuple(a.ablation_conditions),
                 clip=a.clip, inception=a.inception, i3d=a.i3d, relative=a.relative, baselines=a.baselines,
-                methods=tuple(a.methods) if a.methods else None, seed=a.seed, device=a.device, progress=not a.quiet)
+                methods=tuple(a.methods) if a.methods else None, seed=a.seed, seeds=a.seeds,
+                consistency_conditions=tuple(a.consistency_conditions), device=a.device, progress=not a.quiet)
     report = run_evaluation(o)
     print(f"evaluate: wrote {Path(a.output) / 'report.md'} ({len(report['videos'])} videos, "
           f"{report['seconds']:.0f} s)")

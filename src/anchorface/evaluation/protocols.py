@@ -75,6 +75,16 @@ def self_window(num_frames: int, length: int, rng: random.Random) -> tuple[list[
     return window, furthest_end(window[0], window[-1], num_frames)
 
 
+def long_window(num_frames: int, length: int) -> tuple[list[int], int]:
+    """A consistency window longer than the clip: the clip played forward and back (ping-pong) until `length`
+    frames, so the motion stays continuous; the source is the clip's last frame (it lies inside the window)."""
+    if num_frames < 2:
+        return [0] * length, 0
+    period = 2 * (num_frames - 1)
+    idx = [i % period for i in range(length)]
+    return [i if i < num_frames else period - i for i in idx], num_frames - 1
+
+
 def same_identity(photo: Path, video: Path) -> bool:
     """A photo counts as the driving clip's identity when named after it (`d12.jpg`, `drv_d12.jpg`)."""
     return photo.stem == video.stem or photo.stem.endswith("_" + video.stem)
@@ -194,13 +204,16 @@ def generate(method, case: Case, options: dict, relative: bool, seed: int = 0) -
 class Scorer:
     """Per-video metrics (§4.2) of generated crops against a case, plus features for FID / FVD."""
 
-    def __init__(self, embedder=None, inception=None, i3d=None):
-        self.embedder, self.inception, self.i3d = embedder, inception, i3d
+    def __init__(self, embedder=None, inception=None, i3d=None, distance: str = "cosine"):
+        self.embedder, self.inception, self.i3d, self.distance = embedder, inception, i3d, distance
 
     def embed(self, frames) -> np.ndarray | None:
         return None if self.embedder is None else metrics.embed_frames(self.embedder, frames)
 
-    def score(self, case: Case, gen: np.ndarray, target_lmk: np.ndarray, with_reference: bool) -> dict:
+    def score(self, case: Case, gen: np.ndarray, target_lmk: np.ndarray, with_reference: bool,
+              consistency: bool = False) -> dict:
+        """`consistency` adds the Fig. 5 study's drifts: identity distance of every frame to the first and to the
+        central (anchor) frame, and the appearance drift outside the face."""
         res = gen.shape[1]
         real = case.driving_crops(res)
         size = landmarks.landmark_crop_size(res)
@@ -216,7 +229,12 @@ class Scorer:
             e_src, e_drv = self.embed(case.source_crop(res)[None]), self.embed(real)
             out.update(csim=metrics.csim(e_src[0], e_gen), self_csim=metrics.self_csim(e_gen, e_drv),
                        first_frame_csim=metrics.first_frame_csim(e_gen))
+            if consistency:
+                out["id_drift_first"], out["id_drift_first_max"] = metrics.drift_to(e_gen, 0, self.distance)
+                out["id_drift_anchor"], _ = metrics.drift_to(e_gen, len(gen) // 2, self.distance)
         out["appearance_drift"] = metrics.appearance_drift(gen)
+        if consistency:
+            out["background_drift"] = metrics.background_drift(gen, target_lmk)
         if with_reference:
             out.update(psnr=metrics.psnr(gen, real), ssim=metrics.ssim(gen, real))
         feats = {}
@@ -228,7 +246,10 @@ class Scorer:
 
 
 PER_VIDEO = ("lmse", "e_lmse", "face_found_rate", "csim", "self_csim", "first_frame_csim", "appearance_drift",
-             "psnr", "ssim")
+             "psnr", "ssim", "id_drift_first", "id_drift_first_max", "id_drift_anchor", "background_drift")
+CONSISTENCY_MEASURES = ("self_csim", "id_drift_first", "id_drift_anchor", "background_drift", "appearance_drift",
+                        "first_frame_csim")
+STRIP_FRAMES = 12  # Fig. 4: frames of a long video shown side by side
 
 
 def aggregate(scored: list[dict], notes: list[str], label: str) -> dict:
@@ -283,6 +304,8 @@ class Options:
     baselines: bool = True  # False: leave out the registry's baseline methods ("copy driving", "still source")
     methods: tuple[str, ...] | None = None  # methods of the registry (None: all of them)
     seed: int = 0
+    seeds: int = 1  # consistency study: seeds per (clip, length, strategy)
+    consistency_conditions: tuple[str, ...] = ("both",)  # settings of the consistency study (`options.CONDITIONS`)
     device: str = "cpu"
     progress: bool = True
     notes: list[str] = field(default_factory=list)
@@ -295,11 +318,13 @@ def _check_options(o: Options) -> None:
     bad = [p for p in o.protocols if p not in PROTOCOLS]
     if bad:
         raise AnchorfaceError(f"unknown protocol {bad[0]!r}; choose from {', '.join(PROTOCOLS)}")
-    bad = [c for c in o.ablation_conditions if c not in CONDITIONS]
+    bad = [c for c in o.ablation_conditions + o.consistency_conditions if c not in CONDITIONS]
     if bad:
         raise AnchorfaceError(f"unknown ablation condition {bad[0]!r}; choose from {', '.join(CONDITIONS)}")
     for name in o.methods or ():
         get_method(name)
+    if o.seeds < 1:
+        raise AnchorfaceError(f"--seeds must be >= 1, got {o.seeds}")
     if o.frames < 2:
         raise AnchorfaceError(f"--frames must be >= 2, got {o.frames}")
     if any(L < 2 for L in o.lengths):
@@ -426,9 +451,15 @@ class Evaluation:
         self.windows: dict[tuple[Path, int], tuple[list[int], int]] = {}
         infos = {v: probe_video(v) for v in videos}
         lengths = sorted({o.frames} | (set(o.lengths) if "consistency" in o.protocols else set()))
+        self.pingpong: set[tuple[Path, int]] = set()
         for v in videos:
             for L in lengths:
                 w = self_window(infos[v].num_frames, L, random.Random(f"{o.seed}:{v.name}:{L}"))
+                if w is None and L != o.frames and "consistency" in o.protocols:
+                    w = long_window(infos[v].num_frames, L)
+                    self.pingpong.add((v, L))
+                    self.notes.append(f"{v.name}: {infos[v].num_frames} frames; its {L}-frame consistency window "
+                                      "plays it forward and back (ping-pong), source = its last frame")
                 if w is None:
                     self.notes.append(f"{v.name}: {infos[v].num_frames} frames, too short for a {L}-frame window "
                                       "plus a source frame; skipped at that length")
@@ -443,7 +474,7 @@ class Evaluation:
             if (v, L) in self.windows:
                 idx, src = self.windows[(v, L)]
                 got = read_frames(v, idx + [src])
-                if len(got) < len(idx) + 1:
+                if len(got) < len(set(idx + [src])):
                     self.notes.append(f"{v.name}: decoded fewer frames than its header states; skipped at length {L}")
                     return None
                 try:
@@ -482,9 +513,10 @@ class Evaluation:
                             base.drv_lmk, base.drv_found, image, box, faces.source_landmarks(image, box, self.lmk_res)))
         return out
 
-    def score(self, column: Column, case: Case, seed: int, with_reference: bool, **options) -> tuple[dict, np.ndarray]:
+    def score(self, column: Column, case: Case, seed: int, with_reference: bool, consistency: bool = False,
+              **options) -> tuple[dict, np.ndarray]:
         gen, target = generate(column.method, case, {**column.options, **options}, self.o.relative, seed)
-        return self.scorer.score(case, gen, target, with_reference=with_reference), gen
+        return self.scorer.score(case, gen, target, with_reference=with_reference, consistency=consistency), gen
 
     def tick(self, n: int = 1) -> None:
         if self.bar is not None:
@@ -516,22 +548,50 @@ def reenactment_protocol(ev: Evaluation, proto: str, cases: list[Case]) -> tuple
     return results, grid
 
 
-def consistency_protocol(ev: Evaluation) -> list[dict]:
-    """Fig. 5: self-reenactment windows of each length in `o.lengths`, every model column; one length at a time
-    (long windows are freed after use)."""
+def consistency_protocol(ev: Evaluation) -> tuple[list[dict], dict]:
+    """Fig. 5 (and Fig. 4): self-reenactment windows of each length in `o.lengths`, every model column (merge
+    strategy), `o.seeds` seeds, in each setting of `o.consistency_conditions` (the signals given: "both", or
+    "landmarks" where G is dropped and only the merge strategy can hold the appearance). One length at a time (long
+    windows are freed after use). Rows hold each measure's mean over clips x seeds and its 95% bootstrap interval
+    (clips resampled whole). Also returns Fig. 4's strips: for the longest length, the first clip and seed,
+    `STRIP_FRAMES` frames of every strategy per setting."""
+    from anchorface.evaluation.stats import bootstrap_ci
+
+    o = ev.o
     scored: dict[tuple, list] = {}
-    for L in ev.o.lengths:
+    strips: dict[str, dict] = {}
+    longest = max(o.lengths)
+    for L in o.lengths:
         for v in ev.videos:
             c = ev.self_case(v, L)
-            for col in ev.columns:
-                if c is not None:
-                    scored.setdefault((L, col.group, col.label), []).append(
-                        ev.score(col, c, ev.o.seed, with_reference=True)[0])
-                ev.tick(int((v, L) in ev.windows))
-            if L != ev.o.frames:
+            for cond in o.consistency_conditions:
+                for k in range(o.seeds):
+                    for col in ev.columns:
+                        if c is None:
+                            continue
+                        sc, gen = ev.score(col, c, o.seed + k, with_reference=True, consistency=True,
+                                           conditions=cond)
+                        scored.setdefault((cond, L, col.group, col.label), []).append(sc)
+                        strip = strips.setdefault(cond, {"video": c.name, "length": L, "frames": {}}) \
+                            if L == longest and k == 0 else None
+                        if strip is not None and strip["video"] == c.name:
+                            pick = np.linspace(0, len(gen) - 1, min(STRIP_FRAMES, len(gen))).round().astype(int)
+                            strip["frames"][col.label], strip["indices"] = gen[pick], pick.tolist()
+                ev.tick(int((v, L) in ev.windows) * o.seeds * len(ev.columns))
+            if L != o.frames:
                 ev.cases.pop((v, L), None)
-    return [{"length": L, "checkpoint": g, "merge": m, **aggregate(sc, ev.notes, f"consistency/{g}/{m}/{L}")}
-            for (L, g, m), sc in scored.items()]
+    rows = []
+    for (cond, L, g, m), sc in scored.items():
+        row = {"conditions": cond, "length": L, "checkpoint": g, "merge": m, "seeds": o.seeds,
+               **aggregate(sc, ev.notes, f"consistency/{cond}/{g}/{m}/{L}"), "ci": {}}
+        clips = [s["metrics"]["video"] for s in sc]
+        for key in CONSISTENCY_MEASURES:
+            vals = [s["metrics"].get(key, float("nan")) for s in sc]
+            if any(np.isfinite(vals)):
+                mean, lo, hi = bootstrap_ci(vals, groups=clips, seed=o.seed)
+                row[key], row["ci"][key] = mean, [lo, hi]
+        rows.append(row)
+    return rows, strips
 
 
 def ablation_protocol(ev: Evaluation, column: Column, rows: list[tuple[int, float, str]],
@@ -612,7 +672,8 @@ def run_evaluation(o: Options) -> dict:
     consistency_lengths = list(o.lengths) if "consistency" in o.protocols else []
     total = sum(len(cs) * len(columns) for p, cs in (("self", self_cases), ("cross", cross_cases))
                 if p in o.protocols)
-    total += sum((v, L) in ev.windows for L in consistency_lengths for v in videos) * len(columns)
+    total += sum((v, L) in ev.windows for L in consistency_lengths for v in videos) * len(columns) * o.seeds * \
+        len(o.consistency_conditions)
     total += len(abl_rows) * len(abl_cases)
     guided = anchored[0] if "guidance" in o.protocols and anchored else None
     if "guidance" in o.protocols and not anchored:
@@ -632,7 +693,7 @@ def run_evaluation(o: Options) -> dict:
             if grid is not None:
                 grids[proto] = grid
             ev.tick(len(cases) * len(baselines))
-    consistency_rows = consistency_protocol(ev) if consistency_lengths else []
+    consistency_rows, strips = consistency_protocol(ev) if consistency_lengths else ([], {})
     ablation_rows = ablation_protocol(ev, anchored[0], abl_rows, abl_cases) if abl_rows else []
     guidance = guidance_protocol(ev, guided, self_cases) if guided is not None else None
     ev.bar.close()
@@ -655,5 +716,5 @@ def run_evaluation(o: Options) -> dict:
     }
     order = list(dict.fromkeys(c.label for c in columns))
     write_report(report, Path(o.output), [(c.group, c.label) for c in columns + baselines], grids,
-                 [f"*{c.label}*: {c.spec.summary.removeprefix('baseline: ')}" for c in baselines], order)
+                 [f"*{c.label}*: {c.spec.summary.removeprefix('baseline: ')}" for c in baselines], order, strips)
     return report
