@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,38 +22,11 @@ from anchorface.data.dataset import (
 )
 from anchorface.errors import AnchorfaceError
 
-FACES = Path(__file__).resolve().parents[2] / "shared/data/faces"
 
 
 # --------------------------------------------------------------------------------------------------------------
 # A synthetic dataset (no faces needed): random latents, face-like landmarks, uint8 source crops
 # --------------------------------------------------------------------------------------------------------------
-
-def synthetic_landmarks(n: int, rng: np.random.Generator) -> np.ndarray:
-    """[n, 478, 3] points scattered over the central part of the crop, drifting slowly over time."""
-    base = rng.uniform(0.25, 0.75, size=(478, 3)).astype(np.float32)
-    base[:, 2] = rng.normal(0, 0.03, size=478)
-    drift = np.cumsum(rng.normal(0, 0.003, size=(n, 1, 3)), axis=0).astype(np.float32)
-    return base[None] + drift
-
-
-def write_synthetic_dataset(root: Path, cfg, num_clips: int = 3, frames=(12, 20, 9), seed: int = 0,
-                            shard_bytes: int = 2**28, embeddings: bool = False, overwrite: bool = False) -> dict:
-    """A dataset in the real on-disk format (pixel codec shapes); one source video per clip."""
-    rng = np.random.default_rng(seed)
-    res, f = cfg.data.resolution, cfg.data.pixel_factor
-    shape, data = (3 * f * f, res // f, res // f), data_signature(cfg.data)
-    with DatasetWriter(root, data, shape, shard_bytes=shard_bytes, overwrite=overwrite) as w:
-        for i in range(num_clips):
-            n = frames[i % len(frames)]
-            if embeddings:
-                first, last = rng.normal(size=cfg.model.global_dim), rng.normal(size=cfg.model.global_dim)
-            else:
-                first, last = (rng.integers(0, 256, size=(res, res, 3), dtype=np.uint8) for _ in range(2))
-            w.add_clip(f"clip{i}-000", rng.normal(size=(n, *shape)).astype(np.float32),
-                       synthetic_landmarks(n, rng), first, last, fps=25.0, source_video=f"clip{i}.mp4")
-    return load_index(root)
-
 
 def tiny_cfg(res: int = 16):
     cfg = load_config("tiny")
@@ -139,7 +111,7 @@ def test_segment_bounds():
 # The on-disk format
 # --------------------------------------------------------------------------------------------------------------
 
-def test_synthetic_dataset_round_trip(tmp_path):
+def test_synthetic_dataset_round_trip(tmp_path, write_synthetic_dataset):
     from safetensors.torch import load_file
 
     from anchorface.faces.landmarks import landmark_vector
@@ -184,7 +156,7 @@ def test_synthetic_dataset_round_trip(tmp_path):
     torch.testing.assert_close(batches[1]["latents"][0], ds[2]["latents"])
 
 
-def test_embedding_sources_and_compatibility(tmp_path):
+def test_embedding_sources_and_compatibility(tmp_path, write_synthetic_dataset):
     cfg = tiny_cfg(16)
     cfg.data.encoder, cfg.model.global_dim = "clip", 24
     index = write_synthetic_dataset(tmp_path / "e", cfg, embeddings=True)
@@ -200,7 +172,7 @@ def test_embedding_sources_and_compatibility(tmp_path):
         check_compatible(index, other)
 
 
-def test_invalid_datasets(tmp_path):
+def test_invalid_datasets(tmp_path, write_synthetic_dataset):
     cfg = tiny_cfg(16)
     with pytest.raises(AnchorfaceError, match="not found"):
         load_index(tmp_path / "nope")
@@ -222,7 +194,7 @@ def test_invalid_datasets(tmp_path):
         ClipDataset(tmp_path / "s", 4, 0.1, 1.0, 0)
 
 
-def test_overwrite_replaces_the_dataset_only_when_complete(tmp_path):
+def test_overwrite_replaces_the_dataset_only_when_complete(tmp_path, write_synthetic_dataset, synthetic_landmarks):
     cfg = tiny_cfg(16)
     root = tmp_path / "d"
     old = write_synthetic_dataset(root, cfg, num_clips=2, seed=0)
@@ -256,14 +228,12 @@ def test_overwrite_replaces_the_dataset_only_when_complete(tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-    if not (FACES / "driving/d0.mp4").exists():
-        pytest.skip(f"real face corpus not found at {FACES}")
+def videos(tmp_path_factory, face_corpus):
     from anchorface.io.video import VideoWriter, iter_frames
 
     root = tmp_path_factory.mktemp("videos")
     with VideoWriter(root / "face.mp4", 25) as w:
-        for frame in iter_frames(FACES / "driving/d0.mp4", max_frames=25):
+        for frame in iter_frames(face_corpus / "driving/d0.mp4", max_frames=25):
             w.write(frame)
     rng = np.random.default_rng(0)
     with VideoWriter(root / "noface.mp4", 25) as w:
@@ -281,7 +251,8 @@ def test_prepare_real_clip(videos, tmp_path):
     cfg = tiny_cfg(32)
     with pytest.warns(UserWarning, match="noface.mp4"):
         summary = prepare_dataset(videos, tmp_path / "ds", cfg, max_seconds=0.5, progress=False)
-    assert summary == {"videos": 2, "clips": 3, "frames": 25, "skipped_no_face": 1, "skipped_unreadable": 0}
+    assert summary == {"videos": 2, "clips": 3, "frames": 25, "skipped_no_face": 1, "skipped_unreadable": 0,
+                       "skipped_faceless_stretches": 0, "skipped_faceless_frames": 0}
     index = load_index(tmp_path / "ds")
     check_compatible(index, cfg)
     assert [c["num_frames"] for c in index["clips"]] == [8, 9, 8]  # 1 s cut into equal segments <= 0.5 s

@@ -44,7 +44,10 @@ def test_vb_equals_closed_form_gaussian_kl(diffusion):
     for i, s in enumerate(t.tolist()):
         a, a_prev, beta = abar[s], abar[s - 1], betas[s]
         post_var = beta * (1 - a_prev) / (1 - a)
-        post_mean = lambda x0_: (beta * math.sqrt(a_prev) * x0_ + (1 - a_prev) * math.sqrt(1 - beta) * x_t[i]) / (1 - a)
+
+        def post_mean(x0_, a=a, a_prev=a_prev, beta=beta, x_t=x_t[i]):
+            return (beta * math.sqrt(a_prev) * x0_ + (1 - a_prev) * math.sqrt(1 - beta) * x_t) / (1 - a)
+
         pred_x0 = (x_t[i] - math.sqrt(1 - a) * eps_hat[i]) / math.sqrt(a)
         frac = (v[i] + 1) / 2
         model_var = torch.exp(frac * math.log(beta) + (1 - frac) * math.log(post_var))
@@ -220,7 +223,10 @@ def test_learns_sigma_reads_the_model_config():
 def test_per_frame_generators_make_noise_independent_of_batch(diffusion):
     x0, x_T = rand(*SHAPE, seed=0), rand(*SHAPE, seed=1)
     B, T = SHAPE[:2]
-    gens = lambda rows: [torch.Generator().manual_seed(100 * b + i) for b in rows for i in range(T)]
+
+    def gens(rows):
+        return [torch.Generator().manual_seed(100 * b + i) for b in rows for i in range(T)]
+
     model_fn = oracle(diffusion, x0)
     sched = diffusion.make_scheduler("ddpm", 10)
     t = sched.timesteps[0]

@@ -17,8 +17,6 @@ from anchorface.errors import AnchorfaceError
 from anchorface.methods.anchored.plans import KINDS
 from anchorface.io.video import list_videos
 
-FACES = Path(__file__).resolve().parents[2] / "shared/data/faces"
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Selection
@@ -30,7 +28,10 @@ def test_self_window_is_consecutive_and_source_is_furthest():
         idx, src = evaluate.self_window(n, L, random.Random(seed))
         assert idx == list(range(idx[0], idx[0] + L)) and 0 <= idx[0] and idx[-1] < n
         assert src not in idx
-        dist = lambda f: min(abs(f - i) for i in idx)  # noqa: E731
+
+        def dist(f, idx=idx):
+            return min(abs(f - i) for i in idx)
+
         assert dist(src) == max(dist(f) for f in range(n))  # the frame furthest in time from the window
     assert evaluate.self_window(8, 8, random.Random(0)) is None  # no frame left for the source
     idx, src = evaluate.self_window(9, 8, random.Random(0))
@@ -164,33 +165,12 @@ def test_bad_options_raise_one_line_errors(tmp_path):
 # End to end on a tiny random checkpoint
 
 
-def tiny_checkpoint(path: Path) -> Path:
-    from anchorface.methods.anchored.checkpoint import save_checkpoint
-    from anchorface.frozen.codecs import PixelCodec
-    from anchorface.config import load_config
-    from anchorface.methods.anchored.global_encoder import LearnedGlobalEncoder
-    from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
-
-    cfg = load_config("tiny")
-    cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads, cfg.model.global_dim = 48, 2, 2, 16
-    cfg.model.patch_size = 1  # 48 values per token: the width must hold them
-    cfg.data.resolution, cfg.data.pixel_factor = 32, 4
-    cfg.sample.steps, cfg.sample.micro_batch = 2, 4
-    c, h, _ = PixelCodec(4).latent_shape(32)
-    torch.manual_seed(0)
-    sdit = SDiT(SDiTConfig.from_model_config(cfg.model, input_size=h, in_channels=c))
-    with torch.no_grad():  # random, not zero-initialised, output layers: the conditions and merges matter
-        for p in sdit.parameters():
-            p.normal_(0.0, 0.05)
-    return save_checkpoint(path, cfg, sdit, LearnedGlobalEncoder(16, 32))
-
-
-def test_table1_columns_come_from_the_registry(tmp_path):
+def test_table1_columns_come_from_the_registry(tmp_path, tiny_checkpoint):
     """Each checkpointed method x checkpoint x variant (the --merge strategies, in their order), then one column
     per baseline of the registry at the model's resolution; --no-baselines and --methods select from them."""
     from anchorface.methods.registry import method_names
 
-    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    ckpt = tiny_checkpoint
     o = evaluate.Options(checkpoints=[ckpt], driving=[], output=tmp_path / "o", merges=("independent", "anchored"),
                          steps=1)
     specs = evaluate.selected_methods(o)
@@ -210,14 +190,12 @@ def test_table1_columns_come_from_the_registry(tmp_path):
         evaluate.load_columns(evaluate.Options(**{**vars(o), "steps": 5000}), specs)
 
 
-def test_evaluate_baselines_only_without_checkpoint(tmp_path):
+def test_evaluate_baselines_only_without_checkpoint(tmp_path, face_corpus):
     """`evaluate --methods copy-driving still-source`: no checkpoint needed; Table 1 has the two baseline columns."""
-    if not FACES.is_dir():
-        pytest.skip(f"real face data not found at {FACES} (../shared/data/faces beside the checkout)")
     from anchorface.apps.cli import main
 
     out = tmp_path / "report"
-    rc = main(["evaluate", "--methods", "copy-driving", "still-source", "--driving", str(FACES / "driving/d18.mp4"),
+    rc = main(["evaluate", "--methods", "copy-driving", "still-source", "--driving", str(face_corpus / "driving/d18.mp4"),
                "--protocol", "self", "--frames", "4", "--output", str(out), "--quiet"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
@@ -228,24 +206,18 @@ def test_evaluate_baselines_only_without_checkpoint(tmp_path):
     assert "| Metric | baseline / copy driving | baseline / still source |" in (out / "report.md").read_text()
 
 
-def test_evaluate_smoke_end_to_end(tmp_path):
-    if not FACES.is_dir():
-        pytest.skip(f"real face data not found at {FACES} (../shared/data/faces beside the checkout)")
-    from test_metrics import TinyI3D, TinyInception  # TorchScript nets with the real files' calling conventions
-
+def test_evaluate_smoke_end_to_end(tmp_path, face_corpus, tiny_checkpoint, feature_nets):
     from anchorface.apps.cli import main
 
-    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    corpus, ckpt = face_corpus, tiny_checkpoint
+    inception, i3d = feature_nets  # TorchScript nets with the real files' calling conventions
     sources = tmp_path / "sources"  # one photo with a face, one without (skipped with a note)
     sources.mkdir()
     for name in ("s1.jpg", "s22.jpg"):
-        (sources / name).symlink_to(FACES / "source" / name)
-    inception, i3d = tmp_path / "inception-2015-12-05.pt", tmp_path / "i3d_torchscript.pt"
-    torch.jit.script(TinyInception()).save(str(inception))
-    torch.jit.script(TinyI3D()).save(str(i3d))
+        (sources / name).symlink_to(corpus / "source" / name)
     out = tmp_path / "report"
-    rc = main(["evaluate", "--checkpoint", str(ckpt), "--driving", str(FACES / "driving" / "d18.mp4"),
-               str(FACES / "driving" / "d19.mp4"), "--sources", str(sources), "--output", str(out),
+    rc = main(["evaluate", "--checkpoint", str(ckpt), "--driving", str(corpus / "driving" / "d18.mp4"),
+               str(corpus / "driving" / "d19.mp4"), "--sources", str(sources), "--output", str(out),
                "--steps", "2", "--frames", "4", "--lengths", "4", "8", "--ablation-steps", "1",
                "--ablation-scales", "1", "2", "--ablation-conditions", "none", "both",
                "--inception", str(inception), "--i3d", str(i3d), "--quiet"])
@@ -258,10 +230,11 @@ def test_evaluate_smoke_end_to_end(tmp_path):
     guidance = report["guidance"]
     assert guidance["cases"] == 2 and len(guidance["rows"]) == 20
     assert set(guidance["mse"]) == {"both", "landmarks", "global", "none"}
-    assert "learned global encoder" in report["csim_embedding"]
+    assert report["csim_embedding"].startswith("face recognition (dlib")  # the default, not the learned encoder
+    assert any(n.startswith("identity embedding: dlib's face detector found the face in ") for n in report["notes"])
     self_res = report["results"]["self"]["ckpt"]
     assert set(self_res) == set(KINDS)
-    for merge, r in self_res.items():
+    for r in self_res.values():
         assert r["videos"] == 2 and -1 <= r["csim"] <= 1 and 0 <= r["self_csim"] <= 2
         assert r["psnr"] is not None and 0 <= r["face_found_rate"] <= 1
         assert r["fid"] is not None and r["fid_samples"] == 8 and r["fvd"] is not None and r["fvd_samples"] == 2
@@ -291,19 +264,17 @@ def test_evaluate_smoke_end_to_end(tmp_path):
     assert ablation[(2, 1.0, "none")]["csim"] != ablation[(2, 1.0, "both")]["csim"]
 
 
-def test_scorer_on_real_clip_perfect_and_shifted_generation():
+def test_scorer_on_real_clip_perfect_and_shifted_generation(face_corpus):
     """The scoring chain on real frames: a generator that returns the driving crops scores LMSE 0, Self-CSIM 0,
     PSNR inf, SSIM 1; one whose crops are shifted by 4 px (of a 256-px crop) scores LMSE ~ 4^2 = 16."""
-    if not FACES.is_dir():
-        pytest.skip(f"real face data not found at {FACES} (../shared/data/faces beside the checkout)")
     from anchorface.faces import detect as faces
     from anchorface.methods.anchored.global_encoder import LearnedGlobalEncoder
 
-    video = FACES / "driving" / "d18.mp4"
+    video = face_corpus / "driving" / "d18.mp4"
     got = evaluate.read_frames(video, list(range(40, 46)) + [0])
     case = evaluate.make_case("d18", video, [got[i] for i in range(40, 46)], got[0], "frame 0")
     torch.manual_seed(0)
-    scorer = evaluate.Scorer(LearnedGlobalEncoder(16, 64).eval())
+    scorer = evaluate.Scorer(evaluate.EncoderEmbedding(LearnedGlobalEncoder(16, 64).eval(), "learned"))
     real = case.driving_crops(256)
     m = scorer.score(case, real, case.drv_lmk, with_reference=True)["metrics"]
     assert m["face_found_rate"] == 1.0 and m["lmse"] == pytest.approx(0.0, abs=1e-6)
@@ -322,18 +293,16 @@ def test_long_window_plays_the_clip_forward_and_back():
     assert all(abs(a - b) == 1 for a, b in zip(idx, idx[1:])), "continuous motion"
 
 
-def test_consistency_study_settings_seeds_and_long_windows(tmp_path):
+def test_consistency_study_settings_seeds_and_long_windows(tmp_path, face_corpus, tiny_checkpoint):
     """Both settings of the study (full conditions; G dropped), 2 seeds, and a window longer than the clip
     (ping-pong): rows per (setting, length, strategy) with intervals over clips x seeds, a Fig. 4 strip per
     setting, and the dropped G changes the videos."""
-    if not FACES.is_dir():
-        pytest.skip(f"real face data not found at {FACES} (../shared/data/faces beside the checkout)")
     from anchorface.apps.cli import main
     from anchorface.io.video import probe_video
 
-    clip = FACES / "driving" / "d18.mp4"
+    clip = face_corpus / "driving" / "d18.mp4"
     n = probe_video(clip).num_frames
-    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    ckpt = tiny_checkpoint
     out = tmp_path / "report"
     L = n + 8  # longer than the clip
     rc = main(["evaluate", "--checkpoint", str(ckpt), "--driving", str(clip), "--output", str(out),
@@ -352,3 +321,40 @@ def test_consistency_study_settings_seeds_and_long_windows(tmp_path):
     assert rows[("both", L, "anchored")]["background_drift"] != rows[("landmarks", L, "anchored")]["background_drift"]
     md = (out / "report.md").read_text()
     assert "landmarks only (G dropped)" in md and "full conditions" in md
+
+
+def test_identity_embedding_sees_people_apart_on_real_crops(face_corpus):
+    """CSIM's default embedding on real face crops: the same face at 64 px (a tiny model's size) and at 256 px is
+    one person (< 0.6), two people are not (> 0.6); frames the detector misses are embedded whole and counted."""
+    pytest.importorskip("dlib")
+    from anchorface.faces import detect as faces
+    from anchorface.io.images import load_image
+
+    emb = evaluate.IdentityEmbedding()
+    crops = []
+    for name in ("s1.jpg", "s2.jpg"):
+        img = load_image(face_corpus / "source" / name)
+        crops.append(faces.crop(img, faces.source_crop_box(img, name), 256))
+    from anchorface.io.images import resize
+
+    small = resize(crops[0], 64)
+    v = emb([crops[0], small, crops[1]])
+    assert np.linalg.norm(v[0] - v[1]) < 0.6 < np.linalg.norm(v[0] - v[2])
+    assert emb.measured == 3 and 0 <= emb.detected <= 3
+    m = evaluate.Scorer(emb)
+    assert m.distance == "euclidean"
+
+
+def test_embedding_options(tmp_path, tiny_checkpoint):
+    o = evaluate.Options(checkpoints=[tiny_checkpoint], driving=[], output=tmp_path / "o", embedding="clip")
+    with pytest.raises(AnchorfaceError, match="--embedding clip needs --clip"):
+        evaluate._check_options(o)
+    with pytest.raises(AnchorfaceError, match="unknown embedding"):
+        evaluate._check_options(evaluate.Options(checkpoints=[tiny_checkpoint], driving=[], output=tmp_path / "o",
+                                                 embedding="arcface"))
+
+
+def test_embedded_frames_keep_first_anchor_and_last():
+    assert evaluate.embedded_frames(10) == list(range(10))
+    idx = evaluate.embedded_frames(513)
+    assert len(idx) <= evaluate.EMBED_FRAMES and {0, 256, 512} <= set(idx) and idx == sorted(set(idx))

@@ -1,7 +1,6 @@
 """Face detection, App. B crop framing, box smoothing, crop and paste-back on the real face corpus."""
 
 import itertools
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,21 +10,23 @@ from anchorface.errors import AnchorfaceError, NoFaceError
 from anchorface.faces.detect import (CROP_SHIFT_UP, FACE_HEIGHT_RATIO, FACE_SCORE_ON_CROP, FACE_WIDTH_RATIO,
                               MAX_INSIDE_SHIFT, Box, FaceDetector, crop, crop_box, crop_side, detect_face_boxes,
                               feather_mask, iou, paste_back, smooth_boxes, source_crop_box, track_crop_boxes)
-from anchorface.io.video import iter_frames, load_image
+from anchorface.io.images import load_image
+from anchorface.io.video import iter_frames
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/faces"
-needs_data = pytest.mark.skipif(not (DATA / "driving").is_dir(),
-                                reason=f"real face corpus not found at {DATA} (see docs: ../shared/data/faces)")
 PORTRAITS = ("s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s10", "s11", "s12", "drv_d8", "drv_d12",
              "drv_d30")
 
 
-def source(name):
-    return load_image(DATA / "source" / f"{name}.jpg")
+@pytest.fixture(scope="module")
+def source(face_corpus):
+    """source("s1"): a portrait of the real corpus (skips, or fails in CI, without the corpus)."""
+    return lambda name: load_image(face_corpus / "source" / f"{name}.jpg")
 
 
-def frames(name, limit=None):
-    return itertools.islice(iter_frames(DATA / "driving" / f"{name}.mp4"), limit)
+@pytest.fixture(scope="module")
+def frames(face_corpus):
+    """frames("d3", limit): the frames of a driving clip of the real corpus."""
+    return lambda name, limit=None: itertools.islice(iter_frames(face_corpus / "driving" / f"{name}.mp4"), limit)
 
 
 def psnr(a, b):
@@ -74,8 +75,7 @@ def test_crop_box_framing_and_inside_shift():
 
 # ---- detection -----------------------------------------------------------------------------------------------------
 
-@needs_data
-def test_crop_framing_matches_the_paper_on_real_portraits():
+def test_crop_framing_matches_the_paper_on_real_portraits(source):
     """Re-detect the face in the 256-px crop: it spans ~0.45 of the crop's width (App. B) on every portrait."""
     ratios = []
     with FaceDetector() as det:
@@ -90,16 +90,14 @@ def test_crop_framing_matches_the_paper_on_real_portraits():
     assert abs(ratios.mean() - FACE_WIDTH_RATIO) < 0.05
 
 
-@needs_data
 @pytest.mark.parametrize("name", ["s22", "s23", "s30", "s31", "s33", "s36", "s38", "s40", "s41"])
-def test_no_face_in_animal_photos(name):
+def test_no_face_in_animal_photos(name, source):
     # BlazeFace alone fires on several of these (the capuchin s22 at 0.85); the check on the framed crop rejects them
     with pytest.raises(NoFaceError, match=f"^no face found in {name}.jpg$"):
         source_crop_box(source(name), what=f"{name}.jpg")
 
 
-@needs_data
-def test_human_faces_pass_the_crop_check():
+def test_human_faces_pass_the_crop_check(source):
     with FaceDetector() as det:
         for name in PORTRAITS:
             img = source(name)
@@ -113,8 +111,7 @@ def test_no_face_in_a_blank_image_and_bad_input():
         source_crop_box(np.zeros((300, 300), np.float32))
 
 
-@needs_data
-def test_several_faces_take_the_largest_and_warn():
+def test_several_faces_take_the_largest_and_warn(source):
     big = cv2.resize(source("s1"), (500, 500), interpolation=cv2.INTER_AREA)
     small = cv2.resize(source("s11"), (400, 366), interpolation=cv2.INTER_AREA)
     canvas = np.full((500, 920, 3), 90, np.uint8)
@@ -130,8 +127,7 @@ def test_several_faces_take_the_largest_and_warn():
 
 # ---- video boxes ---------------------------------------------------------------------------------------------------
 
-@needs_data
-def test_smoothed_video_boxes_jitter_less_than_raw_detections():
+def test_smoothed_video_boxes_jitter_less_than_raw_detections(frames):
     faces, found, hw = detect_face_boxes(frames("d3"), progress=False)
     assert found.all() and faces.shape == (354, 4) and hw == (512, 512)
     raw = np.stack([crop_box(Box.from_array(f), hw).as_array() for f in faces])
@@ -150,8 +146,7 @@ def test_smoothed_video_boxes_jitter_less_than_raw_detections():
     np.testing.assert_allclose(track_crop_boxes(frames("d3"), progress=False), smooth)
 
 
-@needs_data
-def test_video_boxes_fill_gaps_and_need_a_face():
+def test_video_boxes_fill_gaps_and_need_a_face(frames):
     real = list(frames("d12", limit=5))
     blank = np.full_like(real[0], 128)
     faces, found, _ = detect_face_boxes([blank, real[0], blank, blank, real[4], blank], progress=False)
@@ -165,8 +160,7 @@ def test_video_boxes_fill_gaps_and_need_a_face():
         track_crop_boxes([blank, blank], progress=False)
 
 
-@needs_data
-def test_track_video_is_boxes_then_landmarks_on_crops(tmp_path):
+def test_track_video_is_boxes_then_landmarks_on_crops(tmp_path, source, frames):
     """The first pass shared by reenact, prepare and evaluate: crop boxes, then landmarks on crops of
     landmark_crop_size(resolution) px (256 up to a 256-px model, the model resolution above), the same for a
     path (decoded twice) and for frames in memory."""
@@ -252,9 +246,8 @@ def test_paste_back_feather_and_clipping():
     np.testing.assert_array_equal(paste_back(frame, patch, Box(200, 200, 260, 260)), frame)  # off the frame
 
 
-@needs_data
 @pytest.mark.parametrize("where", ["s1", "d9"])
-def test_unmodified_crop_pasted_back_reproduces_the_frame(where):
+def test_unmodified_crop_pasted_back_reproduces_the_frame(where, source, frames):
     frame = source(where) if where.startswith("s") else next(frames(where))
     box = source_crop_box(frame)
     assert box.x0 != int(box.x0)  # a sub-pixel box: the round trip exercises resampling both ways

@@ -2,7 +2,6 @@
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,31 +13,32 @@ from anchorface.faces.detect import FaceDetector, crop, source_crop_box, track_c
 from anchorface.faces.landmarks import (EXPRESSIVE_INDICES, EXPRESSIVE_REGIONS, LandmarkDetector, expressive_mask,
                                   expressive_weight_map, expressive_weight_maps, fill_from_nearest, landmark_vector,
                                   relative_motion, track_landmarks)
-from anchorface.io.video import iter_frames, load_image
+from anchorface.io.images import load_image
+from anchorface.io.video import iter_frames
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/faces"
-needs_data = pytest.mark.skipif(not (DATA / "driving").is_dir(),
-                                reason=f"real face corpus not found at {DATA} (see docs: ../shared/data/faces)")
 FULL_CLIPS = ("d0", "d12", "d20")  # every frame
 STRIDE = 5  # every 5th frame of the other clips (tracking mode still has to re-find the face after the jumps)
 
 
-def frames(name, stride=1, limit=None):
-    return itertools.islice(iter_frames(DATA / "driving" / f"{name}.mp4"), 0, limit, stride)
+@pytest.fixture(scope="module")
+def frames(face_corpus):
+    """frames("d3", stride, limit): frames of a driving clip of the real corpus (skips, or fails in CI, without it)."""
+    return lambda name, stride=1, limit=None: itertools.islice(
+        iter_frames(face_corpus / "driving" / f"{name}.mp4"), 0, limit, stride)
 
 
 @pytest.fixture(scope="module")
-def clip_landmarks():
+def clip_landmarks(face_corpus, frames):
     out = {}
-    for path in sorted((DATA / "driving").glob("*.mp4")):
+    for path in sorted((face_corpus / "driving").glob("*.mp4")):
         stride = 1 if path.stem in FULL_CLIPS else STRIDE
         out[path.stem] = track_landmarks(frames(path.stem, stride), progress=False)
     return out
 
 
 @pytest.fixture(scope="module")
-def source_landmarks():
-    image = load_image(DATA / "source" / "s1.jpg")
+def source_landmarks(face_corpus):
+    image = load_image(face_corpus / "source" / "s1.jpg")
     with LandmarkDetector(static_image_mode=True) as det:
         return det.detect(crop(image, source_crop_box(image), 256))
 
@@ -83,7 +83,6 @@ def test_fill_from_nearest():
 
 # ---- detection and tracking on real clips -------------------------------------------------------------------------
 
-@needs_data
 def test_landmarks_found_on_every_frame_of_the_driving_clips(clip_landmarks):
     assert len(clip_landmarks) == 10
     for name, (lmk, found) in clip_landmarks.items():
@@ -98,8 +97,7 @@ def test_landmarks_found_on_every_frame_of_the_driving_clips(clip_landmarks):
     assert len(clip_landmarks["d0"][0]) == 78  # full clips really were taken frame by frame
 
 
-@needs_data
-def test_landmarks_on_256px_crops_of_a_tracked_clip():
+def test_landmarks_on_256px_crops_of_a_tracked_clip(frames):
     boxes = track_crop_boxes(frames("d20"), progress=False)
     lmk, found = track_landmarks((crop(f, b, 256) for f, b in zip(frames("d20"), boxes)), progress=False)
     assert len(lmk) == len(boxes) == 175 and found.all()
@@ -110,8 +108,7 @@ def test_landmarks_on_256px_crops_of_a_tracked_clip():
     assert 0.3 < width.min() and width.max() < 0.7
 
 
-@needs_data
-def test_missing_faces_are_filled_from_the_nearest_frame():
+def test_missing_faces_are_filled_from_the_nearest_frame(frames):
     real = list(frames("d12", limit=6))
     blank = np.full_like(real[0], 128)
     seq = [blank, real[0], real[1], blank, blank, blank, real[2], blank]
@@ -125,8 +122,7 @@ def test_missing_faces_are_filled_from_the_nearest_frame():
 
 # ---- expressive weight maps ---------------------------------------------------------------------------------------
 
-@needs_data
-def test_expressive_weight_maps_on_real_frames(clip_landmarks):
+def test_expressive_weight_maps_on_real_frames(clip_landmarks, frames):
     with FaceDetector() as det:
         for name in ("d0", "d3", "d9"):
             frame = next(frames(name))
@@ -154,7 +150,6 @@ def test_expressive_weight_maps_on_real_frames(clip_landmarks):
             assert (expressive_weight_map(lmk, 16, 0.0) == 1.0).all()
 
 
-@needs_data
 def test_batched_weight_maps_match_single(clip_landmarks):
     lmk = clip_landmarks["d0"][0][:5]
     maps = expressive_weight_maps(lmk, 16, 1.0)
@@ -173,7 +168,6 @@ def _similarity(points, s, theta, t):
     return out
 
 
-@needs_data
 def test_relative_motion_reference_maps_exactly_to_the_source(clip_landmarks, source_landmarks):
     driving = clip_landmarks["d3"][0]
     for ref in (0, len(driving) // 2, -1):
@@ -187,7 +181,6 @@ def test_relative_motion_reference_maps_exactly_to_the_source(clip_landmarks, so
         relative_motion(driving, source_landmarks, reference=len(driving))
 
 
-@needs_data
 def test_relative_motion_closed_form_under_a_similarity(clip_landmarks, source_landmarks):
     """driving_t = M(source + D_t) with a similarity M  =>  output_t = source + D_t - D_ref, exactly."""
     real = clip_landmarks["d9"][0].astype(np.float64)

@@ -213,55 +213,20 @@ def test_missing_feature_weights_name_the_file(tmp_path):
         metrics.InceptionFeatures(fid_pth)
 
 
-class TinyInception(nn.Module):
-    """Same calling convention as StyleGAN2-ADA's Inception TorchScript: uint8 [N,3,299,299], return_features."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("proj", torch.linspace(-1, 1, 3 * 2048).reshape(3, 2048))
-
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        if x.dtype != torch.uint8 or x.shape[1] != 3 or x.shape[2] != 299 or x.shape[3] != 299:
-            raise ValueError("expected uint8 [N, 3, 299, 299]")
-        if not return_features:
-            raise ValueError("only features")
-        return x.float().mean((2, 3)) @ self.proj
-
-
-class TinyI3D(nn.Module):
-    """Same calling convention as the StyleGAN-V I3D TorchScript: float [B,3,T,224,224] in [-1,1], T >= 10."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("proj", torch.linspace(-1, 1, 3 * 400).reshape(3, 400))
-
-    def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True,
-                return_features: bool = False) -> torch.Tensor:
-        if rescale or resize or not return_features:
-            raise ValueError("expected rescale=False, resize=False, return_features=True")
-        if x.shape[1] != 3 or x.shape[2] < 10 or x.shape[3] != 224 or x.shape[4] != 224:
-            raise ValueError("expected [B, 3, T>=10, 224, 224]")
-        if bool(x.min() < -1.0) or bool(x.max() > 1.0):
-            raise ValueError("expected values in [-1, 1]")
-        return x.mean((2, 3, 4)) @ self.proj
-
-
-def test_feature_extractors_on_tiny_torchscript(tmp_path):
-    inc_path, i3d_path = tmp_path / "inception-2015-12-05.pt", tmp_path / "i3d_torchscript.pt"
-    torch.jit.script(TinyInception()).save(str(inc_path))
-    torch.jit.script(TinyI3D()).save(str(i3d_path))
+def test_feature_extractors_on_tiny_torchscript(feature_nets):
+    inc_path, i3d_path = feature_nets  # features = mean colour @ proj
 
     colours = np.array([[0, 128, 255], [10, 20, 30], [200, 100, 50]], np.uint8)
     frames = np.stack([np.broadcast_to(c, (40, 48, 3)) for c in colours])  # constant frames: resizing is exact
     feats = metrics.InceptionFeatures(inc_path, batch_size=2)(frames)
     assert feats.shape == (3, metrics.INCEPTION_DIM)
-    expected = colours.astype(np.float64) @ TinyInception().proj.double().numpy()
+    expected = colours.astype(np.float64) @ torch.jit.load(str(inc_path)).proj.double().numpy()
     np.testing.assert_allclose(feats, expected, rtol=1e-4, atol=1e-3)
 
     videos = np.stack([np.broadcast_to(c, (8, 30, 30, 3)) for c in colours])  # 8 frames: mirror-padded to 10
     vfeats = metrics.I3DFeatures(i3d_path)(videos)
     assert vfeats.shape == (3, metrics.I3D_DIM)
-    expected = (colours / 127.5 - 1.0) @ TinyI3D().proj.double().numpy()
+    expected = (colours / 127.5 - 1.0) @ torch.jit.load(str(i3d_path)).proj.double().numpy()
     np.testing.assert_allclose(vfeats, expected, rtol=1e-4, atol=1e-4)
 
     # FID of a set against itself is ~0 and grows by |shift|^2 when one set shifts (16 dims: sqrtm of 2048 is slow)

@@ -5,24 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from anchorface.methods.anchored.checkpoint import save_checkpoint
 from anchorface.frozen.codecs import PixelCodec
-from anchorface.config import load_config
 from anchorface.methods.anchored.global_encoder import LearnedGlobalEncoder
 from anchorface.errors import AnchorfaceError
-from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
 from anchorface.methods.anchored.pipeline import TEXT_NEEDS_CLIP, AnchorFacePipeline, full_frame_box
 
-RES, FACTOR = 32, 4  # pixel codec: 48 x 8 x 8 latents
-
-
-def tiny_config(encoder="learned"):
-    cfg = load_config("tiny")
-    cfg.model.hidden_size, cfg.model.depth, cfg.model.num_heads, cfg.model.global_dim = 48, 2, 2, 16
-    cfg.model.patch_size = 1  # 48 values per token: the width must hold them
-    cfg.data.resolution, cfg.data.pixel_factor, cfg.data.encoder = RES, FACTOR, encoder
-    cfg.sample.steps, cfg.sample.micro_batch = 2, 4
-    return cfg
+RES, FACTOR = 32, 4  # as in the `tiny_config` fixture: pixel codec, 48 x 8 x 8 latents
 
 
 class TargetModel(nn.Module):
@@ -55,7 +43,7 @@ def frame_landmarks(values):
 
 
 @pytest.fixture(scope="module")
-def target_pipe():
+def target_pipe(tiny_config):
     cfg = tiny_config()
     from anchorface.diffusion.gaussian import GaussianDiffusion
 
@@ -91,7 +79,7 @@ class FakeCLIP(nn.Module):
         return torch.tensor([[0.0, 0.5, 0.0, 0.0]]).expand(len(texts), -1)
 
 
-def test_global_signal_text_and_edit(target_pipe):
+def test_global_signal_text_and_edit(target_pipe, tiny_config):
     cfg = tiny_config(encoder="clip")
     pipe = AnchorFacePipeline(cfg, target_pipe.sdit, PixelCodec(FACTOR), encoder=FakeCLIP())
     img = np.zeros((RES, RES, 3), np.uint8)
@@ -112,14 +100,8 @@ def test_global_signal_text_and_edit(target_pipe):
         learned.reenact(None, "missing.mp4", "out.mp4", text="a statue")
 
 
-def test_from_pretrained_tiny_checkpoint(tmp_path):
-    cfg = tiny_config()
-    torch.manual_seed(0)
-    sdit = SDiT(SDiTConfig.from_model_config(cfg.model, input_size=RES // FACTOR, in_channels=3 * FACTOR**2))
-    with torch.no_grad():
-        sdit.final_layer.linear.weight.normal_(0, 0.02)
-    save_checkpoint(tmp_path / "ckpt", cfg, sdit, LearnedGlobalEncoder(16, RES))
-    pipe = AnchorFacePipeline.from_pretrained(tmp_path / "ckpt")
+def test_from_pretrained_tiny_checkpoint(tiny_checkpoint):
+    pipe = AnchorFacePipeline.from_pretrained(tiny_checkpoint)
     assert pipe.latent_shape == (48, 8, 8) and pipe.num_frames == 4
     g = pipe.global_signal(np.full((RES, RES, 3), 128, np.uint8))
     assert g.shape == (1, 16)
@@ -144,7 +126,7 @@ class Unconditional(nn.Module):
         return torch.cat([torch.zeros_like(x)] * 2, dim=2)
 
 
-def test_reenact_validates_before_any_work(target_pipe, tmp_path, monkeypatch):
+def test_reenact_validates_before_any_work(target_pipe, tmp_path, monkeypatch, tiny_config):
     """Every option and output path is checked in step 1, before the driving video is read (it does not even
     exist here), and a 0 is a value, not "use the default"."""
     from anchorface.faces import detect as faces
@@ -180,14 +162,35 @@ def test_reenact_validates_before_any_work(target_pipe, tmp_path, monkeypatch):
         target_pipe.reenact(np.zeros((8, 8, 3), np.uint8), drv, tmp_path / "o.mkv", compare_path=tmp_path / "c.mov")
 
 
-@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root may write into read-only folders")
-def test_output_folder_must_be_writable(tmp_path):
+def test_output_folder_must_be_writable(unprivileged):
+    """A read-only output folder is refused before any work. Run as an unprivileged user (as root too: root may
+    write anywhere), with the premise checked: that user really cannot write there, and can in the other folder."""
     from anchorface.methods.anchored.pipeline import check_output_path
 
-    ro = tmp_path / "ro"
-    ro.mkdir(mode=0o555)
-    with pytest.raises(AnchorfaceError, match="not writable"):
-        check_output_path(ro / "out.mp4")
+    ro, rw = unprivileged.tmp / "ro", unprivileged.tmp / "rw"
+    ro.mkdir()
+    rw.mkdir()
+    ro.chmod(0o555)
+    rw.chmod(0o777)
+
+    def attempt():
+        out = []
+        for folder in (ro, rw):
+            try:
+                out.append(str(check_output_path(folder / "out.mp4")))
+            except AnchorfaceError as e:
+                out.append(f"error: {e}")
+        try:
+            (ro / "out.mp4").write_bytes(b"")
+            out.append("wrote into the read-only folder")
+        except PermissionError:
+            out.append("denied")
+        return out
+
+    ro_result, rw_result, premise = unprivileged.run(attempt)
+    assert premise == "denied"
+    assert rw_result == str(rw / "out.mp4")
+    assert ro_result == f"error: output {ro / 'out.mp4'}: folder {ro} is not writable"
 
 
 def test_generate_takes_zero_as_a_value(target_pipe):

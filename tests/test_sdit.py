@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from anchorface.config import MODEL_PRESETS as PRESETS
 from anchorface.config import ModelConfig
 from anchorface.errors import AnchorfaceError, CheckpointError
 from anchorface.methods.anchored import sdit as sdit_module
-from anchorface.methods.anchored.sdit import (PRESETS, AnchorOverride, MappingNetwork, SDiT, SDiTConfig, flops_per_frame,
-                                    sincos_2d)
+from anchorface.methods.anchored.sdit import (AnchorOverride, MappingNetwork, SDiT, SDiTConfig, flops_per_frame,
+                                              sincos_2d)
 
 TINY = dict(input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=3, num_heads=4, global_dim=16,
             landmark_dim=12, num_frames=4)
@@ -280,3 +281,11 @@ def test_bf16_weights_and_autocast():
     assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
     out = model.to(torch.bfloat16)(x, t, g, lmk)  # float32 inputs are cast to the model's dtype
     assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_sdit_config_defaults_are_the_model_configs():
+    """One source of truth: an SDiTConfig built without arguments is the default ModelConfig resolved."""
+    default = ModelConfig()
+    resolved = SDiTConfig.from_model_config(default, input_size=32, in_channels=4)
+    assert resolved == SDiTConfig()
+    assert resolved.hidden_size == PRESETS[default.preset]["hidden_size"]

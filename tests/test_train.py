@@ -21,9 +21,6 @@ from anchorface.methods.anchored.checkpoint import load_checkpoint
 from anchorface.methods.anchored.training import build_denoiser, example_noise, param_groups
 from anchorface.training.loop import EMA, read_log, train
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_data import write_synthetic_dataset  # noqa: E402
-
 # A micro model: 2 layers, width 48, patch 1, 16x16 crops -> 4x4x48 pixel-codec latents, learned G, T = 4.
 MICRO = {
     "model": {"preset": "custom", "hidden_size": 48, "depth": 2, "num_heads": 2, "patch_size": 1, "num_frames": 4,
@@ -35,7 +32,7 @@ MICRO = {
 
 
 @pytest.fixture(scope="module")
-def micro(tmp_path_factory):
+def micro(tmp_path_factory, write_synthetic_dataset):
     root = tmp_path_factory.mktemp("micro")
     (root / "micro.yaml").write_text(yaml.safe_dump(MICRO))
     cfg = load_config(root / "micro.yaml")
@@ -138,7 +135,7 @@ def test_sigkill_and_resume_continues_exactly(micro, reference):
     assert len(list(ref.glob("checkpoint-*/training_state"))) == 2  # only the newest 2 their training state
 
     # previews: 2 held-out examples x (driving, generated) rows of 16 px, source + T = 4 columns
-    from anchorface.io.video import load_image
+    from anchorface.io.images import load_image
 
     grid = load_image(ref / "samples" / "step-0000008.png")
     assert grid.shape == (2 * 2 * 16, 5 * 16, 3)
@@ -168,11 +165,11 @@ def test_processes_and_accumulation_do_not_change_the_run(micro, reference):
         np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--batch-size", "0"], "--batch-size / train.batch_size must be >= 1, got 0"),
-    (["--log-every", "0"], "train.log_every must be >= 1"),
-    (["--lr", "0"], "train.lr must be positive"),
-    (["--keep-states", "-1"], "--keep-states must be >= 0"),
+@pytest.mark.parametrize("args,message", [  # options out of range are refused by argparse (exit 2), the rest exit 1
+    (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got 0"),
+    (["--log-every", "0"], "argument --log-every: expected an integer >= 1, got 0"),
+    (["--lr", "0"], "argument --lr: expected a positive number, got 0"),
+    (["--keep-states", "-1"], "argument --keep-states: expected an integer >= 0, got -1"),
     (["--output-is-a-file"], "exists and is not a directory"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
@@ -182,9 +179,13 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
     if args == ["--output-is-a-file"]:
         output.write_text("not a folder")
         args = []
-    code = main(["train", "--data", str(tmp_path / "no-data"), "--output", str(output), "--quiet", *args])
+    try:
+        code = main(["train", "--data", str(tmp_path / "no-data"), "--output", str(output), "--quiet", *args])
+    except SystemExit as e:
+        code = e.code
     err = capsys.readouterr().err
-    assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+    assert code in (1, 2) and message in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("anchorface: error: ")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -280,7 +281,7 @@ def test_the_loop_trains_another_method_and_resumes_it_exactly(tmp_path, capsys)
     first, last = np.mean([r["loss"] for r in a[:5]]), np.mean([r["loss"] for r in a[-10:]])
     assert last < 0.2 * first, (first, last)  # it learns
     assert all(r["lr_head"] == pytest.approx(r["lr"] / 2) for r in a) and a[-1]["lr"] < a[0]["lr"]  # cosine
-    from anchorface.io.video import load_image
+    from anchorface.io.images import load_image
 
     assert load_image(ref / "samples" / "step-0000020.png").shape == (16, 4, 3)  # the recipe's previews
     assert "train: y = A x + b" in capsys.readouterr().err
@@ -320,3 +321,17 @@ def test_config_method_picks_the_recipe(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "method 'nonesuch' has no training recipe; trainable methods: anchored" in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("batch_size", 0, "train.batch_size must be >= 1"), ("log_every", 0, "train.log_every must be >= 1"),
+    ("lr", 0.0, "train.lr must be positive"), ("max_steps", 0, "train.max_steps must be >= 1"),
+    ("seed", -1, "train.seed must be >= 0"),
+])
+def test_bad_config_values_are_one_line_errors(tmp_path, field, value, message):
+    from anchorface.training.loop import check_train_config
+
+    cfg = load_config("tiny")
+    setattr(cfg.train, field, value)
+    with pytest.raises(AnchorfaceError, match=message):
+        check_train_config(cfg.train)

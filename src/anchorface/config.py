@@ -8,6 +8,7 @@ Presets live in `anchorface/configs/*.yaml`: `paper-t4`, `paper-t8` (the paper's
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +20,17 @@ from anchorface.errors import AnchorfaceError
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
+# DiT's model zoo: depth / width / heads (Peebles & Xie, Table 1) x patch size 2, 4, 8.
+_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+MODEL_PRESETS = {f"{name}/{p}": dict(depth=d, hidden_size=w, num_heads=h, patch_size=p)
+                 for name, (d, w, h) in _SIZES.items() for p in (2, 4, 8)}
+ARCH_FIELDS = ("depth", "hidden_size", "num_heads", "patch_size")  # what a preset sets
+
 
 @dataclass
 class ModelConfig:
-    """sDiT + mapping network (§3.1, App. D). Widths/depths of the DiT presets live in `models.sdit.PRESETS`."""
+    """sDiT + mapping network (§3.1, App. D): the one place the model's size fields and their defaults are
+    declared (`SDiTConfig` is this, resolved by `architecture`, plus the latent shape)."""
 
     preset: str = "XL/2"  # DiT preset name: S|B|L|XL / 2|4|8, or "custom"
     hidden_size: int | None = None  # overrides of the preset (None = preset value)
@@ -36,6 +44,22 @@ class ModelConfig:
     landmark_dim: int = 478 * 3  # L_t: 478 MediaPipe XYZ points
     mapping_blocks: int = 4  # §4.1: "4 residual blocks"
     gradient_checkpointing: bool = False
+
+    def architecture(self) -> dict[str, int]:
+        """depth / hidden_size / num_heads / patch_size: the preset's (`MODEL_PRESETS`), each overridden by the
+        field when it is set; AnchorfaceError for an unknown preset or a `custom` one that leaves a field unset."""
+        if self.preset == "custom":
+            arch = {}
+        elif self.preset in MODEL_PRESETS:
+            arch = dict(MODEL_PRESETS[self.preset])
+        else:
+            raise AnchorfaceError(f"unknown model preset '{self.preset}'; presets: custom, {', '.join(MODEL_PRESETS)}")
+        for key in ARCH_FIELDS:
+            if getattr(self, key) is not None:
+                arch[key] = getattr(self, key)
+            elif key not in arch:
+                raise AnchorfaceError(f"model preset 'custom' needs model.{key}")
+        return arch
 
 
 @dataclass
@@ -163,6 +187,8 @@ def _coerce(value, kind, where: str):
             number = float(value) if isinstance(value, str) else value
         except ValueError:
             raise bad from None
+        if not math.isfinite(number):
+            raise AnchorfaceError(f"{where}: expected a finite number, got {value!r}")
         if kind is float:
             return float(number)
         if isinstance(number, float) and not number.is_integer():

@@ -23,3 +23,63 @@ class MissingWeightsError(AnchorfaceError):
 
 class CheckpointError(AnchorfaceError):
     """A checkpoint directory is missing, incomplete or of the wrong kind."""
+
+
+class AnchorfaceWarning(UserWarning):
+    """Something the user should know that does not stop the run (a skipped video, a fallback): the CLI prints it
+    as one line, `anchorface: warning: ...`, never with the Python source line."""
+
+
+def one_line(e: BaseException) -> str:
+    """A one-line reason for an exception: `strerror: filename` for OS errors (disk full, permission denied, ...),
+    else the first line of its message."""
+    import errno
+
+    if isinstance(e, OSError) and e.strerror:
+        reason = "disk full (no space left on device)" if e.errno == errno.ENOSPC else e.strerror
+        return f"{reason}: {e.filename}" if e.filename else reason
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def io_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions reading or writing files raises: OSError, and safetensors' SafetensorError (a truncated or
+    corrupt .safetensors file, or a failed write) when safetensors is installed."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        return (OSError,)
+    return (OSError, SafetensorError)
+
+
+class translate_io_errors:
+    """`with translate_io_errors("cannot write dataset shard x"):` turns OSError / SafetensorError raised in the
+    block into `cls(f"{what}: {reason}")`, one line (the original is not chained into the message)."""
+
+    def __init__(self, what: str, cls: type[AnchorfaceError] = AnchorfaceError):
+        self.what, self.cls = what, cls
+
+    def __enter__(self) -> "translate_io_errors":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is not None and isinstance(exc, io_errors()):
+            raise self.cls(f"{self.what}: {one_line(exc)}") from None
+        return False
+
+
+class MissingExtraError(AnchorfaceError):
+    """An optional dependency (a pip extra of anchorface) is not installed."""
+
+
+def require(module: str, extra: str, what: str):
+    """Import and return `module`, or raise a one-line `MissingExtraError` naming the pip extra that brings it:
+    `<what> needs the '<extra>' extra: pip install 'anchorface[<extra>]'`. Used at every optional import."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:  # the extra, or a package it needs (installing the extra brings both)
+        same = e.name is None or e.name.split(".")[0] == module.split(".")[0]
+        why = "" if same else f" (no module named '{e.name}')"
+        raise MissingExtraError(f"{what} needs the '{extra}' extra{why}: pip install 'anchorface[{extra}]'") from None

@@ -1,15 +1,16 @@
 """The `anchorface` command. Each sub-command lives in the module that implements it and exposes
-`register(subparsers)`; this file only wires them together and turns `AnchorfaceError` into one line + exit 1."""
+`register(subparsers)`; this file only wires them together and makes every failure one line on stderr:
+`AnchorfaceError` and OS / safetensors errors (exit 1), bad options (exit 2), Ctrl-C (130) and SIGTERM (143), the
+last two after the same clean-up (temporary outputs removed); warnings are one line too."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import io
-import os
-import re
+import signal
 import sys
 import threading
+import warnings
 
 # module -> provides `register(subparsers)`; order = order in `anchorface --help`
 COMMAND_MODULES = [
@@ -18,13 +19,37 @@ COMMAND_MODULES = [
     "anchorface.apps.prepare",
     "anchorface.apps.train",
     "anchorface.apps.evaluate",
+    "anchorface.apps.curate",
 ]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (`anchorface: error: reenact: argument --seed: ...`, exit 2) instead of
+    the usage block plus a message."""
+
+    def error(self, message: str):
+        command = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        self.exit(2, f"anchorface: error: {command}{message} (see {self.prog} --help)\n")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds exactly as on Ctrl-C (temporary files removed)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """`warnings` as one line, without the file name and the source line Python prints by default."""
+    text = str(message).strip()
+    return f"anchorface: warning: {text.splitlines()[0] if text else category.__name__}\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from anchorface import __version__
 
-    parser = argparse.ArgumentParser(prog="anchorface", description="Anchored Diffusion for video face reenactment.")
+    parser = Parser(prog="anchorface", description="Anchored Diffusion for video face reenactment.")
     parser.add_argument("--version", action="version", version=f"anchorface {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -32,54 +57,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# what MediaPipe's C++ graphs and TFLite print straight to file descriptor 2, from their own threads, whatever
-# the logging settings: start-up notices, not for users
-_NATIVE_NOISE = re.compile(rb"^(?:[WI]0000 |INFO: Created TensorFlow Lite|WARNING: All log messages before absl)")
-
-
-def _filter_native_stderr() -> None:
-    """Route fd 2 through a pipe that drops MediaPipe/TFLite notices; Python's own stderr (progress bars, errors)
-    keeps writing to the terminal directly, so it is neither delayed nor filtered."""
-    try:
-        terminal = os.dup(2)
-    except OSError:
-        return
-    sys.stderr.flush()
-    sys.stderr = io.TextIOWrapper(os.fdopen(terminal, "wb", buffering=0), write_through=True,
-                                  encoding=sys.stderr.encoding or "utf-8", errors="backslashreplace")
-    read_end, write_end = os.pipe()
-    os.dup2(write_end, 2)
-    os.close(write_end)
-
-    def pump() -> None:
-        with os.fdopen(read_end, "rb") as pipe:
-            for line in pipe:
-                if not _NATIVE_NOISE.match(line):
-                    os.write(terminal, line)
-
-    threading.Thread(target=pump, name="native-stderr", daemon=True).start()
-
-
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if argv is None:  # the console command (not a call from Python or a test)
-        _filter_native_stderr()
-    from anchorface.errors import AnchorfaceError
+    from anchorface.faces.native_logs import quiet_process
+
+    quiet_process(filter_stderr=argv is None)  # filter fd 2 only as the console command (not from Python, tests)
+    from anchorface.errors import AnchorfaceError, io_errors, one_line
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous_term = None
+    if threading.current_thread() is threading.main_thread():  # (signal handlers can only be set there)
+        previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return int(args.func(args) or 0)
     except AnchorfaceError as e:
-        print(f"anchorface: error: {e}", file=sys.stderr)
+        print(f"anchorface: error: {one_line(e)}", file=sys.stderr)
         return 1
+    except io_errors() as e:  # a file that could not be read or written, wherever it happened: one line
+        print(f"anchorface: error: {one_line(e)}", file=sys.stderr)
+        return 1
+    except Terminated:
+        print("anchorface: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("anchorface: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = previous_format
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from anchorface.apps.arguments import positive_int, seed as seed_type
 from anchorface.data.synthetic import astronaut, head_and_shoulders, random_motion, write_pseudo_clip
 from anchorface.errors import AnchorfaceError
 
@@ -17,13 +18,18 @@ def run_demo(output_dir: str | Path = "demo-output", checkpoint: str | Path | No
              steps: int | None = 25, seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, Path]:
     """Render a synthetic driving clip, reenact the astronaut with it, write the video and a comparison."""
     from anchorface.methods.anchored.pipeline import AnchorFacePipeline
-    from anchorface.io.video import save_image
+    from anchorface.io.images import save_image
 
+    from anchorface.apps.arguments import writable_folder
+    from anchorface.methods.anchored.checkpoint import read_config
+
+    if num_frames < 1:
+        raise AnchorfaceError(f"--frames must be an integer >= 1 (the length of the driving clip), got {num_frames}")
     ckpt = Path(checkpoint) if checkpoint else DEMO_CHECKPOINT
-    if not (ckpt / "anchorface.json").exists():
+    if checkpoint is None and not (ckpt / "anchorface.json").exists():
         raise AnchorfaceError(f"demo checkpoint not found at {ckpt}; train one with scripts/train_demo_checkpoint.py")
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    read_config(ckpt)  # a one-line error for a missing / wrong checkpoint, before any work
+    out = writable_folder(output_dir, "the output folder")
     t0 = time.time()
     image, geo = head_and_shoulders(astronaut())
     source = out / "source.png"
@@ -45,9 +51,10 @@ def register(subparsers) -> None:
                               description=run_demo.__doc__)
     p.add_argument("-o", "--output", default="demo-output", help="output directory (default: demo-output)")
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the committed demo model)")
-    p.add_argument("--frames", type=int, default=50, help="length of the synthetic driving clip (default: 50 = 2 s)")
-    p.add_argument("--steps", type=int, default=25, help="DDIM denoising steps (default: 25)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=positive_int, default=50,
+                   help="length of the synthetic driving clip (default: 50 = 2 s)")
+    p.add_argument("--steps", type=positive_int, default=25, help="DDIM denoising steps (default: 25)")
+    p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=lambda a: run_demo(a.output, a.checkpoint, a.frames, a.steps, a.seed, a.device,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from anchorface.apps.arguments import int_range, non_negative_float, positive_int, seed
 from anchorface.evaluation import protocols
 from anchorface.evaluation.protocols import (ABLATION_SCALES, CONDITIONS, DEFAULT_LENGTHS, MERGES, PROTOCOLS,
                                              SELF_FRAMES, Options, run_evaluation)
@@ -21,26 +22,35 @@ def register(subparsers) -> None:
     p.add_argument("--driving", nargs="+", required=True, metavar="DIR_OR_FILE",
                    help="driving videos, or directories of them")
     p.add_argument("--sources", metavar="DIR", help="photos of other identities (cross-identity and ablation)")
+    p.add_argument("--cross-pairs", metavar="TSV",
+                   help="explicit cross-identity pairs, lines 'driving<TAB>photo' (`anchorface split`), instead of "
+                        "a rotation over --sources")
     p.add_argument("--output", "-o", required=True, metavar="REPORT_DIR")
     p.add_argument("--merge", nargs="+", default=list(MERGES), choices=MERGES, metavar="KIND",
                    help=f"merge strategies to compare: {' '.join(MERGES)} (default: all; the ablation uses the first)")
     p.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS, metavar="NAME",
                    help=f"what to run: {' '.join(PROTOCOLS)} (default: all)")
-    p.add_argument("--steps", type=int, metavar="N", help="denoising steps (default: each checkpoint's)")
-    p.add_argument("--guidance-scale", type=float, metavar="S", help="CFG scale (default: each checkpoint's)")
-    p.add_argument("--frames", type=int, default=SELF_FRAMES, metavar="N",
+    p.add_argument("--steps", type=positive_int, metavar="N", help="denoising steps (default: each checkpoint's)")
+    p.add_argument("--guidance-scale", type=non_negative_float, metavar="S",
+                   help="CFG scale (default: each checkpoint's)")
+    p.add_argument("--frames", type=int_range(2), default=SELF_FRAMES, metavar="N",
                    help="driving window length for self/cross (default 8, §4.3.1)")
-    p.add_argument("--max-videos", type=int, default=8, metavar="K", help="use at most K driving videos (default 8)")
-    p.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS), metavar="L",
+    p.add_argument("--max-videos", type=positive_int, default=8, metavar="K",
+                   help="use at most K driving videos (default 8)")
+    p.add_argument("--lengths", type=int_range(2), nargs="+", default=list(DEFAULT_LENGTHS), metavar="L",
                    help="video lengths of the consistency study (default: 8 16 32 64)")
-    p.add_argument("--ablation-steps", type=int, nargs="+", metavar="N",
+    p.add_argument("--ablation-steps", type=positive_int, nargs="+", metavar="N",
                    help="step counts of the ablation (default: --steps and twice that)")
-    p.add_argument("--ablation-scales", type=float, nargs="+", default=list(ABLATION_SCALES), metavar="S",
+    p.add_argument("--ablation-scales", type=non_negative_float, nargs="+", default=list(ABLATION_SCALES), metavar="S",
                    help="CFG scales of the ablation (default: 1 2 4 8, as supp. Table 1)")
     p.add_argument("--ablation-conditions", nargs="+", default=["none", "landmarks", "global", "both"],
                    choices=list(CONDITIONS), metavar="C",
                    help="conditions given at sampling in the ablation: none landmarks global both (default: all)")
-    p.add_argument("--clip", metavar="PATH", help="CLIP model directory for CSIM (default: the checkpoint's encoder)")
+    p.add_argument("--embedding", choices=list(protocols.EMBEDDINGS),
+                   help="what CSIM, Self-CSIM and the identity drift embed with: identity (dlib's face-recognition "
+                        "network; default), clip (needs --clip; the default when --clip is given) or learned (the "
+                        "checkpoint's own global encoder)")
+    p.add_argument("--clip", metavar="PATH", help="CLIP model directory (for --embedding clip)")
     p.add_argument("--inception", metavar="PATH", help="inception-2015-12-05.pt (StyleGAN2-ADA TorchScript) for FID")
     p.add_argument("--i3d", metavar="PATH", help="i3d_torchscript.pt (StyleGAN-V TorchScript) for FVD")
     p.add_argument("--relative", action="store_true", help="condition on motion re-targeted to the source face")
@@ -49,21 +59,30 @@ def register(subparsers) -> None:
     p.add_argument("--consistency-conditions", nargs="+", default=["both"], choices=list(CONDITIONS), metavar="C",
                    help="settings of the consistency study: the signals given (both = full conditions, landmarks = "
                         "G dropped; default: both)")
-    p.add_argument("--seeds", type=int, default=1, metavar="K",
+    p.add_argument("--seeds", type=positive_int, default=1, metavar="K",
                    help="seeds per clip, length and strategy in the consistency study (default 1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_main)
 
 
 def _main(a) -> int:
+    from anchorface.apps.arguments import writable_folder
+    from anchorface.errors import AnchorfaceError
+
+    out = Path(a.output)
+    if out.exists() and not out.is_dir():
+        raise AnchorfaceError(f"the --output folder {out} is a file, expected a folder")
+    writable_folder(out.parent, "the folder of --output")  # before any work (the report is written last)
     o = Options(checkpoints=[Path(c) for c in a.checkpoint], driving=a.driving, output=Path(a.output),
-                sources=Path(a.sources) if a.sources else None, merges=tuple(a.merge), protocols=tuple(a.protocol),
+                sources=Path(a.sources) if a.sources else None,
+                cross_pairs=Path(a.cross_pairs) if a.cross_pairs else None, merges=tuple(a.merge), protocols=tuple(a.protocol),
                 steps=a.steps, guidance_scale=a.guidance_scale, frames=a.frames, max_videos=a.max_videos,
                 lengths=tuple(a.lengths), ablation_steps=tuple(a.ablation_steps) if a.ablation_steps else None,
                 ablation_scales=tuple(a.ablation_scales), ablation_conditions=tuple(a.ablation_conditions),
-                clip=a.clip, inception=a.inception, i3d=a.i3d, relative=a.relative, baselines=a.baselines,
+                clip=a.clip, embedding=a.embedding, inception=a.inception, i3d=a.i3d, relative=a.relative,
+                baselines=a.baselines,
                 methods=tuple(a.methods) if a.methods else None, seed=a.seed, seeds=a.seeds,
                 consistency_conditions=tuple(a.consistency_conditions), device=a.device, progress=not a.quiet)
     report = run_evaluation(o)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from anchorface.apps.arguments import positive_float
 from anchorface.config import load_config
 from anchorface.data.dataset import DEFAULT_MAX_SECONDS, prepare_dataset
 
@@ -18,7 +19,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     s = prepare_dataset(args.videos_dir, args.dataset_dir, cfg, max_seconds=args.max_seconds,
                         overwrite=args.overwrite, device=device, progress=not args.quiet)
     print(f"{args.dataset_dir}: {s['clips']} clips, {s['frames']} frames from {s['videos']} videos "
-          f"({s['skipped_no_face']} skipped without a face, {s['skipped_unreadable']} unreadable)", file=sys.stderr)
+          f"({s['skipped_no_face']} skipped without a face, {s['skipped_unreadable']} unreadable, "
+          f"{s['skipped_faceless_stretches']} stretches without a face cut out: {s['skipped_faceless_frames']} "
+          "frames)", file=sys.stderr)
     return 0
 
 
@@ -30,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("videos_dir", help="folder of videos (.mp4, .mov, .mkv, .avi, .webm)")
     p.add_argument("dataset_dir", help="output folder")
     p.add_argument("--config", default="tiny", help="preset (tiny, paper-t4, paper-t8) or YAML file (default: tiny)")
-    p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
+    p.add_argument("--max-seconds", type=positive_float, default=DEFAULT_MAX_SECONDS,
                    help=f"cut longer videos into segments of at most this length (default: {DEFAULT_MAX_SECONDS})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in DATASET_DIR")
     p.add_argument("--device", default=None, help="torch device for the codec/encoder (default: cuda if available)")

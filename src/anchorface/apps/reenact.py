@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from anchorface.apps.arguments import non_negative_float, positive_int, seed, unit_float
 from anchorface.devices import resolve_device
 from anchorface.errors import AnchorfaceError
 from anchorface.methods.anchored.options import MERGES, SAMPLERS, check_sampling
@@ -42,9 +43,10 @@ def register(subparsers) -> None:
     p.add_argument("--merge", choices=MERGES, help="how sequences form the long video (default: checkpoint's, "
                                                    "anchored)")
     p.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler (default: checkpoint's)")
-    p.add_argument("--steps", type=int, help="denoising steps (default: checkpoint's)")
-    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (1 = none, the paper's best)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--steps", type=positive_int, help="denoising steps (default: checkpoint's)")
+    p.add_argument("--guidance-scale", type=non_negative_float,
+                   help="classifier-free guidance scale (1 = none, the paper's best)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     motion = p.add_mutually_exclusive_group()
     motion.add_argument("--relative", dest="relative", action="store_true", default=None,
                         help="re-target the driving motion onto the source face (default with a source photo)")
@@ -53,12 +55,13 @@ def register(subparsers) -> None:
     p.add_argument("--no-crop", dest="crop", action="store_false",
                    help="the inputs are already square face crops: use whole frames")
     p.add_argument("--paste-back", action="store_true", help="paste the generated face back into the full frames")
-    p.add_argument("--micro-batch", type=int, help="sequences per forward pass (memory; default: checkpoint's)")
+    p.add_argument("--micro-batch", type=positive_int,
+                   help="sequences per forward pass (memory; default: checkpoint's)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--compare", metavar="PATH", help="also write driving | anchored | multidiffusion side by side")
     p.add_argument("--text", help="text-to-video: a text prompt instead of the source photo (CLIP checkpoints)")
     p.add_argument("--edit", help="edit the source with a text prompt (CLIP checkpoints)")
-    p.add_argument("--edit-weight", type=float, default=0.5, help="weight of --edit in G (default 0.5)")
+    p.add_argument("--edit-weight", type=unit_float, default=0.5, help="weight of --edit in G (default 0.5)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from anchorface.apps.arguments import non_negative_int, positive_float, positive_int, seed
 from anchorface.config import load_config
 from anchorface.training.loop import train
 
@@ -45,20 +46,22 @@ def register(subparsers) -> None:
     p.add_argument("--output", required=True, help="run directory (checkpoints, logs, sample grids)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue a run: a checkpoint directory, or (no value) the latest one in --output")
-    p.add_argument("--max-steps", type=int, help="optimizer steps in total (config: train.max_steps)")
-    p.add_argument("--batch-size", type=int, help="global batch (config: train.batch_size)")
-    p.add_argument("--lr", type=float, help="base learning rate (config: train.lr)")
-    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps (config: train.grad_accum)")
-    p.add_argument("--warmup-steps", type=int, help="linear warmup steps (config: train.warmup_steps)")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers per process (config: train.num_workers)")
-    p.add_argument("--seed", type=int, help="data, noise and init seed (config: train.seed)")
-    p.add_argument("--log-every", type=int, help="config: train.log_every")
-    p.add_argument("--ckpt-every", type=int, help="config: train.ckpt_every")
-    p.add_argument("--sample-every", type=int, help="sample grid period, 0 = never (config: train.sample_every)")
+    p.add_argument("--max-steps", type=positive_int, help="optimizer steps in total (config: train.max_steps)")
+    p.add_argument("--batch-size", type=positive_int, help="global batch (config: train.batch_size)")
+    p.add_argument("--lr", type=positive_float, help="base learning rate (config: train.lr)")
+    p.add_argument("--grad-accum", type=positive_int, help="gradient accumulation steps (config: train.grad_accum)")
+    p.add_argument("--warmup-steps", type=non_negative_int, help="linear warmup steps (config: train.warmup_steps)")
+    p.add_argument("--num-workers", type=non_negative_int,
+                   help="DataLoader workers per process (config: train.num_workers)")
+    p.add_argument("--seed", type=seed, help="data, noise and init seed (config: train.seed)")
+    p.add_argument("--log-every", type=positive_int, help="config: train.log_every")
+    p.add_argument("--ckpt-every", type=positive_int, help="config: train.ckpt_every")
+    p.add_argument("--sample-every", type=non_negative_int,
+                   help="sample grid period, 0 = never (config: train.sample_every)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
-    p.add_argument("--holdout-videos", type=int, default=1,
+    p.add_argument("--holdout-videos", type=non_negative_int, default=1,
                    help="source videos held out of training for the sample grids (default: 1)")
-    p.add_argument("--keep-states", type=int, default=2,
+    p.add_argument("--keep-states", type=non_negative_int, default=2,
                    help="keep training_state/ (for --resume) in the newest N checkpoints only; 0 = all (default: 2)")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exactly repeatable runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -31,9 +31,9 @@ therefore replays exactly the examples an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import socket
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -45,7 +45,9 @@ from tqdm.auto import tqdm
 
 from anchorface.frozen.codecs import to_pixels
 from anchorface.config import Config, DataConfig
-from anchorface.errors import AnchorfaceError, NoFaceError, VideoError
+from anchorface.errors import AnchorfaceError, AnchorfaceWarning, NoFaceError, VideoError, one_line
+from anchorface.io.atomic import atomic_output, write_safetensors
+from anchorface.io.manifest import manifest_in, read_manifest, write_json
 
 FORMAT, VERSION = "anchorface-dataset", 1
 INDEX = "index.json"
@@ -53,6 +55,8 @@ SHARD_DIR = "shards"
 SHARD_BYTES = 256 * 2**20  # start a new shard when the current one would exceed this
 DEFAULT_MAX_SECONDS = 5.0  # segment length cap; the paper's segments are 3.29 +- 2.07 s (§3.3)
 ENCODE_BATCH = 16  # frames per codec.encode call
+MAX_FACELESS_SECONDS = 0.5  # a longer stretch without a face is cut out of the clips (counted in the summary)
+WRITER_PID = ".writer-pid"  # "host pid" of the process filling a temporary dataset folder (stale when it is gone)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -71,15 +75,6 @@ def data_signature(data: DataConfig) -> dict:
     return sig
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class DatasetWriter:
     """Writes clips into rotating safetensors shards and, on a clean exit, the index (last).
 
@@ -89,14 +84,12 @@ class DatasetWriter:
 
     `source_*` are float [D] embeddings or uint8 [res, res, 3] crops (one kind per dataset). An existing dataset
     in `dataset_dir` is an error unless `overwrite`. The new dataset is written into a temporary sibling directory
-    that replaces `dataset_dir` only once its index is written (`video.atomic_output`): if the block raises, or the
+    that replaces `dataset_dir` only once its index is written (`io.atomic.atomic_output`): if the block raises, or the
     run is interrupted, an existing dataset is left as it was and nothing new appears.
     """
 
     def __init__(self, dataset_dir: str | Path, data: dict, latent_shape, overwrite: bool = False,
                  shard_bytes: int = SHARD_BYTES):
-        from anchorface.io.video import atomic_output
-
         self.dir = Path(dataset_dir)
         if self.dir.exists() and not self.dir.is_dir():
             raise AnchorfaceError(f"dataset path {self.dir} exists and is not a directory")
@@ -107,9 +100,15 @@ class DatasetWriter:
             if other:
                 raise AnchorfaceError(f"{self.dir} holds files that are not part of a dataset ({other[0]}"
                                       f"{', ...' if len(other) > 1 else ''}); choose an empty or new folder")
+        remove_stale_temporaries(self.dir)
         self._stack = ExitStack()
-        self._tmp = self._stack.enter_context(atomic_output(self.dir))  # renamed onto self.dir by close()
-        (self._tmp / SHARD_DIR).mkdir(parents=True)
+        self._tmp = self._stack.enter_context(atomic_output(self.dir, what="dataset "))  # renamed by close()
+        try:
+            (self._tmp / SHARD_DIR).mkdir(parents=True)
+            (self._tmp / WRITER_PID).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        except OSError as e:
+            self.abort(e)
+            raise AnchorfaceError(f"cannot write dataset {self.dir}: {one_line(e)}") from None
         self.data = dict(data)
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.shard_bytes = shard_bytes
@@ -165,20 +164,10 @@ class DatasetWriter:
                            "source_video": str(source_video)})
 
     def _flush(self) -> None:
-        from safetensors.torch import save_file
-
         if not self._pending:
             return
-        path = self._tmp / self._shard_name
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            save_file(self._pending, str(tmp), metadata={"format": FORMAT, "version": str(VERSION)})
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_safetensors(self._tmp / self._shard_name, self._pending,
+                          metadata={"format": FORMAT, "version": str(VERSION)})
         self._pending, self._pending_bytes = {}, 0
         self._shard += 1
 
@@ -191,11 +180,12 @@ class DatasetWriter:
             index = {"format": FORMAT, "version": VERSION, "data": self.data,
                      "latent_shape": list(self.latent_shape), "source_kind": self.source_kind,
                      "global_dim": self.global_dim, "clips": self.clips}
-            _atomic_write_bytes(self._tmp / INDEX, json.dumps(index, indent=1).encode())
+            write_json(self._tmp / INDEX, index, indent=1)
+            (self._tmp / WRITER_PID).unlink(missing_ok=True)
         except BaseException as e:
             self.abort(e)
             raise
-        self._stack.close()  # the rename (VideoError, temporary directory removed, if it fails)
+        self._stack.close()  # the rename (one-line error, temporary directory removed, if it fails)
         return index
 
     def abort(self, exc: BaseException | None = None) -> None:
@@ -213,27 +203,70 @@ class DatasetWriter:
             self.abort(exc)
 
 
+def _writer_gone(folder: Path) -> bool:
+    """Whether the process that filled temporary dataset folder `folder` is gone (killed before it finished): its
+    pid file names a process of this host that no longer runs, or there is no pid file (written right after the
+    folder is made)."""
+    try:
+        host, pid = (folder / WRITER_PID).read_text().split()
+        pid = int(pid)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    if host != socket.gethostname():
+        return False  # (a shared file system: that process may still run elsewhere)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
+def remove_stale_temporaries(dataset_dir: str | Path) -> list[Path]:
+    """Remove the temporary sibling folders (`.NAME.tmp-*`) that an interrupted `prepare` of `dataset_dir` left
+    behind (killed with SIGKILL, or power loss: no chance to clean up); returns those removed."""
+    import shutil
+
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.parent.is_dir():
+        return []
+    stale = [p for p in dataset_dir.parent.glob(f".{dataset_dir.stem}.tmp-*{dataset_dir.suffix}")
+             if p.is_dir() and not p.is_symlink() and _writer_gone(p)]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
 def load_index(dataset_dir: str | Path) -> dict:
     """Read and check `DATASET_DIR/index.json`; AnchorfaceError with a one-line reason if it is not a dataset."""
     dataset_dir = Path(dataset_dir)
-    path = dataset_dir / INDEX
-    if not dataset_dir.is_dir():
-        raise AnchorfaceError(f"dataset directory not found: {dataset_dir}")
-    if not path.exists():
-        raise AnchorfaceError(f"{dataset_dir} is not a prepared dataset (no {INDEX}; run `anchorface prepare` first)")
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise AnchorfaceError(f"{path} is not valid JSON ({e.msg})") from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("version") != VERSION:
-        raise AnchorfaceError(f"{path}: not an {FORMAT} v{VERSION} index")
-    missing = {"data", "latent_shape", "clips", "source_kind"} - set(index)
-    if missing or not index["clips"]:
-        raise AnchorfaceError(f"{path}: incomplete index (missing {sorted(missing) or 'clips'})")
+    path = manifest_in(dataset_dir, INDEX, "dataset", f"a prepared dataset (no {INDEX}; run `anchorface prepare` first)")
+    index = read_manifest(path, FORMAT, VERSION, required=("clips", "data", "latent_shape", "source_kind"),
+                          what="dataset index")
+    if not index["clips"]:
+        raise AnchorfaceError(f"{path}: incomplete dataset index (no clips)")
     for shard in sorted({c["shard"] for c in index["clips"]}):
         if not (dataset_dir / shard).exists():
             raise AnchorfaceError(f"{dataset_dir}: shard {shard} listed in the index is missing")
+        open_shard(dataset_dir / shard)  # reads the header only: a truncated or corrupt shard fails here, in one line
     return index
+
+
+def open_shard(path: str | Path):
+    """A shard opened with safetensors (memory-mapped); AnchorfaceError when it cannot be read (truncated, corrupt,
+    unreadable)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except SafetensorError as e:
+        raise AnchorfaceError(f"cannot read dataset shard {path}: truncated or corrupt ({one_line(e)}); run "
+                              "`anchorface prepare` again") from None
+    except OSError as e:
+        raise AnchorfaceError(f"cannot read dataset shard {path}: {one_line(e)}") from None
 
 
 def check_compatible(index: dict, cfg: Config) -> None:
@@ -348,12 +381,10 @@ class ClipDataset(torch.utils.data.Dataset):
         self._pid = None
 
     def _file(self, shard: str):
-        from safetensors import safe_open
-
         if self._pid != os.getpid():  # a fresh process (DataLoader worker): open our own handles
             self._files, self._pid = {}, os.getpid()
         if shard not in self._files:
-            self._files[shard] = safe_open(str(self.dir / shard), framework="pt")
+            self._files[shard] = open_shard(self.dir / shard)
         return self._files[shard]
 
     def __getstate__(self):
@@ -426,6 +457,34 @@ def segment_bounds(num_frames: int, fps: float, max_seconds: float) -> list[tupl
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
+def face_stretches(found, fps: float, max_faceless_seconds: float = MAX_FACELESS_SECONDS
+                   ) -> tuple[list[tuple[int, int]], int, int]:
+    """Split frames [0, N) at the stretches without a face (`found` False) longer than `max_faceless_seconds`:
+    `(kept ranges, stretches cut, frames cut)`. Shorter gaps stay (their landmarks are filled from the neighbours,
+    `faces.track_video`); a range without any face is cut too."""
+    found = np.asarray(found, dtype=bool)
+    longest = max(0, int(math.floor(max_faceless_seconds * fps + 1e-6)))
+    kept, cut, cut_frames, start, i, n = [], 0, 0, 0, 0, len(found)
+    while i < n:
+        if found[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and not found[j]:
+            j += 1
+        if j - i > longest:
+            if i > start:
+                kept.append((start, i))
+            cut, cut_frames, start = cut + 1, cut_frames + (j - i), j
+        i = j
+    if start < n:
+        kept.append((start, n))
+    for a, b in [r for r in kept if not found[r[0]:r[1]].any()]:  # (only possible with no face at all)
+        kept.remove((a, b))
+        cut, cut_frames = cut + 1, cut_frames + (b - a)
+    return kept, cut, cut_frames
+
+
 @torch.no_grad()
 def _encode(codec, crops: np.ndarray, device) -> torch.Tensor:
     out = [codec.encode(to_pixels(crops[i:i + ENCODE_BATCH]).to(device)).float().cpu()
@@ -433,8 +492,11 @@ def _encode(codec, crops: np.ndarray, device) -> torch.Tensor:
     return torch.cat(out).half()
 
 
-def prepare_video(path: Path, cfg: Config, codec, encoder, max_seconds: float, device="cpu", progress=False):
-    """Face crops, landmarks, latents and source candidates of one video, as a list of segment dicts."""
+def prepare_video(path: Path, cfg: Config, codec, encoder, max_seconds: float, device="cpu", progress=False,
+                  stats: dict | None = None):
+    """Face crops, landmarks, latents and source candidates of one video, as a list of segment dicts. Stretches
+    without a face longer than `MAX_FACELESS_SECONDS` are cut out (`face_stretches`); `stats`, when given, gets
+    their count and frames (`faceless_stretches`, `faceless_frames`). NoFaceError when no face is left."""
     from anchorface.faces.detect import track_video
     from anchorface.io.video import probe_video
 
@@ -442,8 +504,14 @@ def prepare_video(path: Path, cfg: Config, codec, encoder, max_seconds: float, d
     track = track_video(path, cfg.data.resolution, keep_crops=True, progress=progress)  # NoFaceError: no face
     crops_arr, lmk, n = track.crops, track.landmarks, len(track.landmarks)
     fps = float(info.fps)
+    kept, cut, cut_frames = face_stretches(track.found, fps)
+    if stats is not None:
+        stats["faceless_stretches"], stats["faceless_frames"] = cut, cut_frames
+    if not kept:
+        raise NoFaceError(f"no face found in any of the {n} video frames")
+    bounds = [(start + a, start + b) for start, stop in kept for a, b in segment_bounds(stop - start, fps, max_seconds)]
     segments = []
-    for a, b in segment_bounds(n, fps, max_seconds):
+    for a, b in bounds:
         ends = crops_arr[[a, b - 1]]
         if encoder is not None:  # frozen global encoder: store the embeddings
             with torch.no_grad():
@@ -461,7 +529,9 @@ def prepare_dataset(videos_dir: str | Path, dataset_dir: str | Path, cfg: Config
                     progress: bool = True) -> dict:
     """`anchorface prepare`: every video of `videos_dir` -> clips in `dataset_dir` (format in the module doc).
 
-    Returns a summary dict(videos, clips, frames, skipped_no_face, skipped_unreadable).
+    Returns a summary dict(videos, clips, frames, skipped_no_face, skipped_unreadable, skipped_faceless_stretches,
+    skipped_faceless_frames): videos without a face or unreadable are skipped whole; stretches without a face
+    longer than `MAX_FACELESS_SECONDS` are cut out of the others. Each skip is an `AnchorfaceWarning` (one line).
     """
     from anchorface.frozen.codecs import load_codec
     from anchorface.frozen.encoders import load_clip
@@ -481,21 +551,28 @@ def prepare_dataset(videos_dir: str | Path, dataset_dir: str | Path, cfg: Config
     signature = data_signature(cfg.data) | {"codec_config": codec.config}
     stems = [p.stem for p in videos]  # clip names: "<stem>-<segment>", "<stem>_<ext>-<segment>" if stems clash
     names = {p: p.stem if stems.count(p.stem) == 1 else p.name.replace(".", "_") for p in videos}
-    summary = {"videos": len(videos), "clips": 0, "frames": 0, "skipped_no_face": 0, "skipped_unreadable": 0}
+    summary = {"videos": len(videos), "clips": 0, "frames": 0, "skipped_no_face": 0, "skipped_unreadable": 0,
+               "skipped_faceless_stretches": 0, "skipped_faceless_frames": 0}
     with DatasetWriter(dataset_dir, signature, codec.latent_shape(cfg.data.resolution), overwrite=overwrite) as w:
         bar = tqdm(videos, desc="prepare", unit="video", disable=not progress)
         for path in bar:
             bar.set_postfix_str(path.name)
+            stats: dict = {}
             try:
-                segments = prepare_video(path, cfg, codec, encoder, max_seconds, device)
+                segments = prepare_video(path, cfg, codec, encoder, max_seconds, device, stats=stats)
             except NoFaceError as e:
                 summary["skipped_no_face"] += 1
-                warnings.warn(f"skipping {path.name}: {e}", stacklevel=2)
+                warnings.warn(f"skipping {path.name}: {e}", AnchorfaceWarning, stacklevel=2)
                 continue
             except VideoError as e:
                 summary["skipped_unreadable"] += 1
-                warnings.warn(f"skipping {path.name}: {e}", stacklevel=2)
+                warnings.warn(f"skipping {path.name}: {e}", AnchorfaceWarning, stacklevel=2)
                 continue
+            if stats.get("faceless_stretches"):
+                summary["skipped_faceless_stretches"] += stats["faceless_stretches"]
+                summary["skipped_faceless_frames"] += stats["faceless_frames"]
+                warnings.warn(f"{path.name}: cut out {stats['faceless_stretches']} stretch(es) without a face "
+                              f"({stats['faceless_frames']} frames)", AnchorfaceWarning, stacklevel=2)
             for i, seg in enumerate(segments):
                 w.add_clip(f"{names[path]}-{i:03d}", seg["latents"], seg["landmarks"], seg["source_first"], seg["source_last"],
                            seg["fps"], source_video=path.name)

@@ -40,14 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
 from anchorface.data.dataset import furthest_end
 from anchorface.devices import resolve_device
-from anchorface.errors import AnchorfaceError, ImageError, NoFaceError
+from anchorface.errors import AnchorfaceError, ImageError, NoFaceError, require
 from anchorface.evaluation import metrics
+from anchorface.io.images import resize
 from anchorface.evaluation.report import BASELINE_COLUMN, jsonable, write_report  # noqa: F401
 from anchorface.faces import detect as faces, landmarks
 from anchorface.methods.anchored.options import CONDITIONS, MERGES, check_sampling
@@ -115,6 +115,22 @@ def pair_sources(videos: list[Path], photos: list[Path], has_face: Callable[[Pat
                 break
         else:
             notes.append(f"cross-identity: no usable photo of another identity for {video.name}")
+    return pairs, notes
+
+
+def read_cross_pairs(path: str | Path, videos: list[Path]) -> tuple[dict[Path, Path], list[str]]:
+    """§4.3.2 with given pairs (`anchorface split`'s cross_pairs.tsv): lines `driving<TAB>photo`, paths relative to
+    the file. Returns (pairs for those of `videos` listed, notes for the videos not listed)."""
+    path = Path(path)
+    try:
+        lines = [ln.split("\t") for ln in path.read_text().splitlines() if ln.strip()]
+    except OSError as e:
+        raise AnchorfaceError(f"cannot read --cross-pairs {path}: {e.strerror or e}") from None
+    if any(len(parts) != 2 for parts in lines):
+        raise AnchorfaceError(f"--cross-pairs {path}: expected lines 'driving<TAB>photo'")
+    table = {(path.parent / d).resolve(): path.parent / p for d, p in lines}
+    pairs = {v: table[v.resolve()] for v in videos if v.resolve() in table}
+    notes = [f"cross-identity: {v.name} has no pair in {path.name}" for v in videos if v not in pairs]
     return pairs, notes
 
 
@@ -201,14 +217,26 @@ def generate(method, case: Case, options: dict, relative: bool, seed: int = 0) -
 # Scoring
 
 
+EMBED_FRAMES = 32  # at most this many frames of a video are embedded (long videos: evenly spaced)
+
+
+def embedded_frames(n: int, most: int = EMBED_FRAMES) -> list[int]:
+    """The frames of an n-frame video whose embeddings the identity measures use: all of them up to `most`, else
+    `most` evenly spaced ones that include the first, the central (the anchor, n // 2) and the last."""
+    if n <= most:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, most - 1).round().astype(int).tolist()) | {n // 2})
+
+
 class Scorer:
     """Per-video metrics (§4.2) of generated crops against a case, plus features for FID / FVD."""
 
-    def __init__(self, embedder=None, inception=None, i3d=None, distance: str = "cosine"):
-        self.embedder, self.inception, self.i3d, self.distance = embedder, inception, i3d, distance
+    def __init__(self, embedder=None, inception=None, i3d=None):
+        self.embedder, self.inception, self.i3d = embedder, inception, i3d
+        self.distance = getattr(embedder, "distance", "cosine")
 
     def embed(self, frames) -> np.ndarray | None:
-        return None if self.embedder is None else metrics.embed_frames(self.embedder, frames)
+        return None if self.embedder is None else self.embedder(frames)
 
     def score(self, case: Case, gen: np.ndarray, target_lmk: np.ndarray, with_reference: bool,
               consistency: bool = False) -> dict:
@@ -217,21 +245,22 @@ class Scorer:
         res = gen.shape[1]
         real = case.driving_crops(res)
         size = landmarks.landmark_crop_size(res)
-        big = [x if res == size else cv2.resize(x, (size, size), interpolation=cv2.INTER_CUBIC) for x in gen]
+        big = [x if res == size else resize(x, size) for x in gen]
         try:
             gen_lmk, gen_found = landmarks.track_landmarks(big, progress=False)
         except NoFaceError:
             gen_lmk, gen_found = np.zeros_like(target_lmk), np.zeros(len(gen), bool)
         out = {"video": case.name, "frames": len(gen),
                **metrics.motion_metrics(gen_lmk, gen_found, target_lmk, drv_found=case.drv_found)}
-        e_gen = self.embed(gen)
+        idx = embedded_frames(len(gen))
+        e_gen = self.embed(gen[idx])
         if e_gen is not None:
-            e_src, e_drv = self.embed(case.source_crop(res)[None]), self.embed(real)
+            e_src, e_drv = self.embed(case.source_crop(res)[None]), self.embed(real[idx])
             out.update(csim=metrics.csim(e_src[0], e_gen), self_csim=metrics.self_csim(e_gen, e_drv),
-                       first_frame_csim=metrics.first_frame_csim(e_gen))
+                       first_frame_csim=metrics.first_frame_csim(e_gen), embedded_frames=len(idx))
             if consistency:
                 out["id_drift_first"], out["id_drift_first_max"] = metrics.drift_to(e_gen, 0, self.distance)
-                out["id_drift_anchor"], _ = metrics.drift_to(e_gen, len(gen) // 2, self.distance)
+                out["id_drift_anchor"], _ = metrics.drift_to(e_gen, idx.index(len(gen) // 2), self.distance)
         out["appearance_drift"] = metrics.appearance_drift(gen)
         if consistency:
             out["background_drift"] = metrics.background_drift(gen, target_lmk)
@@ -287,6 +316,7 @@ class Options:
     driving: list[str]
     output: Path
     sources: Path | None = None
+    cross_pairs: Path | None = None  # driving<TAB>photo lines (`anchorface split`), instead of --sources' rotation
     merges: tuple[str, ...] = MERGES
     protocols: tuple[str, ...] = PROTOCOLS
     steps: int | None = None  # None: each checkpoint's sample.steps
@@ -298,6 +328,7 @@ class Options:
     ablation_scales: tuple[float, ...] = ABLATION_SCALES
     ablation_conditions: tuple[str, ...] = ("none", "landmarks", "global", "both")  # `options.CONDITIONS`
     clip: str | None = None
+    embedding: str | None = None  # `EMBEDDINGS` for CSIM / Self-CSIM / identity drift; None: clip with --clip, else identity
     inception: str | None = None
     i3d: str | None = None
     relative: bool = False
@@ -315,6 +346,10 @@ def _check_options(o: Options) -> None:
     """Every option that needs no model, before any work (`options.check_sampling` for the sampling ones)."""
     for m in o.merges:
         check_sampling(merge=m)
+    if o.embedding is not None and o.embedding not in EMBEDDINGS:
+        raise AnchorfaceError(f"unknown embedding {o.embedding!r}; choose from {', '.join(EMBEDDINGS)}")
+    if o.embedding == "clip" and not o.clip:
+        raise AnchorfaceError("--embedding clip needs --clip DIR (a CLIP model directory)")
     bad = [p for p in o.protocols if p not in PROTOCOLS]
     if bad:
         raise AnchorfaceError(f"unknown protocol {bad[0]!r}; choose from {', '.join(PROTOCOLS)}")
@@ -336,8 +371,9 @@ def _check_options(o: Options) -> None:
         raise AnchorfaceError(f"--ablation-steps must all be >= 1, got {list(o.ablation_steps)}")
     for scale in o.ablation_scales:
         check_sampling(guidance_scale=scale)
-    if {"cross", "ablation"} & set(o.protocols) and o.sources is None:
-        raise AnchorfaceError("the cross and ablation protocols need --sources DIR (photos of other identities)")
+    if {"cross", "ablation"} & set(o.protocols) and o.sources is None and o.cross_pairs is None:
+        raise AnchorfaceError("the cross and ablation protocols need --sources DIR (photos of other identities) "
+                              "or --cross-pairs FILE")
     specs = selected_methods(o)
     if any(s.needs_checkpoint for s in specs) and not o.checkpoints:
         names = ", ".join(s.name for s in specs if s.needs_checkpoint)
@@ -357,19 +393,58 @@ def selected_methods(o: Options) -> list[MethodSpec]:
     return specs
 
 
+EMBEDDINGS = ("identity", "clip", "learned")  # --embedding: what CSIM, Self-CSIM and the identity drift embed with
+
+
+class IdentityEmbedding:
+    """The face-recognition embedding (`faces/identity.py`: dlib's ResNet, 128-d, Euclidean; where the paper uses
+    ArcFace): generated crops are embedded whole, upsampled by the embedder when small; where dlib's detector does
+    not find the face the whole crop (the known face box) is used. `detected` / `measured` count the frames."""
+
+    distance = "euclidean"
+
+    def __init__(self):
+        from anchorface.faces.identity import IdentityEmbedder
+
+        self.model, self.measured, self.detected = IdentityEmbedder(), 0, 0
+        self.name = f"face recognition ({self.model.name})"
+
+    def __call__(self, frames) -> np.ndarray:
+        m = self.model.measure(list(frames))
+        self.measured += m.measured
+        self.detected += int(m.detected.sum())
+        return m.vectors
+
+
+class EncoderEmbedding:
+    """A global encoder G (CLIP, or a checkpoint's learned encoder) as CSIM's embedding (cosine)."""
+
+    distance = "cosine"
+
+    def __init__(self, encoder, name: str):
+        self.encoder, self.name = encoder, name
+
+    def __call__(self, frames) -> np.ndarray:
+        return metrics.embed_frames(self.encoder, frames)
+
+
 def _load_embedder(o: Options, pipes: dict):
-    """CSIM's embedding: CLIP from --clip (the paper's), else the first checkpoint's own global encoder (named)."""
-    if o.clip:
+    """CSIM's embedding, named (`--embedding`): the face-recognition embedding (default), CLIP from --clip, or a
+    checkpoint's learned global encoder (asked for by name only: it is trained on the data it would judge)."""
+    kind = o.embedding or ("clip" if o.clip else "identity")
+    if kind == "identity":
+        return IdentityEmbedding()
+    if kind == "clip":
         from anchorface.frozen.encoders import CLIPGlobalEncoder
 
-        return CLIPGlobalEncoder(o.clip).to(o.device), f"CLIP ({o.clip})"
+        return EncoderEmbedding(CLIPGlobalEncoder(o.clip).to(o.device), f"CLIP ({o.clip})")
     for name, pipe in pipes.items():  # the loaded models (e.g. `AnchoredDiffusion`: its checkpoint's encoder)
         if getattr(pipe, "encoder", None) is not None:
             kind = pipe.config.data.encoder
             what = f"CLIP ({pipe.config.data.encoder_path})" if kind == "clip" else \
-                f"the learned global encoder of checkpoint {name} (not CLIP: pass --clip DIR for the paper's CSIM)"
-            return pipe.encoder, what
-    return None, "none (no global encoder available: pass --clip DIR)"
+                f"the learned global encoder of checkpoint {name} (not an identity embedding)"
+            return EncoderEmbedding(pipe.encoder, what)
+    raise AnchorfaceError("--embedding learned needs a checkpoint with a global encoder")
 
 
 def _first_set(*values):
@@ -490,9 +565,9 @@ class Evaluation:
 
     def cross_cases(self) -> list[Case]:
         """§4.3.2: the self cases' driving windows, each with a photo of another identity (`pair_sources`)."""
-        from anchorface.io.video import load_image
+        from anchorface.io.images import load_image
 
-        photos = list_photos(self.o.sources)
+        photos = list_photos(self.o.sources) if self.o.cross_pairs is None else []
         found: dict[Path, tuple[np.ndarray, faces.Box] | None] = {}
 
         def has_face(p: Path) -> bool:
@@ -504,7 +579,18 @@ class Evaluation:
             return found[p] is not None
 
         usable = [v for v in self.videos if self.self_case(v, self.o.frames) is not None]
-        pairs, pair_notes = pair_sources(usable, photos, has_face, self.o.seed)
+        if self.o.cross_pairs is not None:
+            pairs, pair_notes = read_cross_pairs(self.o.cross_pairs, usable)
+            for v, photo in list(pairs.items()):
+                try:
+                    ok, why = has_face(photo), "no face found"
+                except ImageError as e:
+                    ok, why = False, str(e)
+                if not ok:
+                    pair_notes.append(f"cross-identity: skipped source photo {photo.name} ({why})")
+                    del pairs[v]
+        else:
+            pairs, pair_notes = pair_sources(usable, photos, has_face, self.o.seed)
         self.notes.extend(pair_notes)
         out = []
         for v, photo in pairs.items():
@@ -641,6 +727,7 @@ def run_evaluation(o: Options) -> dict:
     from anchorface.io.video import list_videos
 
     _check_options(o)
+    require("matplotlib", "eval", "evaluate")  # the plots come last: fail before any work
     o = dataclasses.replace(o, device=resolve_device(o.device))  # (the notes list is shared with the caller's)
     t0 = time.time()
     specs = selected_methods(o)
@@ -657,7 +744,7 @@ def run_evaluation(o: Options) -> dict:
     abl_rows = ablation_settings(o, anchored[0].method.pipe) if "ablation" in o.protocols and anchored else []
     if "ablation" in o.protocols and not anchored:
         notes.append("ablation: needs the anchored method; skipped")
-    embedder, embedder_name = _load_embedder(o, models)
+    embedder = _load_embedder(o, models)
     if inception is None:
         notes.append("FID not computed: pass --inception PATH/inception-2015-12-05.pt")
     if i3d is None:
@@ -697,13 +784,17 @@ def run_evaluation(o: Options) -> dict:
     ablation_rows = ablation_protocol(ev, anchored[0], abl_rows, abl_cases) if abl_rows else []
     guidance = guidance_protocol(ev, guided, self_cases) if guided is not None else None
     ev.bar.close()
+    if isinstance(embedder, IdentityEmbedding) and embedder.measured:
+        notes.append(f"identity embedding: dlib's face detector found the face in {embedder.detected} of "
+                     f"{embedder.measured} embedded frames; the others were embedded from the whole crop (the known "
+                     "face box)")
 
     report = {
         "settings": {k: v for k, v in vars(o).items() if k != "notes"},
         "methods": [s.name for s in specs],
         "checkpoints": {n: str(p) for n, p in zip(_unique_names(o.checkpoints), o.checkpoints)},
         "columns": [[c.group, c.label] for c in columns + baselines],
-        "csim_embedding": embedder_name,
+        "csim_embedding": embedder.name,
         "lmse_unit": f"squared pixels of a {int(metrics.LMSE_CROP_PX)}-px face crop (mean over frames and points "
                      "of the squared XYZ distance)",
         "videos": [v.name for v in videos],

@@ -11,7 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anchorface.io.video import atomic_output
+from anchorface.io.atomic import atomic_output
+from anchorface.io.images import resize
 
 BASELINE_COLUMN = "baseline"  # the group of Table 1's baseline columns (results[protocol]["baseline"][title])
 GRID_FRAMES = 8  # columns of a frame grid
@@ -114,8 +115,7 @@ def strip_image(strip: dict, path: Path, cell: int = 96) -> None:
     """Fig. 4: one row per strategy, `STRIP_FRAMES` frames spread over one long video, labelled."""
     rows = []
     for label, frames in strip["frames"].items():
-        cells = [cv2.resize(f, (cell, cell), interpolation=cv2.INTER_AREA if f.shape[0] > cell else cv2.INTER_CUBIC)
-                 for f in frames]
+        cells = [resize(f, cell) for f in frames]
         row = np.concatenate(cells, axis=1)
         head = np.full((cell, 150, 3), 255, np.uint8)
         cv2.putText(head, label, (6, cell // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
@@ -140,8 +140,7 @@ def frame_grid(source: np.ndarray, driving: np.ndarray, generated: dict[str, np.
     cols = np.unique(np.linspace(0, n - 1, min(n, GRID_FRAMES)).round().astype(int))
 
     def cell(img):
-        return cv2.resize(img, (GRID_CELL, GRID_CELL), interpolation=cv2.INTER_AREA if img.shape[0] > GRID_CELL
-                          else cv2.INTER_CUBIC)
+        return resize(img, GRID_CELL)
 
     blank = np.full((GRID_CELL, GRID_CELL, 3), 255, np.uint8)
     rows = [np.concatenate([cell(source)] + [cell(driving[i]) for i in cols], axis=1)]
@@ -263,7 +262,8 @@ def render_markdown(report: dict, columns: list[tuple[str, str]], baseline_notes
         out += ["## Consistency vs. video length (Fig. 5, Fig. 4)", "",
                 f"Measured with {report['csim_embedding']}. Self-CSIM: the paper's measure (lower is better); "
                 "identity drift: each frame's embedding distance to the first frame and to the central (anchor) "
-                "frame, mean over frames; outside the face: the mean absolute difference (0-255) from the first "
+                "frame, mean over frames (at most 32 evenly spaced frames of a video are embedded, the first, the "
+                "anchor and the last among them); outside the face: the mean absolute difference (0-255) from the first "
                 "frame of 16x16 area-averaged cells the grown face hull covers in neither frame (hair, clothes, "
                 "background). Each cell: mean over clips x seeds [95% bootstrap interval, clips resampled whole].", ""]
         for setting in dict.fromkeys(r.get("conditions", "both") for r in report["consistency"]):

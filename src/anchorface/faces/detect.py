@@ -21,8 +21,9 @@ from scipy.ndimage import gaussian_filter1d
 from tqdm.auto import tqdm
 
 from anchorface.errors import AnchorfaceError, NoFaceError, VideoError
-from anchorface.faces.landmarks import (LandmarkDetector, landmark_crop_size, native_stderr_silenced, run_quietly,
-                                  track_landmarks)
+from anchorface.io.images import resize
+from anchorface.faces.landmarks import LandmarkDetector, check_frame, landmark_crop_size, track_landmarks
+from anchorface.faces.native_logs import native_stderr_silenced, run_quietly
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +108,6 @@ def overlap(a: Box, b: Box) -> float:
     return inter / small if small > 0 else 0.0
 
 
-def _check_frame(frame: np.ndarray) -> np.ndarray:
-    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        desc = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-        raise AnchorfaceError(f"expected an RGB uint8 frame [H, W, 3], got {desc}")
-    return np.ascontiguousarray(frame)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Detection
 # --------------------------------------------------------------------------------------------------------------
@@ -147,7 +141,7 @@ class FaceDetector:
 
     def detect(self, frame_rgb: np.ndarray) -> list[Box]:
         """Face boxes in pixel coordinates, largest first (empty when there is no face)."""
-        frame = _check_frame(frame_rgb)
+        frame = check_frame(frame_rgb)
         boxes = [b for b, _ in self._run(self._full, frame)]
         if self.exhaustive or not boxes:
             boxes += [b for b, _ in self._run(self._short, frame)
@@ -215,7 +209,7 @@ def source_crop_box(image: np.ndarray, what: str = "the source image") -> Box:
     A detection counts as a face only when, framed as the model sees it, the short-range detector is confident
     (``FACE_SCORE_ON_CROP``): BlazeFace alone also fires on animal faces.
     """
-    image = _check_frame(image)
+    image = check_frame(image)
     with FaceDetector(exhaustive=True) as det:
         faces = [b for b in det.detect(image) if det.crop_score(image, b) >= FACE_SCORE_ON_CROP]
     if not faces:
@@ -361,7 +355,7 @@ def crop(frame: np.ndarray, box: Box, size: int) -> np.ndarray:
     Shrinking by more than ``SHRINK_AREA``: the box is cut out at its native scale (bilinear; the area average that
     follows dominates) and area-averaged, so fine detail does not alias. Otherwise one ``RESAMPLE`` warp.
     """
-    frame = _check_frame(frame)
+    frame = check_frame(frame)
     if isinstance(box, np.ndarray):
         box = Box.from_array(box)
     if box.width <= 0 or box.height <= 0 or size < 1:
@@ -372,7 +366,7 @@ def crop(frame: np.ndarray, box: Box, size: int) -> np.ndarray:
     out = cv2.warpAffine(frame, _box_to_pixels(box, work, work), (work, work), flags=interp | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_REPLICATE)
     if shrink:
-        out = cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA)
+        out = resize(out, size)
     return out
 
 
@@ -396,8 +390,8 @@ def paste_back(frame: np.ndarray, crop_img: np.ndarray, box: Box, feather: float
 
     The inverse of ``crop``: an unmodified crop pasted back reproduces the frame inside the box up to resampling.
     """
-    frame = _check_frame(frame)
-    crop_img = _check_frame(crop_img)
+    frame = check_frame(frame)
+    crop_img = check_frame(crop_img)
     if isinstance(box, np.ndarray):
         box = Box.from_array(box)
     fh, fw = frame.shape[:2]
@@ -407,7 +401,7 @@ def paste_back(frame: np.ndarray, crop_img: np.ndarray, box: Box, feather: float
         return frame.copy()
     if box.width * SHRINK_AREA < crop_img.shape[1]:  # a crop much larger than the box: area-average it down first
         size = (max(1, int(round(box.width))), max(1, int(round(box.height))))
-        crop_img = cv2.resize(crop_img, size, interpolation=cv2.INTER_AREA)
+        crop_img = resize(crop_img, size)
     # Region pixel -> crop pixel: the inverse of crop's map, moved to the region's origin.
     m = cv2.invertAffineTransform(_box_to_pixels(box, crop_img.shape[1], crop_img.shape[0]))
     m[:, 2] += m[:, :2] @ np.array([ix0, iy0], dtype=np.float64)

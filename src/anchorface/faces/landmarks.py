@@ -11,9 +11,6 @@ coordinates of the face crop (x, y in [0, 1] of its width/height; z in about the
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 from collections.abc import Iterable
 
 import cv2
@@ -24,6 +21,7 @@ from skimage.transform import SimilarityTransform
 from tqdm.auto import tqdm
 
 from anchorface.errors import AnchorfaceError, NoFaceError
+from anchorface.faces.native_logs import native_stderr_silenced, run_quietly
 
 NUM_LANDMARKS = 478  # face mesh with refine_landmarks=True (468 mesh points + 2 x 5 iris points)
 LANDMARK_DIM = NUM_LANDMARKS * 3
@@ -108,37 +106,12 @@ def landmark_crop_size(resolution: int | None = None) -> int:
     return max(LANDMARK_CROP, int(resolution or 0))
 
 
-def _check_frame(frame: np.ndarray) -> np.ndarray:
+def check_frame(frame: np.ndarray) -> np.ndarray:
+    """`frame` as a contiguous RGB uint8 [H, W, 3] array; AnchorfaceError for anything else."""
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         desc = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
         raise AnchorfaceError(f"expected an RGB uint8 frame [H, W, 3], got {desc}")
     return np.ascontiguousarray(frame)
-
-
-@contextlib.contextmanager
-def native_stderr_silenced():
-    """Hide what native code writes to file descriptor 2 meanwhile. MediaPipe's C++ graphs print absl/TFLite
-    start-up lines there on their first frame, before any logging setting can apply; users should not see them."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # stderr replaced (pytest capture, notebooks): nothing to hide
-        yield
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, fd)
-    os.close(devnull)
-    try:
-        yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-
-
-def run_quietly(mediapipe_solution, frame: np.ndarray):
-    """`solution.process(frame)` with MediaPipe's native log lines (start-up, ROI notices) kept off the terminal."""
-    with native_stderr_silenced():
-        return mediapipe_solution.process(frame)
 
 
 class LandmarkDetector:
@@ -161,7 +134,7 @@ class LandmarkDetector:
 
     def detect(self, frame_rgb: np.ndarray) -> np.ndarray | None:
         """Landmarks ``float32 [478, 3]`` of the face in an RGB uint8 frame, or None when there is none."""
-        result = run_quietly(self._mesh, _check_frame(frame_rgb))
+        result = run_quietly(self._mesh, check_frame(frame_rgb))
         if not result.multi_face_landmarks:
             return None
         points = result.multi_face_landmarks[0].landmark

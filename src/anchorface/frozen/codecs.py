@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anchorface.errors import AnchorfaceError, MissingWeightsError
+from anchorface.errors import AnchorfaceError, MissingWeightsError, one_line
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -198,11 +198,16 @@ def load_pretrained(from_pretrained: Callable, path: str | os.PathLike, what: st
         source = text
     else:
         raise MissingWeightsError(f"{what} weights not found at '{text}' (no such directory); {hint}")
+    from safetensors import SafetensorError
+
     reason = ""
     for sub in candidates:
         try:
             kw = {**kwargs, "subfolder": sub} if sub else kwargs
             return from_pretrained(source, **kw), sub
+        except SafetensorError as e:  # the weights are there but truncated or corrupt (an interrupted download)
+            raise MissingWeightsError(f"{what} weights at '{text}' cannot be read (truncated or corrupt file: "
+                                      f"{one_line(e)}); {hint}") from None
         except (OSError, ValueError) as e:  # missing files / not cached / offline / unreachable hub
             reason = reason or (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
     where = "" if local.exists() else "no such directory, and not in the hub cache (hub unreachable or offline): "

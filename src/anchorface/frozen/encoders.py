@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anchorface.frozen.codecs import load_pretrained
-from anchorface.errors import AnchorfaceError, MissingWeightsError
+from anchorface.errors import AnchorfaceError, MissingWeightsError, require
 
 TEXT_NEEDS_CLIP = "text prompts need the CLIP global encoder (data.encoder: clip)"
 
@@ -73,6 +73,7 @@ class CLIPGlobalEncoder(GlobalEncoder):
     def __init__(self, path: str | os.PathLike = "openai/clip-vit-large-patch14", normalize: bool = False,
                  dtype: torch.dtype = torch.float32):
         super().__init__()
+        require("transformers", "clip", "CLIP")
         from transformers import CLIPModel
 
         try:  # transformers >= 5 without torchvision: the PIL-backed class, under its own name (no warning)

@@ -1,1 +1,2 @@
-"""Files in and out: images and videos with PyAV and Pillow (`video.py`)."""
+"""Files in and out: atomic outputs (`atomic.py`), versioned JSON manifests (`manifest.py`), images and the
+resize rule (`images.py`), videos with PyAV (`video.py`)."""

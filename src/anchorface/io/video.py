@@ -1,17 +1,15 @@
-"""Video and image I/O with PyAV and Pillow: streaming decode, H.264 encode with the driving clip's audio,
-robust image loading, and atomic outputs.
+"""Video I/O with PyAV: streaming decode, H.264 encode with the driving clip's audio.
 
 Frames handed between modules are `numpy uint8 [H, W, 3]` RGB (docs/design.md). Decoding is streaming: a
-10-minute clip never sits in memory. Every output is written to a temporary file beside the target and renamed
-into place only when it is complete (`atomic_output`), so a failed run never leaves a half-written file.
+10-minute clip never sits in memory. Outputs are atomic (`io.atomic`): a failed run never leaves a half-written
+file. Every PyAV/OSError failure is translated into a one-line VideoError by `av_errors`.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
-import os
-import secrets
-import shutil
+import sys
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -20,9 +18,9 @@ from typing import Iterator
 
 import av
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-from anchorface.errors import ImageError, VideoError
+from anchorface.errors import VideoError, one_line
+from anchorface.io.atomic import atomic_output
 
 _AV_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")  # what `list_videos` takes from a folder
@@ -30,105 +28,18 @@ REMUX_AUDIO_CODECS = ("aac", "mp3")  # copied into the output as they are; anyth
 AUDIO_BITRATE = 192_000  # bits/s when audio has to be transcoded to AAC
 
 
-# ----------------------------------------------------------------------------------------------- atomic outputs
 @contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same suffix, so formats are still picked by extension); rename it
-    onto `path` when the block succeeds, delete it when the block raises. Works for files and directories
-    (an existing directory at `path` is replaced only once the new one is complete). Parent folders are created."""
-    path = Path(path)
+def av_errors(message: str, what: str = "") -> Iterator[None]:
+    """PyAV's and the OS's errors in the block as one line: `VideoError("{message}: {what} (reason)")`, or
+    `"{message}: reason"` without `what`. Every read and write of a media file goes through it."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise VideoError(f"cannot write {path}: cannot create its folder ({_one_line(e)})") from None
-    tmp = path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    if not tmp.exists():
-        raise FileNotFoundError(f"atomic_output: nothing was written to the temporary path for {path}")
-    try:
-        _rename_into_place(tmp, path)
-    except OSError as e:
-        _remove(tmp)
-        what = "it is a directory" if path.is_dir() and not tmp.is_dir() else _one_line(e)
-        raise VideoError(f"cannot write {path}: {what}") from None
+        yield
+    except _AV_ERRORS as e:
+        reason = f"{what} ({one_line(e)})" if what else one_line(e)
+        raise VideoError(f"{message}: {reason}") from None
 
 
-def _rename_into_place(tmp: Path, path: Path) -> None:
-    """os.replace, except that a directory replaces an existing directory too (the old one is moved aside and
-    put back if the new one cannot take its place)."""
-    if not (tmp.is_dir() and path.is_dir()):
-        os.replace(tmp, path)
-        return
-    old = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
-    os.replace(path, old)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        os.replace(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p, ignore_errors=True)
-    else:
-        p.unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------------------------------- images
-def load_image(path: str | Path) -> np.ndarray:
-    """Read any Pillow-readable image as `uint8 [H, W, 3]` RGB, as it is meant to be displayed: EXIF orientation
-    applied, transparency composited onto white, grayscale / palette / CMYK / 16-bit converted."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb(im)
-    except FileNotFoundError:
-        raise ImageError(f"cannot read image {path}: file not found") from None
-    except IsADirectoryError:
-        raise ImageError(f"cannot read image {path}: is a directory") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"cannot read image {path}: not an image file (or a format Pillow cannot read)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot read image {path}: {_one_line(e)}") from None
-
-
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grayscale: scale, do not clip
-        g = (np.asarray(im, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(g[..., None], 3, axis=-1))
-    has_alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
-    if has_alpha:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, rgba)
-    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
-
-
-def save_image(path: str | Path, img: np.ndarray, quality: int = 95) -> None:
-    """Write a `uint8 [H, W, 3]` RGB (or `[H, W]` gray) image atomically; the format follows the extension."""
-    img = np.asarray(img)
-    if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
-        raise ValueError(f"save_image expects uint8 [H, W, 3] or [H, W], got {img.dtype} {img.shape}")
-    path = Path(path)
-    try:
-        with atomic_output(path) as tmp:
-            kwargs = {"quality": quality} if path.suffix.lower() in (".jpg", ".jpeg", ".webp") else {}
-            Image.fromarray(img).save(tmp, **kwargs)
-    except VideoError as e:  # from atomic_output: the folder or the final rename
-        raise ImageError(str(e).replace("cannot write", "cannot write image", 1)) from None
-    except (OSError, ValueError, KeyError) as e:
-        raise ImageError(f"cannot write image {path}: {_one_line(e)}") from None
-
-
-# ----------------------------------------------------------------------------------------------------- videos
+# ----------------------------------------------------------------------------------------------------- reading
 @dataclass(frozen=True)
 class VideoInfo:
     width: int  # as displayed, i.e. after rotation
@@ -149,10 +60,8 @@ def _open_input(path: str | Path):
         raise VideoError(f"cannot read video {path}: is a directory")
     if path.stat().st_size == 0:
         raise VideoError(f"cannot read video {path}: the file is empty")
-    try:
+    with av_errors(f"cannot read video {path}", "not a video or corrupt"):
         container = av.open(str(path), mode="r")
-    except _AV_ERRORS as e:
-        raise VideoError(f"cannot read video {path}: not a video or corrupt ({_one_line(e)})") from None
     if not container.streams.video:
         container.close()
         raise VideoError(f"cannot read video {path}: it has no video stream")
@@ -187,10 +96,8 @@ def probe_video(path: str | Path) -> VideoInfo:
             raise VideoError(f"cannot read video {path}: the video stream has no frame rate")
         fps = Fraction(fps)
         has_audio = bool(container.streams.audio)
-        try:
+        with av_errors(f"cannot read video {path}", "corrupt video stream"):
             first = next(container.decode(stream), None)
-        except _AV_ERRORS as e:
-            raise VideoError(f"cannot read video {path}: corrupt video stream ({_one_line(e)})") from None
         if first is None:
             raise VideoError(f"cannot read video {path}: it has no frames (empty or truncated file?)")
         rotation = _rotation(first, stream)
@@ -213,11 +120,8 @@ def probe_video(path: str | Path) -> VideoInfo:
 
 def _count_packets(path: str | Path, index: int) -> int:
     """Count the video packets by demuxing only (no decoding), for containers without a frame count."""
-    try:
-        with av.open(str(path)) as c:
-            return sum(1 for p in c.demux(c.streams[index]) if p.size > 0)
-    except _AV_ERRORS as e:
-        raise VideoError(f"cannot read video {path}: corrupt file ({_one_line(e)})") from None
+    with av_errors(f"cannot read video {path}", "corrupt file"), av.open(str(path)) as c:
+        return sum(1 for p in c.demux(c.streams[index]) if p.size > 0)
 
 
 def iter_frames(path: str | Path, max_frames: int | None = None) -> Iterator[np.ndarray]:
@@ -229,21 +133,41 @@ def iter_frames(path: str | Path, max_frames: int | None = None) -> Iterator[np.
     return _decoded(container, stream, path, max_frames)
 
 
+def expected_frames(stream) -> int | None:
+    """The frame count a video stream's container declares (its index / header), or estimates from the stream's
+    duration and frame rate; None when it says neither."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames)
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.duration and stream.time_base and rate:
+        return int(round(float(stream.duration * stream.time_base * rate)))
+    return None
+
+
+def ended_early(decoded: int, expected: int | None) -> bool:
+    """Whether a decode that stopped after `decoded` frames fell short of the `expected` count: by more than 2
+    frames and 2 % (edit lists may legitimately hide a few frames). A file whose index sits at the front and whose
+    data was cut (an interrupted download or copy) decodes without an error but ends early."""
+    return expected is not None and expected - decoded > max(2, 0.02 * expected)
+
+
 def _decoded(container, stream, path, max_frames: int | None) -> Iterator[np.ndarray]:
     i = 0
+    expected = expected_frames(stream)
     try:
         frames = container.decode(stream)
         while max_frames is None or i < max_frames:
-            try:
+            with av_errors(f"cannot decode {path} at frame {i}"):
                 frame = next(frames, None)
-            except _AV_ERRORS as e:
-                raise VideoError(f"cannot decode {path} at frame {i}: {_one_line(e)}") from None
             if frame is None:
                 break
             yield _display(frame, stream)
             i += 1
         if i == 0 and max_frames != 0:
             raise VideoError(f"cannot read video {path}: it has no frames (empty or truncated file?)")
+        if (max_frames is None or i < max_frames) and ended_early(i, expected):
+            raise VideoError(f"cannot read video {path}: decoding stopped at frame {i} of the {expected} the file "
+                             "declares (truncated or corrupt file?)")
     finally:
         container.close()
 
@@ -267,11 +191,109 @@ def list_videos(items, what: str = "video") -> list[Path]:
     return out
 
 
+# ----------------------------------------------------------------------------------------------------- writing
 def _as_fraction(fps) -> Fraction:
     fps = Fraction(fps).limit_denominator(1_000_000) if isinstance(fps, float) else Fraction(fps)
     if fps <= 0:
         raise VideoError(f"frame rate must be positive, got {fps}")
     return fps
+
+
+@functools.lru_cache(maxsize=1)
+def x264_options() -> dict[str, str]:
+    """libx264 options that make the same frames give the same video on every run.
+
+    x264's AVX-512 macroblock-tree code reads uninitialised memory when the width is not a multiple of 128 px
+    (8 macroblocks): the bytes, and the decoded pixels (by up to ~30 at 64x64), then depend on what the heap
+    held. Where x264 would use AVX-512 (F, CD, BW, DQ and VL), its assembly is capped at AVX2, which is exact:
+    widths that were deterministic encode to the same bytes as before."""
+    if sys.platform.startswith(("linux", "win")) and _cpu_features().get("AVX512_SKX"):
+        return {"x264-params": "asm=SSE2Fast,AVX2"}
+    return {}
+
+
+def _cpu_features() -> dict:
+    """The CPU features numpy detected at import (its private table; {} where numpy has none)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__  # numpy >= 2
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            return {}
+    return dict(__cpu_features__)
+
+
+class AudioTrack:
+    """The first audio stream of `source`, copied into the output container `out` as the video is written:
+    AAC/MP3 packets remuxed without re-encoding (other codecs transcoded to AAC), aligned to `source`'s video
+    start and trimmed to the output's duration. `AudioTrack.open` gives None for a file without audio."""
+
+    def __init__(self, source_container, out):
+        self._in, self._out = source_container, out
+        a = source_container.streams.audio[0]
+        video = source_container.streams.video[0] if source_container.streams.video else None
+        start = video.start_time if video else a.start_time
+        tb = video.time_base if video else a.time_base
+        self._shift = float(start * tb) if start is not None and tb else 0.0  # source time of output time 0
+        self._pending = None  # the next packet, not yet written
+        self._transcoder = None
+        try:
+            if a.codec_context.name in REMUX_AUDIO_CODECS:
+                self._stream = out.add_stream_from_template(a)
+                self._packets = (p for p in source_container.demux(a)
+                                 if p.pts is not None and p.dts is not None and p.size > 0)
+                return
+        except ValueError:  # the output format cannot hold this codec: transcode
+            pass
+        layout = "mono" if a.channels == 1 else "stereo"
+        self._stream = out.add_stream("aac", rate=a.rate, layout=layout)
+        self._stream.bit_rate = AUDIO_BITRATE
+        self._transcoder = av.AudioResampler(format=self._stream.format.name, layout=layout, rate=a.rate)
+        self._packets = self._transcoded(a)
+
+    @classmethod
+    def open(cls, source: Path, out, stack: ExitStack) -> "AudioTrack | None":
+        """Open `source` (closed by `stack`); None when it has no audio (a silent output)."""
+        with av_errors(f"cannot read audio from {source}", "not a media file or corrupt"):
+            container = av.open(str(source))
+        stack.callback(_close_quietly, container)
+        return cls(container, out) if container.streams.audio else None
+
+    def _transcoded(self, a) -> Iterator[av.Packet]:
+        """Decode, resample, re-encode the source audio from the video start on; yields AAC packets."""
+        frames = (f for f in self._in.decode(a) if f.pts is None or float(f.pts * f.time_base) >= self._shift)
+        pts = 0
+        for frame in itertools.chain(frames, [None]):  # None flushes the resampler
+            for rf in self._transcoder.resample(frame):
+                rf.pts, rf.time_base = pts, Fraction(1, a.rate)
+                pts += rf.samples
+                yield from self._stream.encode(rf)
+
+    def write_until(self, t_end: float) -> None:
+        """Mux the audio up to output time `t_end` (seconds): interleaves audio with the video as it is written."""
+        while self._packets is not None:
+            if self._pending is None:
+                self._pending = next(self._packets, None)
+                if self._pending is None:
+                    self._packets = None
+                    return
+            p = self._pending
+            shift = 0.0 if self._transcoder is not None else self._shift
+            if float(p.pts * p.time_base) - shift >= t_end:
+                return
+            if shift:
+                d = round(shift / p.time_base)
+                p.pts, p.dts = p.pts - d, p.dts - d
+            p.stream = self._stream
+            self._out.mux(p)
+            self._pending = None
+
+    def finish(self, duration: float) -> None:
+        """The audio up to `duration` (the video's), then the encoder's last packets, trimmed like the rest."""
+        self.write_until(duration)
+        if self._transcoder is not None:
+            self._out.mux([p for p in self._stream.encode(None) if float(p.pts * p.time_base) < duration])
 
 
 class VideoWriter:
@@ -281,9 +303,9 @@ class VideoWriter:
       and frame i has pts i.
     - yuv420p needs even sizes: an odd width/height is padded by one row/column replicating the edge pixels
       (nothing is lost; the file is 1 px larger than the frames).
-    - `audio_from`: a media file whose first audio stream is copied in (AAC/MP3 packets remuxed without
-      re-encoding, other codecs transcoded to AAC), aligned to that file's video start and trimmed to this
-      video's duration. A file without audio simply gives a silent video.
+    - `audio_from`: a media file whose first audio stream is copied in (`AudioTrack`). A file without audio
+      simply gives a silent video.
+    - Deterministic: the same frames give the same file (`x264_options`).
     - Atomic: frames go to a temporary file beside `path` that is renamed into place on a successful close.
       If the `with` block raises (or nothing was written) no output and no temporary file remain.
     """
@@ -299,43 +321,41 @@ class VideoWriter:
         self._stack: ExitStack | None = None
         self._out = self._video = None
         self._size: tuple[int, int] | None = None  # (h, w) of the frames given
-        self._audio_in = self._audio_out = self._audio_iter = None
-        self._pending = None  # the next audio packet, not yet written
-        self._audio_shift = 0.0
-        self._transcoder = None
+        self._audio: AudioTrack | None = None
+
+    def _errors(self):
+        return av_errors(f"cannot write video {self.path}")
+
+    def _guarded(self, step) -> None:
+        """`step()` with PyAV errors as one line; on any failure the temporary output is removed first."""
+        try:
+            with self._errors():
+                step()
+        except BaseException as e:
+            self._stack.__exit__(type(e), e, e.__traceback__)
+            raise
 
     # -- context management
     def __enter__(self) -> "VideoWriter":
         if self.audio_from is not None and not self.audio_from.is_file():
             raise VideoError(f"cannot read audio from {self.audio_from}: file not found")
         self._stack = ExitStack()
-        try:
-            tmp = self._stack.enter_context(atomic_output(self.path))
-            opts = {"movflags": "+faststart"} if self.path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
-            self._out = av.open(str(tmp), mode="w", options=opts)
-            self._stack.callback(_close_quietly, self._out)
-        except BaseException as e:
-            self._stack.__exit__(type(e), e, e.__traceback__)
-            if isinstance(e, _AV_ERRORS):
-                raise VideoError(f"cannot write video {self.path}: {_one_line(e)}") from None
-            raise
+        self._guarded(self._open)
         return self
 
+    def _open(self) -> None:
+        tmp = self._stack.enter_context(atomic_output(self.path, VideoError, "video ", translate=False))
+        opts = {"movflags": "+faststart"} if self.path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+        self._out = av.open(str(tmp), mode="w", options=opts)
+        self._stack.callback(_close_quietly, self._out)
+
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            try:
-                self._finish()
-            except BaseException as e:
-                self._stack.__exit__(type(e), e, e.__traceback__)
-                if isinstance(e, _AV_ERRORS):
-                    raise VideoError(f"cannot write video {self.path}: {_one_line(e)}") from None
-                raise
-            try:
-                self._stack.__exit__(None, None, None)  # closes the file and renames it into place
-            except _AV_ERRORS as e:  # (atomic_output raises VideoError itself)
-                raise VideoError(f"cannot write video {self.path}: {_one_line(e)}") from None
+        if exc_type is not None:
+            self._stack.__exit__(exc_type, exc, tb)  # removes the temporary file, re-raises nothing itself
             return False
-        self._stack.__exit__(exc_type, exc, tb)  # removes the temporary file, re-raises nothing itself
+        self._guarded(self._finish)
+        with self._errors():
+            self._stack.__exit__(None, None, None)  # closes the file and renames it into place
         return False
 
     # -- frames
@@ -348,7 +368,7 @@ class VideoWriter:
         if self._size is not None and frame.shape[:2] != self._size:
             raise VideoError(f"frame {self.num_frames} is {frame.shape[1]}x{frame.shape[0]}, but the video is "
                              f"{self._size[1]}x{self._size[0]}")
-        try:
+        with self._errors():
             if self._size is None:
                 self._start_video(*frame.shape[:2])
             h, w = self._size
@@ -358,93 +378,28 @@ class VideoWriter:
             vf.pts = self.num_frames
             self._out.mux(self._video.encode(vf))
             self.num_frames += 1
-            self._write_audio_until(float(self.num_frames / self.fps))
-        except _AV_ERRORS as e:
-            raise VideoError(f"cannot write video {self.path}: {_one_line(e)}") from None
+            if self._audio is not None:
+                self._audio.write_until(float(self.num_frames / self.fps))
 
     def _start_video(self, h: int, w: int) -> None:
         self._size = (h, w)
-        s = self._out.add_stream("libx264", rate=self.fps, options={"crf": str(self.crf), "preset": self.preset})
+        options = {"crf": str(self.crf), "preset": self.preset} | x264_options()
+        s = self._out.add_stream("libx264", rate=self.fps, options=options)
         s.width, s.height = w + w % 2, h + h % 2
         s.pix_fmt = "yuv420p"
         s.codec_context.time_base = 1 / self.fps
         s.time_base = 1 / self.fps
         self._video = s
         if self.audio_from is not None:  # after the video stream, so that video is stream 0
-            self._open_audio()
+            self._audio = AudioTrack.open(self.audio_from, self._out, self._stack)
 
     def _finish(self) -> None:
         if self.num_frames == 0:
             raise VideoError(f"cannot write video {self.path}: no frames were written")
         self._out.mux(self._video.encode(None))
-        duration = float(self.num_frames / self.fps)
-        self._write_audio_until(duration)
-        if self._transcoder is not None:  # the encoder's last packets, trimmed like the rest
-            self._out.mux([p for p in self._audio_out.encode(None) if float(p.pts * p.time_base) < duration])
+        if self._audio is not None:
+            self._audio.finish(float(self.num_frames / self.fps))
         self._out.close()  # writes the trailer (and moves the index to the front: +faststart)
-
-    # -- audio
-    def _open_audio(self) -> None:
-        src = self.audio_from
-        try:
-            self._audio_in = av.open(str(src))
-        except _AV_ERRORS as e:
-            raise VideoError(f"cannot read audio from {src}: not a media file or corrupt ({_one_line(e)})") from None
-        self._stack.callback(_close_quietly, self._audio_in)
-        if not self._audio_in.streams.audio:
-            self._audio_in = None  # silent driving video: a silent output
-            return
-        a = self._audio_in.streams.audio[0]
-        start = self._audio_in.streams.video[0].start_time if self._audio_in.streams.video else a.start_time
-        tb = self._audio_in.streams.video[0].time_base if self._audio_in.streams.video else a.time_base
-        self._audio_shift = float(start * tb) if start is not None and tb else 0.0
-        name = a.codec_context.name
-        try:
-            if name in REMUX_AUDIO_CODECS:
-                self._audio_out = self._out.add_stream_from_template(a)
-                self._audio_iter = (p for p in self._audio_in.demux(a)
-                                    if p.pts is not None and p.dts is not None and p.size > 0)
-                return
-        except ValueError:  # the output format cannot hold this codec: transcode
-            pass
-        layout = "mono" if a.channels == 1 else "stereo"
-        self._audio_out = self._out.add_stream("aac", rate=a.rate, layout=layout)
-        self._audio_out.bit_rate = AUDIO_BITRATE
-        self._transcoder = av.AudioResampler(format=self._audio_out.format.name, layout=layout, rate=a.rate)
-        self._audio_iter = self._transcoded_audio(a)
-
-    def _transcoded_audio(self, a) -> Iterator[av.Packet]:
-        """Decode, resample, re-encode the source audio from the video start on; yields AAC packets."""
-        frames = (f for f in self._audio_in.decode(a)
-                  if f.pts is None or float(f.pts * f.time_base) >= self._audio_shift)
-        pts = 0
-        for frame in itertools.chain(frames, [None]):  # None flushes the resampler
-            for rf in self._transcoder.resample(frame):
-                rf.pts, rf.time_base = pts, Fraction(1, a.rate)
-                pts += rf.samples
-                yield from self._audio_out.encode(rf)
-
-    def _write_audio_until(self, t_end: float) -> None:
-        """Mux the source audio up to output time `t_end` (seconds): interleaves audio with video as it is
-        written, and trims the audio to the video's duration at the end."""
-        if self._audio_iter is None:
-            return
-        while True:
-            if self._pending is None:
-                self._pending = next(self._audio_iter, None)
-                if self._pending is None:
-                    self._audio_iter = None
-                    return
-            p = self._pending
-            shift = 0.0 if self._transcoder is not None else self._audio_shift
-            if float(p.pts * p.time_base) - shift >= t_end:
-                return
-            if shift:
-                d = round(shift / p.time_base)
-                p.pts, p.dts = p.pts - d, p.dts - d
-            p.stream = self._audio_out
-            self._out.mux(p)
-            self._pending = None
 
 
 def _close_quietly(container) -> None:
@@ -453,8 +408,3 @@ def _close_quietly(container) -> None:
         container.close()
     except _AV_ERRORS:
         pass
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from anchorface.errors import AnchorfaceError, NoFaceError
 from anchorface.faces import detect as faces, landmarks
-from anchorface.io.video import VideoInfo, VideoWriter, iter_frames, load_image, probe_video
+from anchorface.io.images import load_image, resize
+from anchorface.io.video import VideoInfo, VideoWriter, iter_frames, probe_video
 from anchorface.methods.base import DrivingClip, Reenactor, Rendered, Source
 
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")  # containers the H.264 output is written into (`VideoWriter`)
@@ -169,7 +170,7 @@ def write_video(driving: str | Path, clip: DrivingClip, output: str | Path, stre
             box = faces.Box.from_array(box)
             writer.write(faces.paste_back(frame, gen[0], box) if paste_back else gen[0])
             if cmp is not None:
-                tiles = [faces.crop(frame, box, COMPARE_HEIGHT)] + [_resize(x, COMPARE_HEIGHT) for x in gen[1:]]
+                tiles = [faces.crop(frame, box, COMPARE_HEIGHT)] + [resize(x, COMPARE_HEIGHT) for x in gen[1:]]
                 cmp.write(np.concatenate([_label(p, name) for p, name in zip(tiles, labels)], axis=1))
             written += 1
             bar.update()
@@ -228,8 +229,3 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
         cv2.putText(out, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, thickness, cv2.LINE_AA)
     return out
 
-
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[0] == size:
-        return img
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC if size > img.shape[0] else cv2.INTER_AREA)

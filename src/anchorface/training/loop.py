@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 import os
 import shutil
@@ -37,7 +36,9 @@ import torch
 from torch import nn
 
 from anchorface.config import Config, save_config
-from anchorface.errors import AnchorfaceError, CheckpointError
+from anchorface.errors import AnchorfaceError, CheckpointError, require
+from anchorface.io.atomic import atomic_output, write_text
+from anchorface.io.manifest import existing_directory, read_json_object, write_json
 from anchorface.training.recipe import recipe_class
 
 LATEST = "latest"
@@ -80,7 +81,7 @@ def find_resume(output: Path, resume: str | None) -> Path | None:
     if resume is None:
         return None
     if resume != "auto":
-        path = Path(resume)
+        path = existing_directory(resume, "checkpoint", CheckpointError)
         if not (path / "training_state" / TRAINER_STATE).exists():
             raise CheckpointError(f"{path} is not a resumable training checkpoint (no training_state/{TRAINER_STATE})")
         return path
@@ -94,28 +95,36 @@ def find_resume(output: Path, resume: str | None) -> Path | None:
 
 
 def read_trainer_state(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / "training_state" / TRAINER_STATE).read_text())
+    return read_json_object(checkpoint / "training_state" / TRAINER_STATE, CheckpointError)
 
 
 def save_training_checkpoint(accelerator, recipe, output: Path, step: int, ema: EMA, trainer_state: dict) -> Path:
     """OUT/checkpoint-XXXXXXX (the recipe's export of the EMA weights) + training_state/, renamed into place only
-    when complete; then OUT/latest. Collective: every process calls it."""
+    when complete; then OUT/latest. Collective: every process calls it. A full disk or a lost folder is one line,
+    and no partial checkpoint is left behind."""
+    from anchorface.errors import io_errors, one_line
+
     name = checkpoint_name(step)
     partial = output / f".{name}.partial"
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        recipe.export(ema.model, partial)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial / "training_state"))
-    if accelerator.is_main_process:
-        (partial / "training_state" / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
-        final = output / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(partial, final)
-        tmp = output / f".{LATEST}.tmp"
-        tmp.write_text(name + "\n")
-        os.replace(tmp, output / LATEST)
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            recipe.export(ema.model, partial)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial / "training_state"))
+        if accelerator.is_main_process:
+            write_json(partial / "training_state" / TRAINER_STATE, trainer_state, CheckpointError, indent=1)
+            final = output / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(partial, final)
+            write_text(output / LATEST, name + "\n", CheckpointError)
+    except BaseException as e:
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(e, io_errors()) or (isinstance(e, RuntimeError) and "write" in str(e)):  # torch.save's
+            raise CheckpointError(f"cannot write checkpoint {output / name}: {one_line(e)}") from None
+        raise
     accelerator.wait_for_everyone()
     return output / name
 
@@ -140,12 +149,10 @@ class CSVLog:
         if start_step > 0 and path.exists():
             with path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, fields, lineterminator="\n")
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, path)
         self.f = path.open("a", newline="")
         self.w = csv.DictWriter(self.f, fields, lineterminator="\n")
 
@@ -194,7 +201,7 @@ class TrainLog:
         self.bar.set_postfix(loss=f"{losses['loss']:.4f}")
 
     def image(self, step: int, image) -> None:
-        from anchorface.io.video import save_image
+        from anchorface.io.images import save_image
 
         (self.output / "samples").mkdir(exist_ok=True)
         save_image(self.output / "samples" / f"step-{step:07d}.png", image)
@@ -230,7 +237,8 @@ class Meter:
 # --------------------------------------------------------------------------------------------------------------
 
 # TrainConfig fields that must be at least this (a 0 batch or logging period would crash deep in the loop)
-_MINIMA = {"batch_size": 1, "grad_accum": 1, "max_steps": 0, "warmup_steps": 0, "num_workers": 0, "log_every": 1,
+_MINIMA = {"batch_size": 1, "grad_accum": 1, "max_steps": 1, "seed": 0, "warmup_steps": 0, "num_workers": 0,
+           "log_every": 1,
            "ckpt_every": 1, "sample_every": 0, "sample_steps": 1}
 
 
@@ -409,6 +417,8 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     held out for previews). keep_states: training_state/ is kept in the newest `keep_states` checkpoints only
     (0 = all); the EMA weights of every checkpoint are kept. recipe: a recipe class instead of `cfg.method`'s.
     """
+    require("accelerate", "train", "training")
+    require("tensorboard", "train", "training")  # (torch.utils.tensorboard imports it)
     output = Path(output)
     resume_from = check_output(output, resume, keep_states)
     cfg, recipe_cls = run_config(cfg, resume_from, recipe)

@@ -4,21 +4,19 @@
     CKPT/sdit/config.json, model.safetensors              the denoiser + mapping network (EMA weights)
     CKPT/global_encoder/config.json, model.safetensors    only for the jointly trained `learned` encoder
 
-Written atomically: a temporary sibling directory is filled, then renamed into place.
+Written atomically (`io.atomic`): a temporary sibling directory is filled, then renamed into place.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from anchorface.config import Config
 from anchorface.errors import AnchorfaceError, CheckpointError
+from anchorface.io.atomic import atomic_output
+from anchorface.io.manifest import existing_directory, manifest_in, read_manifest, write_manifest
 
 FORMAT, VERSION = "anchorface", 1
 MANIFEST = "anchorface.json"
@@ -27,52 +25,19 @@ MANIFEST = "anchorface.json"
 def save_checkpoint(directory: str | Path, cfg: Config, sdit, encoder=None) -> Path:
     """Write `sdit` (and a `learned` global encoder) with the run's config; replaces `directory` atomically."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the checkpoint private to its writer
+    with atomic_output(directory, CheckpointError, what="checkpoint ") as tmp:
         sdit.save_pretrained(tmp / "sdit")
         if encoder is not None and cfg.data.encoder == "learned":
             encoder.save_pretrained(tmp / "global_encoder")
-        (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "version": VERSION, "config": cfg.to_dict()},
-                                               indent=2))
-        for path in tmp.rglob("*"):  # temp files are created private (0600/0700): give them the usual modes
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_manifest(tmp / MANIFEST, FORMAT, VERSION, {"config": cfg.to_dict()}, CheckpointError)
     return directory
 
 
 def read_config(directory: str | Path) -> Config:
     """The run config stored in a checkpoint; CheckpointError if `directory` is not an anchorface checkpoint."""
-    directory = Path(directory)
-    manifest = directory / MANIFEST
-    if not directory.is_dir():
-        raise CheckpointError(f"checkpoint directory not found: {directory}")
-    if not manifest.exists():
-        raise CheckpointError(f"{directory} is not an anchorface checkpoint (no {MANIFEST}; "
-                              "pass the directory written by `anchorface train`, e.g. runs/x/checkpoint-0001000)")
-    try:
-        meta = json.loads(manifest.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{manifest} is not valid JSON ({e.msg})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read {manifest}: {str(e).splitlines()[0]}") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{manifest}: expected a JSON object, got {type(meta).__name__}")
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise CheckpointError(f"{directory}: unsupported checkpoint format {meta.get('format')!r} "
-                              f"v{meta.get('version')} (expected {FORMAT} v{VERSION})")
+    manifest = manifest_in(directory, MANIFEST, "checkpoint", f"an anchorface checkpoint (no {MANIFEST}; pass the "
+                           "directory written by `anchorface train`, e.g. runs/x/checkpoint-0001000)", CheckpointError)
+    meta = read_manifest(manifest, FORMAT, VERSION, error=CheckpointError, what="checkpoint")
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{manifest}: no \"config\" object (the run's configuration)")
     try:
@@ -102,7 +67,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", d
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The newest `checkpoint-*` directory of a training run (or `run_dir` itself if it is a checkpoint)."""
-    run_dir = Path(run_dir)
+    run_dir = existing_directory(run_dir, "checkpoint", CheckpointError)
     if (run_dir / MANIFEST).exists():
         return run_dir
     found = sorted(p for p in run_dir.glob("checkpoint-*") if (p / MANIFEST).exists())

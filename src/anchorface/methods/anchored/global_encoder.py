@@ -4,7 +4,6 @@ which picks G from the config (`clip`, frozen, from `frozen/encoders.py`, or `le
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anchorface.errors import AnchorfaceError, CheckpointError
+from anchorface.errors import AnchorfaceError, CheckpointError, one_line
 from anchorface.frozen.encoders import GlobalEncoder, _check_pixels, load_clip
 
 
@@ -57,20 +56,20 @@ class LearnedGlobalEncoder(GlobalEncoder):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """`config.json` + `model.safetensors`, each written atomically."""
-        from safetensors.torch import save_file
-
-        from anchorface.io.video import atomic_output
+        from anchorface.io.atomic import write_safetensors
+        from anchorface.io.manifest import write_json
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_output(directory / "config.json") as tmp:
-            tmp.write_text(json.dumps(self.config, indent=2))
-        with atomic_output(directory / "model.safetensors") as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
+        write_json(directory / "config.json", self.config, CheckpointError)
+        write_safetensors(directory / "model.safetensors", {k: v.detach().cpu().contiguous()
+                                                            for k, v in self.state_dict().items()}, CheckpointError)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "LearnedGlobalEncoder":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
+
+        from anchorface.io.manifest import read_json_object
 
         directory = Path(directory)
         cfg_path, weights = directory / "config.json", directory / "model.safetensors"
@@ -78,16 +77,15 @@ class LearnedGlobalEncoder(GlobalEncoder):
             if not p.is_file():
                 raise CheckpointError(f"learned global encoder: missing {p}")
         try:
-            cfg = json.loads(cfg_path.read_text())
+            cfg = read_json_object(cfg_path, CheckpointError)
             if cfg.pop("type", "learned") != "learned":
                 raise ValueError("config.json is not a learned global encoder's")
             enc = cls(**cfg)
             enc.load_state_dict(load_file(str(weights)))
-        except (ValueError, TypeError, KeyError, RuntimeError, OSError) as e:
+        except (ValueError, TypeError, KeyError, RuntimeError, OSError, SafetensorError) as e:
             if isinstance(e, AnchorfaceError):
                 raise
-            raise CheckpointError(f"learned global encoder at {directory} cannot be loaded: "
-                                  f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+            raise CheckpointError(f"learned global encoder at {directory} cannot be loaded: {one_line(e)}") from None
         return enc
 
 

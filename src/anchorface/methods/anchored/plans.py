@@ -34,7 +34,6 @@ encoding and training always see exactly T frames.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,50 +157,56 @@ def anchor_column(before: int, after: int, T: int) -> tuple[int, int]:
     return best[2], best[0]
 
 
-def anchored_plan(n: int, T: int) -> SequencePlan:
-    """Anchored Diffusion (§3.2, Eq. 1-3): the central frame in one common column k of every sequence, with k frames
-    before it and T-1-k after it (see the module docstring)."""
+def _column_layout(n: int, T: int, anchor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. (1): the anchor in one common column k; window i of the frames before it, the anchor, window i of the
+    frames after it (n > T >= 3)."""
+    before, after = np.arange(anchor, dtype=np.int64), np.arange(anchor + 1, n, dtype=np.int64)
+    k, B = anchor_column(len(before), len(after), T)
+    left, left_own = _windows(before, k, B)
+    right, right_own = _windows(after, T - 1 - k, B)
+    slots = np.concatenate([left, np.full((B, 1), anchor, np.int64), right], axis=1)
+    anchor_own = np.zeros((B, 1), bool)
+    anchor_own[0] = True  # sequence 0 owns (and donates) the anchor
+    return slots, np.concatenate([left_own, anchor_own, right_own], axis=1)
+
+
+def _sorted_layout(n: int, T: int, anchor: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first layout: contiguous groups of T-1 frames, each completed by the anchor and sorted (n > T >= 2)."""
+    others = np.delete(np.arange(n, dtype=np.int64), anchor)
+    groups, owners = _chunks(others, T - 1)
+    rows, row_owner = [], []
+    for b, (group, own) in enumerate(zip(groups, owners)):
+        order = np.argsort(np.append(group, anchor), kind="stable")
+        rows.append(np.append(group, anchor)[order])
+        row_owner.append(np.append(own, b == 0)[order])  # sequence 0 owns (and donates) the anchor
+    return np.stack(rows), np.stack(row_owner)
+
+
+def _anchored(kind: str, n: int, T: int, layout) -> SequencePlan:
+    """A plan around the central anchor a = n // 2 (§3.2): one padded sequence when n <= T, else `layout`."""
     _check(n, T)
     anchor = n // 2
     if n <= T:
         slots, owner = _padded_single(n, T)
+    elif T < 2:
+        raise AnchorfaceError("anchored sampling needs T >= 2 frames per sequence (anchor + one frame)")
     else:
-        if T < 2:
-            raise AnchorfaceError("anchored sampling needs T >= 2 frames per sequence (anchor + one frame)")
-        if T == 2:  # one free slot: no common column can hold frames from both sides in temporal order
-            return dataclasses.replace(anchored_sorted_plan(n, T), kind="anchored")
-        before, after = np.arange(anchor, dtype=np.int64), np.arange(anchor + 1, n, dtype=np.int64)
-        k, B = anchor_column(len(before), len(after), T)
-        left, left_own = _windows(before, k, B)
-        right, right_own = _windows(after, T - 1 - k, B)
-        slots = np.concatenate([left, np.full((B, 1), anchor, np.int64), right], axis=1)
-        anchor_own = np.zeros((B, 1), bool)
-        anchor_own[0] = True  # sequence 0 owns (and donates) the anchor
-        owner = np.concatenate([left_own, anchor_own, right_own], axis=1)
+        slots, owner = layout(n, T, anchor)
     anchor_positions = np.argmax(slots == anchor, axis=1).astype(np.int64)  # first occurrence in each row
-    return SequencePlan("anchored", n, slots, owner, anchor, anchor_positions).validate()
+    return SequencePlan(kind, n, slots, owner, anchor, anchor_positions).validate()
+
+
+def anchored_plan(n: int, T: int) -> SequencePlan:
+    """Anchored Diffusion (§3.2, Eq. 1-3): the central frame in one common column k of every sequence, with k frames
+    before it and T-1-k after it (see the module docstring). T = 2 has one free slot, and no common column can hold
+    frames from both sides in temporal order: it uses the sorted layout."""
+    return _anchored("anchored", n, T, _column_layout if T > 2 else _sorted_layout)
 
 
 def anchored_sorted_plan(n: int, T: int) -> SequencePlan:
     """The first layout (kept for comparison): contiguous groups of T-1 frames, each completed by the central frame and
     sorted, so the anchor is last in the sequences before it and first in those after it."""
-    _check(n, T)
-    anchor = n // 2
-    if n <= T:
-        slots, owner = _padded_single(n, T)
-    else:
-        if T < 2:
-            raise AnchorfaceError("anchored sampling needs T >= 2 frames per sequence (anchor + one frame)")
-        others = np.delete(np.arange(n, dtype=np.int64), anchor)
-        groups, owners = _chunks(others, T - 1)
-        rows, row_owner = [], []
-        for b, (group, own) in enumerate(zip(groups, owners)):
-            order = np.argsort(np.append(group, anchor), kind="stable")
-            rows.append(np.append(group, anchor)[order])
-            row_owner.append(np.append(own, b == 0)[order])  # sequence 0 owns (and donates) the anchor
-        slots, owner = np.stack(rows), np.stack(row_owner)
-    anchor_positions = np.argmax(slots == anchor, axis=1).astype(np.int64)  # first occurrence in each row
-    return SequencePlan("anchored-sorted", n, slots, owner, anchor, anchor_positions).validate()
+    return _anchored("anchored-sorted", n, T, _sorted_layout)
 
 
 def multidiffusion_plan(n: int, T: int, stride: int | None = None) -> SequencePlan:
@@ -243,36 +248,3 @@ def make_plan(kind: str, n: int, T: int, stride: int | None = None) -> SequenceP
         return independent_plan(n, T)
     raise AnchorfaceError(f"unknown merge strategy '{kind}'; choose one of {', '.join(KINDS)}")
 
-
-def timeline(plan: SequencePlan) -> list[list[tuple[int, int, float]]]:
-    """For each driving frame, the (sequence, position, weight) slots whose predictions make that frame
-    (weights sum to 1; one entry for owner-based plans)."""
-    out: list[list[tuple[int, int, float]]] = [[] for _ in range(plan.num_frames)]
-    w = plan.weights
-    for b, t in zip(*np.nonzero(w)):
-        out[plan.slots[b, t]].append((int(b), int(t), float(w[b, t])))
-    return out
-
-
-def owner_slots(plan: SequencePlan) -> tuple[np.ndarray, np.ndarray]:
-    """Owner-based plans: (sequence, position) of the slot that renders each frame, in timeline order."""
-    if plan.kind == "multidiffusion":
-        raise ValueError("owner_slots: multidiffusion frames are averaged over windows, use timeline/reorder")
-    b, t = np.nonzero(plan.owner)
-    order = np.argsort(plan.slots[b, t], kind="stable")
-    return b[order], t[order]
-
-
-def reorder(plan: SequencePlan, per_slot: np.ndarray) -> np.ndarray:
-    """Alg. 1 step 5 (Reorder): per-slot values [B, T, ...] -> per-frame values [N, ...] in timeline order
-    (the owner slot's value; for multidiffusion the weighted mean over the windows, as float)."""
-    per_slot = np.asarray(per_slot)
-    if per_slot.shape[:2] != plan.slots.shape:
-        raise ValueError(f"reorder: expected leading shape {plan.slots.shape}, got {per_slot.shape[:2]}")
-    if plan.kind != "multidiffusion":
-        return per_slot[owner_slots(plan)]
-    w = plan.weights
-    b, t = np.nonzero(w)
-    out = np.zeros((plan.num_frames,) + per_slot.shape[2:], dtype=np.float64)
-    np.add.at(out, plan.slots[b, t], per_slot[b, t] * w[b, t].reshape((-1,) + (1,) * (per_slot.ndim - 2)))
-    return out

@@ -14,9 +14,7 @@ output, the tokens of the anchor frame of every anchored sequence are replaced b
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,12 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from anchorface.config import ModelConfig
 from anchorface.errors import AnchorfaceError, CheckpointError
 
-# DiT's model zoo: depth / width / heads (Peebles & Xie, Table 1) x patch size 2, 4, 8.
-_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
-PRESETS = {f"{name}/{p}": dict(depth=d, hidden_size=w, num_heads=h, patch_size=p)
-           for name, (d, w, h) in _SIZES.items() for p in (2, 4, 8)}
+_DEFAULT = ModelConfig()  # the size fields' defaults are ModelConfig's (its default preset, resolved)
+_ARCH = _DEFAULT.architecture()
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 FREQ_EMBED_SIZE = 256  # DiT's timestep frequency embedding size
@@ -38,19 +35,22 @@ FREQ_EMBED_SIZE = 256  # DiT's timestep frequency embedding size
 
 @dataclass
 class SDiTConfig:
+    """A `ModelConfig` resolved for one latent shape: what `config.json` of an sDiT holds. The fields after the
+    latent shape are ModelConfig's (same names, defaults taken from it); see there for their meaning."""
+
     input_size: int = 32  # latent height = width
     in_channels: int = 4
-    patch_size: int = 2
-    hidden_size: int = 1152
-    depth: int = 28
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    num_frames: int = 8  # T the model is trained for (it runs at any T)
-    learn_sigma: bool = True  # 2C output channels: eps and the variance interpolation v
-    global_dim: int = 768  # 0 = no mapping network, no conditioning (plain DiT)
-    landmark_dim: int = 478 * 3
-    mapping_blocks: int = 4
-    gradient_checkpointing: bool = False
+    patch_size: int = _ARCH["patch_size"]
+    hidden_size: int = _ARCH["hidden_size"]
+    depth: int = _ARCH["depth"]
+    num_heads: int = _ARCH["num_heads"]
+    mlp_ratio: float = _DEFAULT.mlp_ratio
+    num_frames: int = _DEFAULT.num_frames  # T the model is trained for (it runs at any T)
+    learn_sigma: bool = _DEFAULT.learn_sigma  # 2C output channels: eps and the variance interpolation v
+    global_dim: int = _DEFAULT.global_dim  # 0 = no mapping network, no conditioning (plain DiT)
+    landmark_dim: int = _DEFAULT.landmark_dim
+    mapping_blocks: int = _DEFAULT.mapping_blocks
+    gradient_checkpointing: bool = _DEFAULT.gradient_checkpointing
 
     def __post_init__(self):
         if self.input_size % self.patch_size:
@@ -75,23 +75,11 @@ class SDiTConfig:
 
     @classmethod
     def from_model_config(cls, model_cfg, input_size: int, in_channels: int) -> "SDiTConfig":
-        """Resolve `anchorface.config.ModelConfig` (a preset plus optional overrides) for a latent shape."""
-        if model_cfg.preset == "custom":
-            arch = {}
-        elif model_cfg.preset in PRESETS:
-            arch = dict(PRESETS[model_cfg.preset])
-        else:
-            raise AnchorfaceError(f"unknown model preset '{model_cfg.preset}'; presets: custom, {', '.join(PRESETS)}")
-        for key in ("depth", "hidden_size", "num_heads", "patch_size"):
-            if getattr(model_cfg, key) is not None:
-                arch[key] = getattr(model_cfg, key)
-            elif key not in arch:
-                raise AnchorfaceError(f"model preset 'custom' needs model.{key}")
-        return cls(input_size=input_size, in_channels=in_channels, mlp_ratio=model_cfg.mlp_ratio,
-                   num_frames=model_cfg.num_frames, learn_sigma=model_cfg.learn_sigma,
-                   global_dim=model_cfg.global_dim, landmark_dim=model_cfg.landmark_dim,
-                   mapping_blocks=model_cfg.mapping_blocks,
-                   gradient_checkpointing=model_cfg.gradient_checkpointing, **arch)
+        """Resolve `anchorface.config.ModelConfig` (a preset plus optional overrides) for a latent shape: every
+        field the two share is copied, the size fields through `ModelConfig.architecture`."""
+        shared = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(model_cfg)}
+        fields = {k: getattr(model_cfg, k) for k in shared} | model_cfg.architecture()
+        return cls(input_size=input_size, in_channels=in_channels, **fields)
 
 
 # ----------------------------------------------------------------------------------------------- embeddings
@@ -358,16 +346,13 @@ class SDiT(nn.Module):
     # ------------------------------------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str | Path) -> None:
         """Write config.json and model.safetensors into `directory` (each file atomically)."""
-        from safetensors.torch import save_file
+        from anchorface.io.atomic import write_safetensors
+        from anchorface.io.manifest import write_json
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{CONFIG_NAME}.tmp"
-        tmp.write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
-        os.replace(tmp, directory / CONFIG_NAME)
-        tmp = directory / f".{WEIGHTS_NAME}.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
-        os.replace(tmp, directory / WEIGHTS_NAME)
+        write_json(directory / CONFIG_NAME, dataclasses.asdict(self.config), CheckpointError)
+        write_safetensors(directory / WEIGHTS_NAME, {k: v.detach().contiguous().cpu()
+                                                     for k, v in self.state_dict().items()}, CheckpointError)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "SDiT":
@@ -375,14 +360,18 @@ class SDiT(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        from anchorface.io.manifest import read_json_object
+
         directory = Path(directory)
         cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (cfg_path, weights):
             if not path.is_file():
                 raise CheckpointError(f"sDiT checkpoint incomplete: {path} not found")
         try:
-            cfg = SDiTConfig(**json.loads(cfg_path.read_text()))
-        except (json.JSONDecodeError, TypeError, AnchorfaceError) as e:
+            cfg = SDiTConfig(**read_json_object(cfg_path, CheckpointError))
+        except CheckpointError:
+            raise
+        except (TypeError, AnchorfaceError) as e:
             raise CheckpointError(f"{cfg_path} is not a valid sDiT config: {str(e).splitlines()[0]}") from None
         try:
             state = load_file(str(weights), device=str(device))
