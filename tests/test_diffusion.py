@@ -268,3 +268,14 @@ def test_tiny_sdit_overfits_one_batch(diffusion):
         opt.step()
         losses.append(loss.item())
     assert losses[0] / min(losses[-10:]) >= 10, (losses[0], losses[-10:])
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "x0"])
+def test_x0_from_prediction_inverts_the_target(prediction):
+    """The exact target of each parameterisation maps back to x0 (closed form of q_sample)."""
+    d = GaussianDiffusion(DiffusionConfig(prediction=prediction))
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(SHAPE, generator=g), torch.randn(SHAPE, generator=g)
+    t = torch.tensor([3, 700])
+    x_t = d.q_sample(x0, t, noise)
+    torch.testing.assert_close(d.x0_from_prediction(d.target(x0, noise, t), x_t, t), x0, atol=2e-4, rtol=1e-4)

@@ -224,10 +224,14 @@ def test_evaluate_smoke_end_to_end(tmp_path, face_corpus, tiny_checkpoint, featu
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     md = (out / "report.md").read_text()
-    for png in ("consistency.png", "grid-self.png", "grid-cross.png"):
+    for png in ("consistency.png", "grid-self.png", "grid-cross.png", "guidance.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "Table 1" in md and "Fig. 5" in md and "supp. Table 1" in md
-    assert "learned global encoder" in report["csim_embedding"]
+    assert "Table 1" in md and "Fig. 5" in md and "supp. Table 1" in md and "Fig. 7" in md
+    guidance = report["guidance"]
+    assert guidance["cases"] == 2 and len(guidance["rows"]) == 20
+    assert set(guidance["mse"]) == {"both", "landmarks", "global", "none"}
+    assert report["csim_embedding"].startswith("face recognition (dlib")  # the default, not the learned encoder
+    assert any(n.startswith("identity embedding: dlib's face detector found the face in ") for n in report["notes"])
     self_res = report["results"]["self"]["ckpt"]
     assert set(self_res) == set(KINDS)
     for r in self_res.values():
@@ -241,6 +245,11 @@ def test_evaluate_smoke_end_to_end(tmp_path, face_corpus, tiny_checkpoint, featu
     assert any("s22.jpg" in n and "no face" in n for n in report["notes"])  # the animal photo was skipped
     cons = {(r["length"], r["merge"]): r for r in report["consistency"]}
     assert set(cons) == {(L, m) for L in (4, 8) for m in KINDS}
+    for r in cons.values():  # the drifts of the Fig. 5 study, each with its bootstrap interval over the 2 clips
+        for key in ("self_csim", "id_drift_first", "id_drift_anchor", "background_drift"):
+            lo, hi = r["ci"][key]
+            assert lo <= r[key] <= hi
+    assert (out / "strip-both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # Fig. 4 strip
     # 8 frames with T=4: the strategies plan different sequences, so their videos differ
     assert cons[(8, "anchored")]["appearance_drift"] != cons[(8, "independent")]["appearance_drift"]
     # the baseline columns: copying the driving crops is the ground truth itself (PSNR inf, written "inf" in strict
@@ -265,7 +274,7 @@ def test_scorer_on_real_clip_perfect_and_shifted_generation(face_corpus):
     got = evaluate.read_frames(video, list(range(40, 46)) + [0])
     case = evaluate.make_case("d18", video, [got[i] for i in range(40, 46)], got[0], "frame 0")
     torch.manual_seed(0)
-    scorer = evaluate.Scorer(LearnedGlobalEncoder(16, 64).eval())
+    scorer = evaluate.Scorer(evaluate.EncoderEmbedding(LearnedGlobalEncoder(16, 64).eval(), "learned"))
     real = case.driving_crops(256)
     m = scorer.score(case, real, case.drv_lmk, with_reference=True)["metrics"]
     assert m["face_found_rate"] == 1.0 and m["lmse"] == pytest.approx(0.0, abs=1e-6)
@@ -276,3 +285,76 @@ def test_scorer_on_real_clip_perfect_and_shifted_generation(face_corpus):
     m = scorer.score(case, moved, case.drv_lmk, with_reference=True)["metrics"]
     assert 0.8 * shift ** 2 < m["lmse"] < 1.25 * shift ** 2, m["lmse"]  # measured 15.8
     assert m["psnr"] < 40
+
+
+def test_long_window_plays_the_clip_forward_and_back():
+    idx, src = evaluate.long_window(5, 12)
+    assert idx == [0, 1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3] and src == 4
+    assert all(abs(a - b) == 1 for a, b in zip(idx, idx[1:])), "continuous motion"
+
+
+def test_consistency_study_settings_seeds_and_long_windows(tmp_path, face_corpus, tiny_checkpoint):
+    """Both settings of the study (full conditions; G dropped), 2 seeds, and a window longer than the clip
+    (ping-pong): rows per (setting, length, strategy) with intervals over clips x seeds, a Fig. 4 strip per
+    setting, and the dropped G changes the videos."""
+    from anchorface.apps.cli import main
+    from anchorface.io.video import probe_video
+
+    clip = face_corpus / "driving" / "d18.mp4"
+    n = probe_video(clip).num_frames
+    ckpt = tiny_checkpoint
+    out = tmp_path / "report"
+    L = n + 8  # longer than the clip
+    rc = main(["evaluate", "--checkpoint", str(ckpt), "--driving", str(clip), "--output", str(out),
+               "--protocol", "consistency", "--lengths", "4", str(L), "--merge", "anchored", "multidiffusion",
+               "--consistency-conditions", "both", "landmarks", "--seeds", "2", "--steps", "1", "--no-baselines",
+               "--quiet"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    rows = {(r["conditions"], r["length"], r["merge"]): r for r in report["consistency"]}
+    assert set(rows) == {(c, length, m) for c in ("both", "landmarks") for length in (4, L)
+                         for m in ("anchored", "multidiffusion")}
+    assert all(r["videos"] == 2 and r["seeds"] == 2 for r in rows.values())  # 1 clip x 2 seeds
+    assert any("ping-pong" in note for note in report["notes"])
+    for cond in ("both", "landmarks"):
+        assert (out / f"strip-{cond}.png").is_file()
+    assert rows[("both", L, "anchored")]["background_drift"] != rows[("landmarks", L, "anchored")]["background_drift"]
+    md = (out / "report.md").read_text()
+    assert "landmarks only (G dropped)" in md and "full conditions" in md
+
+
+def test_identity_embedding_sees_people_apart_on_real_crops(face_corpus):
+    """CSIM's default embedding on real face crops: the same face at 64 px (a tiny model's size) and at 256 px is
+    one person (< 0.6), two people are not (> 0.6); frames the detector misses are embedded whole and counted."""
+    pytest.importorskip("dlib")
+    from anchorface.faces import detect as faces
+    from anchorface.io.images import load_image
+
+    emb = evaluate.IdentityEmbedding()
+    crops = []
+    for name in ("s1.jpg", "s2.jpg"):
+        img = load_image(face_corpus / "source" / name)
+        crops.append(faces.crop(img, faces.source_crop_box(img, name), 256))
+    from anchorface.io.images import resize
+
+    small = resize(crops[0], 64)
+    v = emb([crops[0], small, crops[1]])
+    assert np.linalg.norm(v[0] - v[1]) < 0.6 < np.linalg.norm(v[0] - v[2])
+    assert emb.measured == 3 and 0 <= emb.detected <= 3
+    m = evaluate.Scorer(emb)
+    assert m.distance == "euclidean"
+
+
+def test_embedding_options(tmp_path, tiny_checkpoint):
+    o = evaluate.Options(checkpoints=[tiny_checkpoint], driving=[], output=tmp_path / "o", embedding="clip")
+    with pytest.raises(AnchorfaceError, match="--embedding clip needs --clip"):
+        evaluate._check_options(o)
+    with pytest.raises(AnchorfaceError, match="unknown embedding"):
+        evaluate._check_options(evaluate.Options(checkpoints=[tiny_checkpoint], driving=[], output=tmp_path / "o",
+                                                 embedding="arcface"))
+
+
+def test_embedded_frames_keep_first_anchor_and_last():
+    assert evaluate.embedded_frames(10) == list(range(10))
+    idx = evaluate.embedded_frames(513)
+    assert len(idx) <= evaluate.EMBED_FRAMES and {0, 256, 512} <= set(idx) and idx == sorted(set(idx))

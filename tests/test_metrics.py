@@ -273,3 +273,29 @@ def test_fid_low_rank_path_matches_full_computation():
     assert metrics.fid_from_features(x, 3 * x + shift - 2 * x.mean(0)) == pytest.approx(expected, rel=1e-9)
     with pytest.raises(AnchorfaceError, match="at least 2"):
         metrics.fid_from_features(x[:1], x)
+
+
+def test_drift_to_closed_forms():
+    e = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    mean, mx = metrics.drift_to(e, 0, "cosine")
+    np.testing.assert_allclose([mean, mx], [(1.0 + (1 - 2 ** -0.5)) / 2, 1.0])
+    mean, mx = metrics.drift_to(e, 2, "euclidean")
+    np.testing.assert_allclose([mean, mx], [1.0, 1.0])
+    assert metrics.drift_to(e[:1], 0) == (0.0, 0.0)
+
+
+def test_background_drift_ignores_the_face_and_sees_the_background():
+    rng = np.random.default_rng(0)
+    n, size = 4, 64
+    lmk = np.zeros((n, 478, 3))
+    ang = np.linspace(0, 2 * np.pi, 478, endpoint=False)
+    lmk[..., 0], lmk[..., 1] = 0.5 + 0.15 * np.cos(ang), 0.5 + 0.2 * np.sin(ang)  # a face in the middle
+    frames = np.full((n, size, size, 3), 100, np.uint8)
+    mask = metrics.face_mask(lmk[0], size)
+    assert mask[32, 32] and not mask[2, 2]
+    changed_face = frames.copy()
+    changed_face[1:, mask] = rng.integers(0, 256, (n - 1, int(mask.sum()), 3))
+    assert metrics.background_drift(changed_face, lmk) == 0.0  # face changes do not count
+    changed_bg = frames.copy()
+    changed_bg[1:, ~mask] = 130  # the outfit / background changes by 30 levels
+    assert metrics.background_drift(changed_bg, lmk) == pytest.approx(30.0, abs=3.0)

@@ -46,12 +46,21 @@ def register(subparsers) -> None:
     p.add_argument("--ablation-conditions", nargs="+", default=["none", "landmarks", "global", "both"],
                    choices=list(CONDITIONS), metavar="C",
                    help="conditions given at sampling in the ablation: none landmarks global both (default: all)")
-    p.add_argument("--clip", metavar="PATH", help="CLIP model directory for CSIM (default: the checkpoint's encoder)")
+    p.add_argument("--embedding", choices=list(protocols.EMBEDDINGS),
+                   help="what CSIM, Self-CSIM and the identity drift embed with: identity (dlib's face-recognition "
+                        "network; default), clip (needs --clip; the default when --clip is given) or learned (the "
+                        "checkpoint's own global encoder)")
+    p.add_argument("--clip", metavar="PATH", help="CLIP model directory (for --embedding clip)")
     p.add_argument("--inception", metavar="PATH", help="inception-2015-12-05.pt (StyleGAN2-ADA TorchScript) for FID")
     p.add_argument("--i3d", metavar="PATH", help="i3d_torchscript.pt (StyleGAN-V TorchScript) for FVD")
     p.add_argument("--relative", action="store_true", help="condition on motion re-targeted to the source face")
     p.add_argument("--no-baselines", dest="baselines", action="store_false",
                    help="leave out Table 1's 'copy driving' and 'still source' reference columns")
+    p.add_argument("--consistency-conditions", nargs="+", default=["both"], choices=list(CONDITIONS), metavar="C",
+                   help="settings of the consistency study: the signals given (both = full conditions, landmarks = "
+                        "G dropped; default: both)")
+    p.add_argument("--seeds", type=positive_int, default=1, metavar="K",
+                   help="seeds per clip, length and strategy in the consistency study (default 1)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -72,8 +81,10 @@ def _main(a) -> int:
                 steps=a.steps, guidance_scale=a.guidance_scale, frames=a.frames, max_videos=a.max_videos,
                 lengths=tuple(a.lengths), ablation_steps=tuple(a.ablation_steps) if a.ablation_steps else None,
                 ablation_scales=tuple(a.ablation_scales), ablation_conditions=tuple(a.ablation_conditions),
-                clip=a.clip, inception=a.inception, i3d=a.i3d, relative=a.relative, baselines=a.baselines,
-                methods=tuple(a.methods) if a.methods else None, seed=a.seed, device=a.device, progress=not a.quiet)
+                clip=a.clip, embedding=a.embedding, inception=a.inception, i3d=a.i3d, relative=a.relative,
+                baselines=a.baselines,
+                methods=tuple(a.methods) if a.methods else None, seed=a.seed, seeds=a.seeds,
+                consistency_conditions=tuple(a.consistency_conditions), device=a.device, progress=not a.quiet)
     report = run_evaluation(o)
     print(f"evaluate: wrote {Path(a.output) / 'report.md'} ({len(report['videos'])} videos, "
           f"{report['seconds']:.0f} s)")

@@ -108,6 +108,14 @@ class GaussianDiffusion:
         return (self._extract(self.sqrt_alphas_cumprod, t, x_t) * pred
                 + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t)
 
+    def x0_from_prediction(self, pred, x_t, t):
+        """The x0 implied by the model's prediction at x_t: x0 = (x_t - sqrt(1 - abar) ε) / sqrt(abar)."""
+        if self.prediction == "x0":
+            return pred
+        eps = self.eps_from_prediction(pred, x_t, t)
+        return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+                - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+
     def q_sample(self, x0, t, noise):
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
         return (self._extract(self.sqrt_alphas_cumprod, t, x0) * x0

@@ -126,6 +126,64 @@ def first_frame_csim(gen_embs) -> float:
     return 1.0 if len(e) < 2 else float(cosine_matrix(e[:1], e[1:]).min())
 
 
+def drift_to(embs, index: int, metric: str = "cosine") -> tuple[float, float]:
+    """Identity drift (Fig. 5 study): the distance of every other frame's embedding [N, D] to that of frame
+    `index` (the first frame, or the anchor), as (mean, max). `metric`: "cosine" (1 - cosine similarity, for CLIP
+    and the learned encoder) or "euclidean" (the face-recognition embedding, whose same-person threshold is 0.6)."""
+    e = np.asarray(embs, np.float64)
+    if len(e) < 2:
+        return 0.0, 0.0
+    others = np.delete(np.arange(len(e)), index)
+    if metric == "cosine":
+        d = 1.0 - cosine_matrix(e[index:index + 1], e[others])[0]
+    elif metric == "euclidean":
+        d = np.linalg.norm(e[others] - e[index], axis=-1)
+    else:
+        raise ValueError(f"unknown metric {metric!r}")
+    return float(d.mean()), float(d.max())
+
+
+BACKGROUND_GRID = 16  # background drift compares 16x16 area-averaged cells
+FACE_MARGIN = 0.1  # the face hull is grown by this fraction of the crop side before it is masked out
+
+
+def face_mask(lmk, size: int, margin: float = FACE_MARGIN) -> np.ndarray:
+    """bool [size, size]: inside the convex hull of the 478 landmarks ([478, 3], crop coordinates in [0, 1]),
+    grown by `margin` of the crop side."""
+    import cv2
+
+    pts = np.asarray(lmk, np.float64)[:, :2] * size
+    hull = cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2)
+    mask = np.zeros((size, size), np.uint8)
+    cv2.fillConvexPoly(mask, np.round(hull).astype(np.int32), 1)
+    grow = int(round(margin * size))
+    if grow:
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    return mask.astype(bool)
+
+
+def background_drift(frames, lmk, grid: int = BACKGROUND_GRID) -> float:
+    """Appearance drift outside the face (Fig. 4's changing outfit; Fig. 5 study): frames [N, H, W, 3] and the
+    landmarks they follow [N, 478, 3] -> the mean absolute difference (0-255) between each later frame and the
+    first over the `grid` x `grid` area-averaged cells that the (grown) face covers in neither frame: hair,
+    clothes, background. NaN when no cell is free of the face."""
+    import cv2
+
+    f = _frames(frames)
+    if len(f) < 2:
+        return 0.0
+    size = f.shape[1]
+    small = np.stack([cv2.resize(x, (grid, grid), interpolation=cv2.INTER_AREA) for x in f]).astype(np.float64)
+    covered = np.stack([cv2.resize(face_mask(m, size).astype(np.float32), (grid, grid),
+                                   interpolation=cv2.INTER_AREA) > 0.01 for m in np.asarray(lmk)])
+    diffs = []
+    for i in range(1, len(f)):
+        free = ~(covered[0] | covered[i])
+        if free.any():
+            diffs.append(np.abs(small[i] - small[0])[free].mean())
+    return float(np.mean(diffs)) if diffs else float("nan")
+
+
 APPEARANCE_DRIFT_SIZE = 8  # frames are area-averaged to 8x8 before comparison: colour/lighting/background, not pose
 
 

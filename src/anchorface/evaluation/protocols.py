@@ -13,6 +13,8 @@ Protocols (`--protocol`):
   and every later one, and a landmark-free appearance drift, plotted against the length.
 - `ablation` (supp. Table 1): on the cross-identity pairs, CFG scales, step counts and the conditions given at
   sampling (none / landmarks / global / both).
+- `guidance` (§4.5.2, Fig. 7): on the self-reenactment windows, how much better the first anchored checkpoint
+  recovers x0 from x_t with each subset of its signals than with none, per timestep (`evaluation/guidance.py`).
 
 What is compared are Table 1's columns, laid out from the method registry (`methods.registry`, `--methods`):
 each model method x checkpoint x variant (Anchored Diffusion's merge strategies, `--merge`), then one column per
@@ -52,7 +54,7 @@ from anchorface.methods.anchored.options import CONDITIONS, MERGES, check_sampli
 from anchorface.methods.base import DrivingClip, Source
 from anchorface.methods.registry import MethodSpec, get_method, method_names
 
-PROTOCOLS = ("self", "cross", "consistency", "ablation")
+PROTOCOLS = ("self", "cross", "consistency", "ablation", "guidance")
 SELF_FRAMES = 8  # §4.3.1: "a random 8-frame sequence in its original order"
 DEFAULT_LENGTHS = (8, 16, 32, 64)  # consistency study (Fig. 5)
 ABLATION_SCALES = (1.0, 2.0, 4.0, 8.0)  # supp. Table 1, CFG column
@@ -71,6 +73,16 @@ def self_window(num_frames: int, length: int, rng: random.Random) -> tuple[list[
     start = rng.randint(0, num_frames - length)
     window = list(range(start, start + length))
     return window, furthest_end(window[0], window[-1], num_frames)
+
+
+def long_window(num_frames: int, length: int) -> tuple[list[int], int]:
+    """A consistency window longer than the clip: the clip played forward and back (ping-pong) until `length`
+    frames, so the motion stays continuous; the source is the clip's last frame (it lies inside the window)."""
+    if num_frames < 2:
+        return [0] * length, 0
+    period = 2 * (num_frames - 1)
+    idx = [i % period for i in range(length)]
+    return [i if i < num_frames else period - i for i in idx], num_frames - 1
 
 
 def same_identity(photo: Path, video: Path) -> bool:
@@ -205,16 +217,31 @@ def generate(method, case: Case, options: dict, relative: bool, seed: int = 0) -
 # Scoring
 
 
+EMBED_FRAMES = 32  # at most this many frames of a video are embedded (long videos: evenly spaced)
+
+
+def embedded_frames(n: int, most: int = EMBED_FRAMES) -> list[int]:
+    """The frames of an n-frame video whose embeddings the identity measures use: all of them up to `most`, else
+    `most` evenly spaced ones that include the first, the central (the anchor, n // 2) and the last."""
+    if n <= most:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, most - 1).round().astype(int).tolist()) | {n // 2})
+
+
 class Scorer:
     """Per-video metrics (§4.2) of generated crops against a case, plus features for FID / FVD."""
 
     def __init__(self, embedder=None, inception=None, i3d=None):
         self.embedder, self.inception, self.i3d = embedder, inception, i3d
+        self.distance = getattr(embedder, "distance", "cosine")
 
     def embed(self, frames) -> np.ndarray | None:
-        return None if self.embedder is None else metrics.embed_frames(self.embedder, frames)
+        return None if self.embedder is None else self.embedder(frames)
 
-    def score(self, case: Case, gen: np.ndarray, target_lmk: np.ndarray, with_reference: bool) -> dict:
+    def score(self, case: Case, gen: np.ndarray, target_lmk: np.ndarray, with_reference: bool,
+              consistency: bool = False) -> dict:
+        """`consistency` adds the Fig. 5 study's drifts: identity distance of every frame to the first and to the
+        central (anchor) frame, and the appearance drift outside the face."""
         res = gen.shape[1]
         real = case.driving_crops(res)
         size = landmarks.landmark_crop_size(res)
@@ -225,12 +252,18 @@ class Scorer:
             gen_lmk, gen_found = np.zeros_like(target_lmk), np.zeros(len(gen), bool)
         out = {"video": case.name, "frames": len(gen),
                **metrics.motion_metrics(gen_lmk, gen_found, target_lmk, drv_found=case.drv_found)}
-        e_gen = self.embed(gen)
+        idx = embedded_frames(len(gen))
+        e_gen = self.embed(gen[idx])
         if e_gen is not None:
-            e_src, e_drv = self.embed(case.source_crop(res)[None]), self.embed(real)
+            e_src, e_drv = self.embed(case.source_crop(res)[None]), self.embed(real[idx])
             out.update(csim=metrics.csim(e_src[0], e_gen), self_csim=metrics.self_csim(e_gen, e_drv),
-                       first_frame_csim=metrics.first_frame_csim(e_gen))
+                       first_frame_csim=metrics.first_frame_csim(e_gen), embedded_frames=len(idx))
+            if consistency:
+                out["id_drift_first"], out["id_drift_first_max"] = metrics.drift_to(e_gen, 0, self.distance)
+                out["id_drift_anchor"], _ = metrics.drift_to(e_gen, idx.index(len(gen) // 2), self.distance)
         out["appearance_drift"] = metrics.appearance_drift(gen)
+        if consistency:
+            out["background_drift"] = metrics.background_drift(gen, target_lmk)
         if with_reference:
             out.update(psnr=metrics.psnr(gen, real), ssim=metrics.ssim(gen, real))
         feats = {}
@@ -242,7 +275,10 @@ class Scorer:
 
 
 PER_VIDEO = ("lmse", "e_lmse", "face_found_rate", "csim", "self_csim", "first_frame_csim", "appearance_drift",
-             "psnr", "ssim")
+             "psnr", "ssim", "id_drift_first", "id_drift_first_max", "id_drift_anchor", "background_drift")
+CONSISTENCY_MEASURES = ("self_csim", "id_drift_first", "id_drift_anchor", "background_drift", "appearance_drift",
+                        "first_frame_csim")
+STRIP_FRAMES = 12  # Fig. 4: frames of a long video shown side by side
 
 
 def aggregate(scored: list[dict], notes: list[str], label: str) -> dict:
@@ -292,12 +328,15 @@ class Options:
     ablation_scales: tuple[float, ...] = ABLATION_SCALES
     ablation_conditions: tuple[str, ...] = ("none", "landmarks", "global", "both")  # `options.CONDITIONS`
     clip: str | None = None
+    embedding: str | None = None  # `EMBEDDINGS` for CSIM / Self-CSIM / identity drift; None: clip with --clip, else identity
     inception: str | None = None
     i3d: str | None = None
     relative: bool = False
     baselines: bool = True  # False: leave out the registry's baseline methods ("copy driving", "still source")
     methods: tuple[str, ...] | None = None  # methods of the registry (None: all of them)
     seed: int = 0
+    seeds: int = 1  # consistency study: seeds per (clip, length, strategy)
+    consistency_conditions: tuple[str, ...] = ("both",)  # settings of the consistency study (`options.CONDITIONS`)
     device: str = "cpu"
     progress: bool = True
     notes: list[str] = field(default_factory=list)
@@ -307,14 +346,20 @@ def _check_options(o: Options) -> None:
     """Every option that needs no model, before any work (`options.check_sampling` for the sampling ones)."""
     for m in o.merges:
         check_sampling(merge=m)
+    if o.embedding is not None and o.embedding not in EMBEDDINGS:
+        raise AnchorfaceError(f"unknown embedding {o.embedding!r}; choose from {', '.join(EMBEDDINGS)}")
+    if o.embedding == "clip" and not o.clip:
+        raise AnchorfaceError("--embedding clip needs --clip DIR (a CLIP model directory)")
     bad = [p for p in o.protocols if p not in PROTOCOLS]
     if bad:
         raise AnchorfaceError(f"unknown protocol {bad[0]!r}; choose from {', '.join(PROTOCOLS)}")
-    bad = [c for c in o.ablation_conditions if c not in CONDITIONS]
+    bad = [c for c in o.ablation_conditions + o.consistency_conditions if c not in CONDITIONS]
     if bad:
         raise AnchorfaceError(f"unknown ablation condition {bad[0]!r}; choose from {', '.join(CONDITIONS)}")
     for name in o.methods or ():
         get_method(name)
+    if o.seeds < 1:
+        raise AnchorfaceError(f"--seeds must be >= 1, got {o.seeds}")
     if o.frames < 2:
         raise AnchorfaceError(f"--frames must be >= 2, got {o.frames}")
     if any(L < 2 for L in o.lengths):
@@ -348,19 +393,58 @@ def selected_methods(o: Options) -> list[MethodSpec]:
     return specs
 
 
+EMBEDDINGS = ("identity", "clip", "learned")  # --embedding: what CSIM, Self-CSIM and the identity drift embed with
+
+
+class IdentityEmbedding:
+    """The face-recognition embedding (`faces/identity.py`: dlib's ResNet, 128-d, Euclidean; where the paper uses
+    ArcFace): generated crops are embedded whole, upsampled by the embedder when small; where dlib's detector does
+    not find the face the whole crop (the known face box) is used. `detected` / `measured` count the frames."""
+
+    distance = "euclidean"
+
+    def __init__(self):
+        from anchorface.faces.identity import IdentityEmbedder
+
+        self.model, self.measured, self.detected = IdentityEmbedder(), 0, 0
+        self.name = f"face recognition ({self.model.name})"
+
+    def __call__(self, frames) -> np.ndarray:
+        m = self.model.measure(list(frames))
+        self.measured += m.measured
+        self.detected += int(m.detected.sum())
+        return m.vectors
+
+
+class EncoderEmbedding:
+    """A global encoder G (CLIP, or a checkpoint's learned encoder) as CSIM's embedding (cosine)."""
+
+    distance = "cosine"
+
+    def __init__(self, encoder, name: str):
+        self.encoder, self.name = encoder, name
+
+    def __call__(self, frames) -> np.ndarray:
+        return metrics.embed_frames(self.encoder, frames)
+
+
 def _load_embedder(o: Options, pipes: dict):
-    """CSIM's embedding: CLIP from --clip (the paper's), else the first checkpoint's own global encoder (named)."""
-    if o.clip:
+    """CSIM's embedding, named (`--embedding`): the face-recognition embedding (default), CLIP from --clip, or a
+    checkpoint's learned global encoder (asked for by name only: it is trained on the data it would judge)."""
+    kind = o.embedding or ("clip" if o.clip else "identity")
+    if kind == "identity":
+        return IdentityEmbedding()
+    if kind == "clip":
         from anchorface.frozen.encoders import CLIPGlobalEncoder
 
-        return CLIPGlobalEncoder(o.clip).to(o.device), f"CLIP ({o.clip})"
+        return EncoderEmbedding(CLIPGlobalEncoder(o.clip).to(o.device), f"CLIP ({o.clip})")
     for name, pipe in pipes.items():  # the loaded models (e.g. `AnchoredDiffusion`: its checkpoint's encoder)
         if getattr(pipe, "encoder", None) is not None:
             kind = pipe.config.data.encoder
             what = f"CLIP ({pipe.config.data.encoder_path})" if kind == "clip" else \
-                f"the learned global encoder of checkpoint {name} (not CLIP: pass --clip DIR for the paper's CSIM)"
-            return pipe.encoder, what
-    return None, "none (no global encoder available: pass --clip DIR)"
+                f"the learned global encoder of checkpoint {name} (not an identity embedding)"
+            return EncoderEmbedding(pipe.encoder, what)
+    raise AnchorfaceError("--embedding learned needs a checkpoint with a global encoder")
 
 
 def _first_set(*values):
@@ -442,9 +526,15 @@ class Evaluation:
         self.windows: dict[tuple[Path, int], tuple[list[int], int]] = {}
         infos = {v: probe_video(v) for v in videos}
         lengths = sorted({o.frames} | (set(o.lengths) if "consistency" in o.protocols else set()))
+        self.pingpong: set[tuple[Path, int]] = set()
         for v in videos:
             for L in lengths:
                 w = self_window(infos[v].num_frames, L, random.Random(f"{o.seed}:{v.name}:{L}"))
+                if w is None and L != o.frames and "consistency" in o.protocols:
+                    w = long_window(infos[v].num_frames, L)
+                    self.pingpong.add((v, L))
+                    self.notes.append(f"{v.name}: {infos[v].num_frames} frames; its {L}-frame consistency window "
+                                      "plays it forward and back (ping-pong), source = its last frame")
                 if w is None:
                     self.notes.append(f"{v.name}: {infos[v].num_frames} frames, too short for a {L}-frame window "
                                       "plus a source frame; skipped at that length")
@@ -459,7 +549,7 @@ class Evaluation:
             if (v, L) in self.windows:
                 idx, src = self.windows[(v, L)]
                 got = read_frames(v, idx + [src])
-                if len(got) < len(idx) + 1:
+                if len(got) < len(set(idx + [src])):
                     self.notes.append(f"{v.name}: decoded fewer frames than its header states; skipped at length {L}")
                     return None
                 try:
@@ -509,9 +599,10 @@ class Evaluation:
                             base.drv_lmk, base.drv_found, image, box, faces.source_landmarks(image, box, self.lmk_res)))
         return out
 
-    def score(self, column: Column, case: Case, seed: int, with_reference: bool, **options) -> tuple[dict, np.ndarray]:
+    def score(self, column: Column, case: Case, seed: int, with_reference: bool, consistency: bool = False,
+              **options) -> tuple[dict, np.ndarray]:
         gen, target = generate(column.method, case, {**column.options, **options}, self.o.relative, seed)
-        return self.scorer.score(case, gen, target, with_reference=with_reference), gen
+        return self.scorer.score(case, gen, target, with_reference=with_reference, consistency=consistency), gen
 
     def tick(self, n: int = 1) -> None:
         if self.bar is not None:
@@ -543,22 +634,50 @@ def reenactment_protocol(ev: Evaluation, proto: str, cases: list[Case]) -> tuple
     return results, grid
 
 
-def consistency_protocol(ev: Evaluation) -> list[dict]:
-    """Fig. 5: self-reenactment windows of each length in `o.lengths`, every model column; one length at a time
-    (long windows are freed after use)."""
+def consistency_protocol(ev: Evaluation) -> tuple[list[dict], dict]:
+    """Fig. 5 (and Fig. 4): self-reenactment windows of each length in `o.lengths`, every model column (merge
+    strategy), `o.seeds` seeds, in each setting of `o.consistency_conditions` (the signals given: "both", or
+    "landmarks" where G is dropped and only the merge strategy can hold the appearance). One length at a time (long
+    windows are freed after use). Rows hold each measure's mean over clips x seeds and its 95% bootstrap interval
+    (clips resampled whole). Also returns Fig. 4's strips: for the longest length, the first clip and seed,
+    `STRIP_FRAMES` frames of every strategy per setting."""
+    from anchorface.evaluation.stats import bootstrap_ci
+
+    o = ev.o
     scored: dict[tuple, list] = {}
-    for L in ev.o.lengths:
+    strips: dict[str, dict] = {}
+    longest = max(o.lengths)
+    for L in o.lengths:
         for v in ev.videos:
             c = ev.self_case(v, L)
-            for col in ev.columns:
-                if c is not None:
-                    scored.setdefault((L, col.group, col.label), []).append(
-                        ev.score(col, c, ev.o.seed, with_reference=True)[0])
-                ev.tick(int((v, L) in ev.windows))
-            if L != ev.o.frames:
+            for cond in o.consistency_conditions:
+                for k in range(o.seeds):
+                    for col in ev.columns:
+                        if c is None:
+                            continue
+                        sc, gen = ev.score(col, c, o.seed + k, with_reference=True, consistency=True,
+                                           conditions=cond)
+                        scored.setdefault((cond, L, col.group, col.label), []).append(sc)
+                        strip = strips.setdefault(cond, {"video": c.name, "length": L, "frames": {}}) \
+                            if L == longest and k == 0 else None
+                        if strip is not None and strip["video"] == c.name:
+                            pick = np.linspace(0, len(gen) - 1, min(STRIP_FRAMES, len(gen))).round().astype(int)
+                            strip["frames"][col.label], strip["indices"] = gen[pick], pick.tolist()
+                ev.tick(int((v, L) in ev.windows) * o.seeds * len(ev.columns))
+            if L != o.frames:
                 ev.cases.pop((v, L), None)
-    return [{"length": L, "checkpoint": g, "merge": m, **aggregate(sc, ev.notes, f"consistency/{g}/{m}/{L}")}
-            for (L, g, m), sc in scored.items()]
+    rows = []
+    for (cond, L, g, m), sc in scored.items():
+        row = {"conditions": cond, "length": L, "checkpoint": g, "merge": m, "seeds": o.seeds,
+               **aggregate(sc, ev.notes, f"consistency/{cond}/{g}/{m}/{L}"), "ci": {}}
+        clips = [s["metrics"]["video"] for s in sc]
+        for key in CONSISTENCY_MEASURES:
+            vals = [s["metrics"].get(key, float("nan")) for s in sc]
+            if any(np.isfinite(vals)):
+                mean, lo, hi = bootstrap_ci(vals, groups=clips, seed=o.seed)
+                row[key], row["ci"][key] = mean, [lo, hi]
+        rows.append(row)
+    return rows, strips
 
 
 def ablation_protocol(ev: Evaluation, column: Column, rows: list[tuple[int, float, str]],
@@ -576,6 +695,30 @@ def ablation_protocol(ev: Evaluation, column: Column, rows: list[tuple[int, floa
             out.append({"steps": st, "guidance_scale": scale, "conditions": cond, "checkpoint": column.group,
                         "merge": column.label, **aggregate(scored, ev.notes, f"ablation/{row}")})
     return out
+
+
+def guidance_protocol(ev: Evaluation, column: Column, cases: list[Case]) -> dict | None:
+    """Fig. 7 on the first anchored column: x0-recovery error per timestep and condition subset, on the first T
+    frames of every self-reenactment window (`evaluation.guidance`)."""
+    from anchorface.evaluation.guidance import recovery_errors, study_timesteps, summarize
+
+    pipe = column.method.pipe
+    T, res = pipe.num_frames, pipe.resolution
+    seqs = []
+    for c in cases:
+        if len(c.frames) < T:
+            ev.notes.append(f"guidance: {c.name} has fewer than T={T} frames; skipped")
+            continue
+        seqs.append((c.driving_crops(res)[:T], pipe.global_signal(c.source_crop(res)),
+                     target_motion(c, ev.o.relative)[:T]))
+    ev.tick(len(cases))
+    if not seqs:
+        return None
+    timesteps = study_timesteps(pipe.diffusion.num_timesteps)
+    errors = recovery_errors(pipe, seqs, timesteps, seed=ev.o.seed)
+    return {"checkpoint": column.group, "cases": len(seqs), "frames": T, "timesteps": timesteps,
+            "rows": summarize(errors, timesteps, seed=ev.o.seed),
+            "mse": {k: v.tolist() for k, v in errors.items()}}
 
 
 def run_evaluation(o: Options) -> dict:
@@ -601,14 +744,14 @@ def run_evaluation(o: Options) -> dict:
     abl_rows = ablation_settings(o, anchored[0].method.pipe) if "ablation" in o.protocols and anchored else []
     if "ablation" in o.protocols and not anchored:
         notes.append("ablation: needs the anchored method; skipped")
-    embedder, embedder_name = _load_embedder(o, models)
+    embedder = _load_embedder(o, models)
     if inception is None:
         notes.append("FID not computed: pass --inception PATH/inception-2015-12-05.pt")
     if i3d is None:
         notes.append("FVD not computed: pass --i3d PATH/i3d_torchscript.pt")
     ev = Evaluation(o, videos, models, columns, baselines, Scorer(embedder, inception, i3d))
 
-    self_cases = ev.self_cases() if {"self", "cross", "ablation"} & set(o.protocols) else []
+    self_cases = ev.self_cases() if {"self", "cross", "ablation", "guidance"} & set(o.protocols) else []
     cross_cases = ev.cross_cases() if {"cross", "ablation"} & set(o.protocols) else []
     abl_cases = cross_cases or self_cases
     if abl_rows and not cross_cases:
@@ -616,8 +759,13 @@ def run_evaluation(o: Options) -> dict:
     consistency_lengths = list(o.lengths) if "consistency" in o.protocols else []
     total = sum(len(cs) * len(columns) for p, cs in (("self", self_cases), ("cross", cross_cases))
                 if p in o.protocols)
-    total += sum((v, L) in ev.windows for L in consistency_lengths for v in videos) * len(columns)
+    total += sum((v, L) in ev.windows for L in consistency_lengths for v in videos) * len(columns) * o.seeds * \
+        len(o.consistency_conditions)
     total += len(abl_rows) * len(abl_cases)
+    guided = anchored[0] if "guidance" in o.protocols and anchored else None
+    if "guidance" in o.protocols and not anchored:
+        notes.append("guidance: needs the anchored method; skipped")
+    total += len(self_cases) if guided is not None else 0
     total += sum(len(cs) * len(baselines) for p, cs in (("self", self_cases), ("cross", cross_cases))
                  if p in o.protocols)
     if total == 0:
@@ -632,26 +780,32 @@ def run_evaluation(o: Options) -> dict:
             if grid is not None:
                 grids[proto] = grid
             ev.tick(len(cases) * len(baselines))
-    consistency_rows = consistency_protocol(ev) if consistency_lengths else []
+    consistency_rows, strips = consistency_protocol(ev) if consistency_lengths else ([], {})
     ablation_rows = ablation_protocol(ev, anchored[0], abl_rows, abl_cases) if abl_rows else []
+    guidance = guidance_protocol(ev, guided, self_cases) if guided is not None else None
     ev.bar.close()
+    if isinstance(embedder, IdentityEmbedding) and embedder.measured:
+        notes.append(f"identity embedding: dlib's face detector found the face in {embedder.detected} of "
+                     f"{embedder.measured} embedded frames; the others were embedded from the whole crop (the known "
+                     "face box)")
 
     report = {
         "settings": {k: v for k, v in vars(o).items() if k != "notes"},
         "methods": [s.name for s in specs],
         "checkpoints": {n: str(p) for n, p in zip(_unique_names(o.checkpoints), o.checkpoints)},
         "columns": [[c.group, c.label] for c in columns + baselines],
-        "csim_embedding": embedder_name,
+        "csim_embedding": embedder.name,
         "lmse_unit": f"squared pixels of a {int(metrics.LMSE_CROP_PX)}-px face crop (mean over frames and points "
                      "of the squared XYZ distance)",
         "videos": [v.name for v in videos],
         "results": results,
         "consistency": consistency_rows,
         "ablation": ablation_rows,
+        "guidance": guidance,
         "notes": list(dict.fromkeys(notes)),
         "seconds": time.time() - t0,
     }
     order = list(dict.fromkeys(c.label for c in columns))
     write_report(report, Path(o.output), [(c.group, c.label) for c in columns + baselines], grids,
-                 [f"*{c.label}*: {c.spec.summary.removeprefix('baseline: ')}" for c in baselines], order)
+                 [f"*{c.label}*: {c.spec.summary.removeprefix('baseline: ')}" for c in baselines], order, strips)
     return report

@@ -1,5 +1,5 @@
 """The report of `anchorface evaluate`: report.md (Table 1 of §4.3, the Fig. 5 consistency table, the supp. Table 1
-ablation), report.json (strict JSON), the consistency plot and the frame grids. The only module of the evaluation
+ablation, the Fig. 7 guidance study), report.json (strict JSON), the consistency plot and the frame grids. The only module of the evaluation
 that draws (matplotlib, imported inside the plotting functions)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from anchorface.errors import require
@@ -67,34 +68,69 @@ def table1_markdown(results: dict, columns: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+CONSISTENCY_PANELS = [("self_csim", "Self-CSIM ↓ (Fig. 5)"), ("id_drift_first", "identity drift from frame 0 ↓"),
+                      ("background_drift", "drift outside the face ↓ (0-255)")]
+SETTING_NAMES = {"both": "full conditions", "landmarks": "landmarks only (G dropped)",
+                 "global": "G only (landmarks dropped)", "none": "no conditions"}
+
+
 def plot_consistency(rows: list[dict], path: Path, order: list[str] = ()) -> None:
-    """Fig. 5: Self-CSIM (and the two extra consistency measures) against video length, one line per strategy."""
+    """Fig. 5: the consistency measures against video length, one line per strategy with its 95% interval, one
+    row of panels per setting (the signals given)."""
     require("matplotlib", "eval", "evaluate's plots")
     from matplotlib.figure import Figure
 
-    panels = [("self_csim", "Self-CSIM ↓ (Fig. 5)"), ("first_frame_csim", "min cos(first, later) ↑"),
-              ("appearance_drift", "appearance drift ↓ (0-255)")]
-    fig = Figure(figsize=(4.2 * len(panels), 3.6), dpi=100)
+    settings = list(dict.fromkeys(r.get("conditions", "both") for r in rows))
+    panels = [(k, t) for k, t in CONSISTENCY_PANELS if any(r.get(k) is not None for r in rows)] or \
+        [("appearance_drift", "appearance drift ↓ (0-255)")]
+    fig = Figure(figsize=(4.2 * len(panels), 3.4 * len(settings)), dpi=100)
     series = sorted({(r["checkpoint"], r["merge"]) for r in rows}, key=lambda cm: (cm[0], _rank(order, cm[1])))
     lengths = sorted({r["length"] for r in rows})
-    for i, (key, title) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        for ckpt, merge in series:
-            pts = sorted((r["length"], r.get(key)) for r in rows if (r["checkpoint"], r["merge"]) == (ckpt, merge))
-            pts = [(x, y) for x, y in pts if y is not None and not math.isnan(y)]
-            if pts:
+    for si, setting in enumerate(settings):
+        for i, (key, title) in enumerate(panels):
+            ax = fig.add_subplot(len(settings), len(panels), si * len(panels) + i + 1)
+            for ckpt, merge in series:
+                pts = sorted((r["length"], r.get(key), *(r.get("ci", {}).get(key) or (None, None))) for r in rows
+                             if (r["checkpoint"], r["merge"]) == (ckpt, merge) and r.get("conditions", "both") == setting)
+                pts = [p for p in pts if p[1] is not None and not math.isnan(p[1])]
+                if not pts:
+                    continue
                 label = merge if len({c for c, _ in series}) == 1 else f"{ckpt}: {merge}"
-                ax.plot(*zip(*pts), marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(lengths, [str(L) for L in lengths])
-        ax.minorticks_off()
-        ax.set_xlabel("video length (frames)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize=8)
+                line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+                band = [(p[0], p[2], p[3]) for p in pts if p[2] is not None and not math.isnan(p[2])]
+                if band:
+                    ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
+                                    color=line.get_color(), alpha=0.15, linewidth=0)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(lengths, [str(L) for L in lengths])
+            ax.minorticks_off()
+            ax.set_xlabel("video length (frames)")
+            ax.set_title(f"{title}\n{SETTING_NAMES.get(setting, setting)}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
+
+
+def strip_image(strip: dict, path: Path, cell: int = 96) -> None:
+    """Fig. 4: one row per strategy, `STRIP_FRAMES` frames spread over one long video, labelled."""
+    rows = []
+    for label, frames in strip["frames"].items():
+        cells = [resize(f, cell) for f in frames]
+        row = np.concatenate(cells, axis=1)
+        head = np.full((cell, 150, 3), 255, np.uint8)
+        cv2.putText(head, label, (6, cell // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        rows.append(np.concatenate([head, row], axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    top = np.full((22, width, 3), 255, np.uint8)
+    idx = ", ".join(str(i) for i in strip.get("indices", []))
+    cv2.putText(top, f"{strip['video']}: frames {idx}", (6, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    from PIL import Image
+
+    Image.fromarray(np.concatenate([top] + rows, axis=0)).save(path)
 
 
 def frame_grid(source: np.ndarray, driving: np.ndarray, generated: dict[str, np.ndarray], path: Path,
@@ -127,12 +163,43 @@ def frame_grid(source: np.ndarray, driving: np.ndarray, generated: dict[str, np.
 
 
 
+def plot_guidance(rows: list[dict], path, title: str = "") -> None:
+    """Fig. 7: the relative improvement in recovering x0 of each guidance subset over no guidance, per timestep,
+    with its 95% interval."""
+    require("matplotlib", "eval", "evaluate's plots")
+    from matplotlib.figure import Figure
+
+    t = [r["t"] for r in rows]
+    fig = Figure(figsize=(6, 3.6), dpi=120)
+    ax = fig.add_subplot(1, 1, 1)
+    for s, color in zip(("landmarks", "global", "both"), ("tab:blue", "tab:orange", "tab:green")):
+        m = [r[s]["relative_pct"] for r in rows]
+        lo = [r[s]["relative_ci"][0] for r in rows]
+        hi = [r[s]["relative_ci"][1] for r in rows]
+        ax.plot(t, m, label=s, color=color)
+        ax.fill_between(t, lo, hi, color=color, alpha=0.2, linewidth=0)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel("x0 recovery improvement over no guidance (%)")
+    ax.set_title(title or "Impact of guidance signals (Fig. 7)", fontsize=10)
+    ax.legend(title="signals given", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _with_ci(row: dict, key: str) -> str:
+    v, ci = row.get(key), row.get("ci", {}).get(key)
+    if v is None:
+        return "–"
+    return fmt(v) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci and ci[0] is not None and not math.isnan(ci[0]) else "")
+
+
 def _rank(order, label: str):
     return (order.index(label), "") if label in order else (len(order), label)
 
 
 def write_report(report: dict, output: Path, columns: list[tuple[str, str]], grids: dict, notes_on_columns: list[str]
-                 = (), order: list[str] = ()) -> None:
+                 = (), order: list[str] = (), strips: dict | None = None) -> None:
     """Write report.md, report.json and the PNGs into the new directory `output`, atomically. `columns`: Table 1's
     (group, label) columns in order (models, then baselines); `grids`: protocol -> {"case", "gen": {label: crops}};
     `order`: the variant labels in their display order."""
@@ -142,6 +209,12 @@ def write_report(report: dict, output: Path, columns: list[tuple[str, str]], gri
         if report["consistency"]:
             plot_consistency(report["consistency"], tmp / "consistency.png", order)
             images.append("consistency.png")
+        for setting, strip in (strips or {}).items():
+            strip_image(strip, tmp / f"strip-{setting}.png")
+            images.append(f"strip-{setting}.png")
+        if report.get("guidance"):
+            plot_guidance(report["guidance"]["rows"], tmp / "guidance.png")
+            images.append("guidance.png")
         for proto, g in grids.items():
             c = g["case"]
             res = next(iter(g["gen"].values())).shape[1]
@@ -189,17 +262,27 @@ def render_markdown(report: dict, columns: list[tuple[str, str]], baseline_notes
             if f"grid-{p}.png" in report.get("images", []):
                 out += [f"![{p}](grid-{p}.png)", ""]
     if report["consistency"]:
-        out += ["## Consistency vs. video length (Fig. 5)", "",
-                "Self-CSIM (lower is better, the paper's measure), min cosine between the first generated frame and "
-                "every later one (higher is better) and the appearance drift (8x8 area-averaged mean absolute "
-                "difference from the first frame, 0-255; lower is better).", "",
-                "| length | checkpoint | merge | videos | Self-CSIM ↓ | min cos(first, later) ↑ | drift ↓ |",
-                "|---|---|---|---|---|---|---|"]
-        for r in sorted(report["consistency"], key=lambda r: (r["length"], r["checkpoint"], _rank(order, r["merge"]))):
-            out.append(f"| {r['length']} | {r['checkpoint']} | {r['merge']} | {r['videos']} | "
-                       f"{fmt(r.get('self_csim'))} | {fmt(r.get('first_frame_csim'))} | "
-                       f"{fmt(r.get('appearance_drift'))} |")
-        out += ["", "![consistency](consistency.png)", ""]
+        out += ["## Consistency vs. video length (Fig. 5, Fig. 4)", "",
+                f"Measured with {report['csim_embedding']}. Self-CSIM: the paper's measure (lower is better); "
+                "identity drift: each frame's embedding distance to the first frame and to the central (anchor) "
+                "frame, mean over frames (at most 32 evenly spaced frames of a video are embedded, the first, the "
+                "anchor and the last among them); outside the face: the mean absolute difference (0-255) from the first "
+                "frame of 16x16 area-averaged cells the grown face hull covers in neither frame (hair, clothes, "
+                "background). Each cell: mean over clips x seeds [95% bootstrap interval, clips resampled whole].", ""]
+        for setting in dict.fromkeys(r.get("conditions", "both") for r in report["consistency"]):
+            rows = [r for r in report["consistency"] if r.get("conditions", "both") == setting]
+            out += [f"### {SETTING_NAMES.get(setting, setting)}", "",
+                    "| length | checkpoint | merge | clips x seeds | Self-CSIM ↓ | id drift, frame 0 ↓ | "
+                    "id drift, anchor ↓ | outside the face ↓ |", "|---|---|---|---|---|---|---|---|"]
+            for r in sorted(rows, key=lambda r: (r["length"], r["checkpoint"], _rank(order, r["merge"]))):
+                cells = [_with_ci(r, k) for k in ("self_csim", "id_drift_first", "id_drift_anchor",
+                                                   "background_drift")]
+                out.append(f"| {r['length']} | {r['checkpoint']} | {r['merge']} | {r['videos']} | "
+                           + " | ".join(cells) + " |")
+            out.append("")
+            if f"strip-{setting}.png" in report.get("images", []):
+                out += [f"![Fig. 4, {setting}](strip-{setting}.png)", ""]
+        out += ["![consistency](consistency.png)", ""]
     if report["ablation"]:
         r0 = report["ablation"][0]
         out += ["## Inference ablation (supp. Table 1)", "",
@@ -210,6 +293,19 @@ def render_markdown(report: dict, columns: list[tuple[str, str]], baseline_notes
             out.append(f"| {r['steps']} | {fmt(r['guidance_scale'])} | {r['conditions']} | {fmt(r.get('fid'))} | "
                        f"{fmt(r.get('lmse'))} | {fmt(r.get('csim'))} | {fmt(r.get('face_found_rate'))} |")
         out.append("")
+    if report.get("guidance"):
+        gd = report["guidance"]
+        out += ["## Impact of the guidance signals (§4.5.2, Fig. 7)", "",
+                f"Checkpoint `{gd['checkpoint']}`, {gd['cases']} driving sequences of {gd['frames']} frames, one noise "
+                "per (sequence, t). One model with the other signals replaced by its null embeddings stands in for "
+                "the paper's four separately trained models. Cells: MSE of x0_hat without guidance, and each "
+                "subset's improvement over it in % (95% bootstrap interval over the sequences).", "",
+                "| t | MSE, no guidance | landmarks | global | both |", "|---|---|---|---|---|"]
+        for row in gd["rows"]:
+            cells = [f"{fmt(row[s]['relative_pct'], 2)} [{fmt(row[s]['relative_ci'][0], 2)}, "
+                     f"{fmt(row[s]['relative_ci'][1], 2)}]" for s in ("landmarks", "global", "both")]
+            out.append(f"| {row['t']} | {fmt(row['mse']['none'], 4)} | " + " | ".join(cells) + " |")
+        out += ["", "![guidance](guidance.png)", ""]
     if report["notes"]:
         out += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
     return "\n".join(out)
