@@ -86,27 +86,94 @@ def micro_batches(num_sequences: int, micro_batch: int) -> list[np.ndarray]:
 
 class _FrameMerge:
     """Override / average per-slot predictions onto timeline frames; a frame becomes ready once the last
-    micro-batch that reads it has run (so z can be updated in place without disturbing later gathers)."""
+    micro-batch that reads it has run (so z can be updated in place without disturbing later gathers).
 
-    def __init__(self, plan: SequencePlan, batches: list[np.ndarray]):
-        self.plan, self.weights = plan, plan.weights
+    Vectorised: for each micro-batch the host precomputes which output slots feed which frames, so merging is one
+    gather (plus weighted adds for frames with several slots, in row order as a sequential sum would do them);
+    only frames that a later micro-batch still reads (the anchor, window overlaps) are carried between batches."""
+
+    def __init__(self, plan: SequencePlan, batches: list[np.ndarray], device=None):
+        self.plan, w = plan, plan.weights
         last = np.zeros(plan.num_frames, np.int64)
         for m, rows in enumerate(batches):
             last[np.unique(plan.slots[rows])] = m
         self.ready_after = [np.flatnonzero(last == m) for m in range(len(batches))]
         self.pending: dict[int, torch.Tensor] = {}
+        self._batches, seen = [], np.zeros(0, np.int64)
+        for m, rows in enumerate(batches):
+            i, t = np.nonzero(w[rows])  # local row, position of every slot with weight, in row-major order
+            frames, weight = self.plan.slots[rows][i, t], w[rows][i, t]
+            src = i * plan.slots.shape[1] + t  # row of the batch output folded to [b * T, ...]
+            touched, first = np.unique(frames, return_index=True)  # sorted frames, first slot of each
+            dst = np.searchsorted(touched, frames)
+            k = np.zeros(len(frames), np.int64)  # occurrence of the frame within this batch, in row order
+            for j in range(1, len(frames)):
+                k[j] = np.count_nonzero(frames[:j] == frames[j])
+            passes = []
+            for o in range(1, int(k.max(initial=0)) + 1):
+                sel = np.flatnonzero(k == o)
+                passes.append((torch.as_tensor(src[sel], device=device), torch.as_tensor(dst[sel], device=device),
+                               _weights(weight[sel], device)))
+            ready = self.ready_after[m]
+            in_batch = np.isin(ready, touched)
+            carry_in = np.flatnonzero(np.isin(touched, seen))  # frames with slots in earlier batches too
+            seen = np.union1d(seen, touched)
+            self._batches.append(dict(
+                src=torch.as_tensor(src[first], device=device), w=_weights(weight[first], device), passes=passes,
+                ready=ready, ready_in_batch=in_batch, frames=torch.as_tensor(ready, device=device),
+                ready_local=torch.as_tensor(np.searchsorted(touched, ready[in_batch]), device=device),
+                ready_rows=torch.as_tensor(np.flatnonzero(in_batch), device=device),
+                all_ready_in_order=bool(len(ready) == len(touched) and in_batch.all()),
+                carry_in=[(int(j), int(touched[j])) for j in carry_in],
+                keep=[(int(f), int(np.searchsorted(touched, f))) for f in np.setdiff1d(touched, ready)]))
+
+    def reset(self) -> "_FrameMerge":
+        """Ready for the next diffusion step (the index plan is the same at every step)."""
+        if self.pending:
+            raise RuntimeError("frames left unmerged at the end of a step")
+        return self
+
+    def frame_index(self, m: int) -> torch.Tensor:
+        """The frames ready after micro-batch m, as an index tensor on the latents' device."""
+        return self._batches[m]["frames"]
 
     def add(self, m: int, rows: np.ndarray, out: torch.Tensor) -> tuple[np.ndarray, torch.Tensor | None]:
         """Merge micro-batch m's predictions [b, T, C_out, h, w]; return the ready frames and their predictions."""
-        for i, b in enumerate(rows):
-            for t in np.flatnonzero(self.weights[b]):
-                f, w = int(self.plan.slots[b, t]), float(self.weights[b, t])
-                pred = out[i, t].clone() if w == 1.0 else out[i, t] * w  # no view: frees the batch's output
-                self.pending[f] = pred if f not in self.pending else self.pending[f] + pred
-        frames = self.ready_after[m]
+        spec = self._batches[m]
+        flat = out.reshape(-1, *out.shape[2:])
+        acc = flat[spec["src"]]  # a gather: a copy, so the batch output can be freed
+        if spec["w"] is not None:
+            acc.mul_(spec["w"])
+        for j, f in spec["carry_in"]:  # frames with slots in earlier batches (few: window overlaps)
+            acc[j] += self.pending.pop(f)
+        for src, dst, wt in spec["passes"]:  # further slots of a frame in this batch, in row order
+            acc.index_add_(0, dst, flat[src] if wt is None else flat[src] * wt)
+        for f, j in spec["keep"]:
+            self.pending[f] = acc[j].clone()
+        frames = spec["ready"]
         if len(frames) == 0:
             return frames, None
-        return frames, torch.stack([self.pending.pop(int(f)) for f in frames])
+        if spec["all_ready_in_order"]:
+            return frames, acc
+        pred = acc.new_empty((len(frames), *acc.shape[1:]))
+        pred[spec["ready_rows"]] = acc[spec["ready_local"]]
+        for j in np.flatnonzero(~spec["ready_in_batch"]).tolist():  # carried frames read for the last time
+            pred[j] = self.pending.pop(int(frames[j]))
+        return frames, pred
+
+
+def _draws_noise(scheduler) -> bool:
+    """Whether a scheduler step draws noise (DDPM); DDIM with eta = 0 does not, so no generators are built."""
+    from diffusers import DDPMScheduler
+
+    return isinstance(scheduler, DDPMScheduler)
+
+
+def _weights(w: np.ndarray, device) -> torch.Tensor | None:
+    """Per-slot weights as a [n, 1, 1, 1] float32 tensor, or None when all are 1 (owner-based plans)."""
+    if np.all(w == 1.0):
+        return None
+    return torch.as_tensor(w, dtype=torch.float32, device=device).view(-1, 1, 1, 1)
 
 
 def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors, *, sampler: str = "ddpm",
@@ -151,8 +218,8 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
         if drop is not None:
             kwargs[drop] = torch.ones(b, dtype=torch.bool, device=device)
         hook = None
-        if plan.anchor is not None:
-            hook = AnchorOverride(positions=torch.as_tensor(plan.anchor_positions[rows], device=device), donor=donor)
+        if plan.anchor is not None:  # positions stay on the host: the hook resolves them without a device sync
+            hook = AnchorOverride(positions=torch.as_tensor(plan.anchor_positions[rows]), donor=donor)
         out = model(x.to(dtype), torch.full((b,), int(t), device=device), anchor=hook, **kwargs)
         return out.float(), hook
 
@@ -163,12 +230,14 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
     model.eval()
     try:
         with torch.no_grad():
+            stochastic = _draws_noise(scheduler)
+            gathers = [slots[torch.as_tensor(rows, device=device)] for rows in batches]
+            merge = _FrameMerge(plan, batches, device)  # the index plan is the same at every step
             for k, t in enumerate(tqdm(scheduler.timesteps, desc="denoising", unit="step", disable=not progress)):
-                merge = _FrameMerge(plan, batches)
+                merge.reset()
                 donor = donor_uncond = None  # sequence 0's anchor tokens at this step (cond / uncond pass)
                 for m, rows in enumerate(batches):
-                    gather = slots[torch.as_tensor(rows, device=device)]
-                    x = scheduler.scale_model_input(z[gather], t)  # gather Q_k: [b, T, C, h, w]
+                    x = scheduler.scale_model_input(z[gathers[m]], t)  # gather Q_k: [b, T, C, h, w]
                     out, hook = sdit(x, t, rows, None, donor)  # Q'_{k-1}, anchor overridden in all layers
                     hook_u = None
                     if cfg:
@@ -181,8 +250,8 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
                         callback(SamplerEvent("batch", k, int(t), z, rows, x, out, hook, hook_u))
                     frames, pred = merge.add(m, rows, out)  # Override(Q'_{k-1}) onto timeline frames
                     if pred is not None:  # DiffusionUpdateStep for the frames no later sequence reads
-                        idx = torch.as_tensor(frames, device=device)
-                        gens = frame_generators(seed, k + 1, frames)
+                        idx = merge.frame_index(m)
+                        gens = frame_generators(seed, k + 1, frames) if stochastic else None
                         z[idx] = scheduler_step(scheduler, pred[None], t, z[idx][None], generator=gens)[0]
                 if callback is not None:
                     callback(SamplerEvent("step", k, int(t), z))

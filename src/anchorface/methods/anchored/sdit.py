@@ -245,6 +245,11 @@ class AnchorOverride:
     takes them from the first anchored row of this batch (normally row 0, which thus attends to itself only);
     `recorded` receives the donor tokens actually used, so a later micro-batch can replay them with
     `donor=previous.recorded` and get the result of one big batch.
+
+    The override writes in place into the layer's activation (each is a fresh tensor that nothing has saved yet,
+    so autograd accepts it), only at the anchor tokens: no copy of the activation. Positions are resolved on the
+    host once per forward pass (give them as numpy or a CPU tensor); the per-layer work is one indexed write and,
+    when recording, one [N, D] copy, with no host synchronisation on an accelerator.
     """
 
     positions: torch.Tensor  # [B] long, -1 = no anchor in this row
@@ -253,26 +258,37 @@ class AnchorOverride:
 
     def start(self, batch: int, frames: int, num_layers: int, device) -> bool:
         """Prepare one forward pass; False when no row is anchored (the hook is then skipped)."""
-        pos = torch.as_tensor(self.positions, dtype=torch.long, device=device)
-        if pos.shape != (batch,) or int(pos.max()) >= frames:
+        pos = torch.as_tensor(self.positions, dtype=torch.long).cpu()  # host-side: no sync when given on the host
+        if pos.shape != (batch,) or (len(pos) and int(pos.max()) >= frames):
             raise ValueError(f"anchor positions {pos.tolist()} do not fit a batch of {batch} x {frames} frames")
         if self.donor is not None and len(self.donor) != num_layers:
             raise ValueError(f"anchor donor has {len(self.donor)} layers, the model has {num_layers}")
-        self._rows = (pos >= 0).nonzero().squeeze(1)
-        self._pos = pos[self._rows]
+        rows = (pos >= 0).nonzero().squeeze(1)
         self.recorded = []
-        return len(self._rows) > 0
+        if len(rows) == 0:
+            return False
+        pos = pos[rows]
+        self._source = None
+        if self.donor is None:  # the first anchored row donates: it is left as it is, the others are written
+            self._source = (int(rows[0]), int(pos[0]))
+            rows, pos = rows[1:], pos[1:]
+        self._targets = None
+        if len(rows):
+            self._targets = (rows.to(device, non_blocking=True), pos.to(device, non_blocking=True))
+        return True
 
-    def apply(self, x: torch.Tensor, layer: int) -> torch.Tensor:  # x [B, T, N, D]
-        if self.donor is None:
-            donor = x[self._rows[0], self._pos[0]].detach().clone()  # [N, D], not a view of x
+    def apply(self, x: torch.Tensor, layer: int) -> torch.Tensor:  # x [B, T, N, D], written in place
+        if self._source is not None:
+            donor = x[self._source].clone()  # [N, D]: the record must not be a view of x
         else:
             donor = self.donor[layer].to(device=x.device, dtype=x.dtype)
             if donor.shape != x.shape[2:]:
                 raise ValueError(f"anchor donor layer {layer} has shape {tuple(donor.shape)}, "
                                  f"expected {tuple(x.shape[2:])}")
         self.recorded.append(donor)
-        return x.index_put((self._rows, self._pos), donor.expand(len(self._rows), *donor.shape))
+        if self._targets is not None:
+            x.index_put_(self._targets, donor.expand(len(self._targets[0]), *donor.shape))
+        return x
 
 
 # ----------------------------------------------------------------------------------------------- the model
