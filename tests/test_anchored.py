@@ -38,6 +38,9 @@ class _Wrapped(torch.nn.Module):
     def mapping(self):
         return self.inner.mapping
 
+    def condition(self, *args, **kwargs):
+        return self.inner.condition(*args, **kwargs)
+
 
 class EpsNearInput(_Wrapped):
     """Test double around the real sDiT: eps = x_t + 0.01 * sDiT(x_t)_eps (v from the sDiT). Like a trained
@@ -204,3 +207,25 @@ def test_model_without_learned_sigma(model_fixed_sigma, diffusion, sampler):
     ref = run(LowestLearnedVariance(model), diffusion, plan, sampler=sampler, steps=4)
     assert (out - ref).abs().max().item() <= 1e-4
     assert (out - run(model, diffusion, plan, sampler=sampler, steps=4, seed=1)).abs().max() > 1e-2
+
+
+class RecomputesC(EpsNearInput):
+    """The same model without `condition`: the sampler passes g and lmk and C is recomputed in every forward."""
+
+    condition = None
+
+
+@pytest.mark.parametrize("kind,scale", [("anchored", 1.0), ("multidiffusion", 2.0)])
+def test_mapping_runs_once_per_video_and_equals_recomputing(model, diffusion, kind, scale):
+    plan = make_plan(kind, 13, T)
+    calls = []
+    handle = model.mapping.register_forward_hook(lambda mod, args, out: calls.append(tuple(out.shape)))
+    try:
+        reused = run(EpsNearInput(model), diffusion, plan, steps=4, micro_batch=2, guidance_scale=scale)
+        assert calls == [(1, 13, 32)] * (2 if scale != 1.0 else 1)  # C of all 13 frames, once per pass kind
+        calls.clear()
+        again = run(RecomputesC(model), diffusion, plan, steps=4, micro_batch=2, guidance_scale=scale)
+        assert len(calls) == 4 * -(-plan.num_sequences // 2) * (2 if scale != 1.0 else 1)
+    finally:
+        handle.remove()
+    assert (reused - again).abs().max().item() <= 1e-5

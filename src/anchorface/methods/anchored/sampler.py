@@ -84,6 +84,34 @@ def micro_batches(num_sequences: int, micro_batch: int) -> list[np.ndarray]:
     return [np.arange(s, min(s + micro_batch, num_sequences)) for s in range(0, num_sequences, micro_batch)]
 
 
+class FrameConditions:
+    """C = Mapping(G, L) (§3.1) computed once per video and reused at every step (it does not depend on t).
+
+    The mapping network is frame-wise, so C is computed per timeline frame, [N, D], once for each set of dropped
+    signals (the conditional pass and, with guidance, the unconditional one), and gathered into the sequences of a
+    micro-batch. `reuse` turns the keyword arguments of one of the sampler's forward passes (g, lmk and drop flags,
+    which the sampler sets for whole micro-batches) into `cond=C`, keyed by the names of the flags, so no tensor
+    is read back from the device. A model without `condition` gets its keyword arguments as they are."""
+
+    _SIGNALS = ("g", "lmk", "drop", "drop_global", "drop_landmarks")
+
+    def __init__(self, model, plan: SequencePlan, g: torch.Tensor | None, lmk: torch.Tensor):
+        self.model, self.plan, self.g, self.lmk = model, plan, g, lmk
+        self.enabled = callable(getattr(model, "condition", None)) and g is not None
+        self.cache: dict[tuple, torch.Tensor] = {}
+
+    def reuse(self, rows: np.ndarray, kwargs: dict) -> dict:
+        if not self.enabled or "g" not in kwargs or any(k not in self._SIGNALS for k in kwargs):
+            return kwargs
+        key = tuple(sorted(k for k, v in kwargs.items() if k.startswith("drop") and v is not None))
+        if key not in self.cache:
+            device = kwargs["lmk"].device
+            flags = {k: torch.ones(1, dtype=torch.bool, device=device) for k in key}
+            self.cache[key] = self.model.condition(self.g[:1], self.lmk[None].to(device), **flags)[0]  # [N, D]
+        c = self.cache[key]
+        return dict(cond=c[torch.as_tensor(self.plan.slots[rows], device=c.device)])
+
+
 class _FrameMerge:
     """Override / average per-slot predictions onto timeline frames; a frame becomes ready once the last
     micro-batch that reads it has run (so z can be updated in place without disturbing later gathers).
@@ -217,12 +245,14 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
             kwargs = dict(g=None if g is None else g.expand(b, -1), lmk=lmk[plan.slots[rows]].to(device, dtype))
         if drop is not None:
             kwargs[drop] = torch.ones(b, dtype=torch.bool, device=device)
+        kwargs = conditions.reuse(rows, kwargs)  # C = Mapping(G, L) from the per-video cache
         hook = None
         if plan.anchor is not None:  # positions stay on the host: the hook resolves them without a device sync
             hook = AnchorOverride(positions=torch.as_tensor(plan.anchor_positions[rows]), donor=donor)
         out = model(x.to(dtype), torch.full((b,), int(t), device=device), anchor=hook, **kwargs)
         return out.float(), hook
 
+    conditions = FrameConditions(model, plan, g, lmk)
     scheduler = diffusion.make_scheduler(sampler, int(steps), learned_sigma=learns_sigma(model))
     batches = micro_batches(plan.num_sequences, int(micro_batch))
     z = initial_noise(seed, N, tuple(latent_shape), float(scheduler.init_noise_sigma), device)  # Q_K

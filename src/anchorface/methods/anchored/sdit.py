@@ -334,8 +334,20 @@ class SDiT(nn.Module):
         x = x.reshape(B, T, h, w, p, p, c)
         return torch.einsum("bthwpqc->btchpwq", x).reshape(B, T, c, h * p, w * p)
 
+    def condition(self, g, lmk, drop=None, drop_global=None, drop_landmarks=None) -> torch.Tensor:
+        """C = Mapping(G, L) [B, T, D] (§3.1) for g [B, global_dim] and lmk [B, T, landmark_dim] (drop masks as
+        `MappingNetwork`). C does not depend on the timestep: a sampler computes it once per video and passes it to
+        every step as `forward(..., cond=C)`. The mapping is frame-wise, so C of a frame does not depend on the
+        sequence it is computed in: one row of all N frames (g [1, Dg], lmk [1, N, Dl]) serves every sequence."""
+        if self.mapping is None:
+            raise ValueError("this sDiT is unconditional (global_dim = 0): it has no mapping network")
+        dtype = self.x_embedder.weight.dtype
+        return self.mapping(g.to(dtype), lmk.to(dtype), drop, drop_global, drop_landmarks)
+
     def forward(self, x, t, g=None, lmk=None, drop=None, drop_global=None, drop_landmarks=None,
-                anchor: AnchorOverride | None = None) -> torch.Tensor:
+                anchor: AnchorOverride | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, C, H, W], t [B] -> [B, T, C_out, H, W]. Conditional models take g and lmk (and drop masks), or
+        `cond`, a precomputed C = `condition(g, lmk, ...)` [B, T, D] (the same result without the mapping network)."""
         cfg = self.config
         B, T, C, H, W = x.shape
         h, w = H // cfg.patch_size, W // cfg.patch_size
@@ -348,13 +360,20 @@ class SDiT(nn.Module):
         x = tokens.reshape(B, T, h * w, -1) + self.pos_embed + tpe[:, None]  # [B, T, N, D]
 
         c = self.t_embedder(t.expand(B) if t.ndim == 0 else t)[:, None]  # [B, 1, D]
-        if self.mapping is not None:
+        if cond is not None:
+            if self.mapping is None:
+                raise ValueError("cond given to an unconditional sDiT (global_dim = 0)")
+            if cond.ndim != 3 or cond.shape[0] != B or cond.shape[1] != T or cond.shape[2] != cfg.hidden_size:
+                raise ValueError(f"cond {tuple(cond.shape)} is not C of {B} sequences of {T} frames "
+                                 f"[{B}, {T}, {cfg.hidden_size}]")
+            c = c + cond.to(dtype)
+        elif self.mapping is not None:
             if g is None or lmk is None:
                 raise ValueError("this sDiT is conditional: pass g [B, global_dim] and lmk [B, T, landmark_dim]")
             if lmk.shape[:2] != (B, T):
                 raise ValueError(f"landmarks {tuple(lmk.shape)} do not match {B} sequences of {T} frames")
             # c_t = timestep embedding + C_t: [B, T, D]
-            c = c + self.mapping(g.to(dtype), lmk.to(dtype), drop, drop_global, drop_landmarks)
+            c = c + self.condition(g, lmk, drop, drop_global, drop_landmarks)
 
         anchored = anchor is not None and anchor.start(B, T, cfg.depth + 2, x.device)
         if anchored:
