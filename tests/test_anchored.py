@@ -155,7 +155,7 @@ def test_without_replay_the_anchor_would_differ(model, diffusion):
 
 
 @pytest.mark.parametrize("kind", ["anchored", "multidiffusion", "independent"])
-@pytest.mark.parametrize("sampler,scale", [("ddpm", 1.0), ("ddim", 2.0)])
+@pytest.mark.parametrize("sampler,scale", [("ddpm", 1.0), ("ddim", 2.0), ("dpmpp-2m", 1.0), ("unipc", 2.0)])
 def test_micro_batched_equals_single_batch(model, diffusion, kind, sampler, scale):
     model = EpsNearInput(model)
     plan = make_plan(kind, 13, T)

@@ -13,10 +13,11 @@ construction, with a shared initial noise (the paper's "Override" of the anchor,
 - Alg. 1, Override(Q'_{k-1}): each frame takes the prediction of its owner slot (with the hook this is the
   override: the anchor's owner is sequence 0); multidiffusion averages the slots of a frame (Fig. 3a).
 - Alg. 1, DiffusionUpdateStep: one step of the diffusers scheduler (`GaussianDiffusion.make_scheduler`,
-  `diffusion.scheduler_step`), applied frame-wise. A frame is updated as soon as the last sequence that reads it
-  has been run in this step (owners, duplicates and the anchor included), so the only O(N) state is z itself. The scheduler's noise for frame f at
-  step k comes from a generator seeded by (seed, k, f): results do not depend on micro-batching or on which
-  frames are updated together.
+  `diffusion.sampling.FrameSolver`), applied frame-wise. A frame is updated as soon as the last sequence that
+  reads it has been run in this step (owners, duplicates and the anchor included), so the only O(N) state is z
+  itself (and the per-frame history of a multistep solver, DPM-Solver++(2M) or UniPC, which keeps their results
+  independent of micro-batching too). The scheduler's noise for frame f at step k comes from a generator seeded by
+  (seed, k, f): results do not depend on micro-batching or on which frames are updated together.
 - Classifier-free guidance (scale != 1): a second, unconditional pass per micro-batch with the guided signals
   dropped (`guidance`: both / landmarks / global); the anchor is recorded and replayed separately in that pass,
   so it is handled consistently there too.
@@ -213,7 +214,7 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
     g: [Dg] or [1, Dg] global signal G; landmark_vectors: [N, Dl] per-frame L (numpy or torch). `sampler` and
     `steps` choose the diffusers scheduler; `guidance_scale` != 1 enables classifier-free guidance on the
     `guidance` signals. See the module docstring for the formulation."""
-    from anchorface.diffusion.sampling import guided, learns_sigma, scheduler_step
+    from anchorface.diffusion.sampling import FrameSolver, guided, learns_sigma
     from anchorface.methods.anchored.sdit import AnchorOverride
 
     if sampler not in SAMPLERS:
@@ -260,7 +261,7 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
     model.eval()
     try:
         with torch.no_grad():
-            stochastic = _draws_noise(scheduler)
+            stochastic, solver = _draws_noise(scheduler), FrameSolver(scheduler, N)
             gathers = [slots[torch.as_tensor(rows, device=device)] for rows in batches]
             merge = _FrameMerge(plan, batches, device)  # the index plan is the same at every step
             for k, t in enumerate(tqdm(scheduler.timesteps, desc="denoising", unit="step", disable=not progress)):
@@ -282,7 +283,7 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
                     if pred is not None:  # DiffusionUpdateStep for the frames no later sequence reads
                         idx = merge.frame_index(m)
                         gens = frame_generators(seed, k + 1, frames) if stochastic else None
-                        z[idx] = scheduler_step(scheduler, pred[None], t, z[idx][None], generator=gens)[0]
+                        z[idx] = solver.step(k, t, idx, pred, z[idx], generator=gens)  # per-frame solver state
                 if callback is not None:
                     callback(SamplerEvent("step", k, int(t), z))
     finally:
