@@ -229,3 +229,15 @@ def test_mapping_runs_once_per_video_and_equals_recomputing(model, diffusion, ki
     finally:
         handle.remove()
     assert (reused - again).abs().max().item() <= 1e-5
+
+
+def test_bf16_weights_sample_close_to_float32(model, diffusion):
+    """The bf16 inference option (from_pretrained(dtype=torch.bfloat16)): the sampler runs the model in its dtype
+    (C included) and returns float32 latents close to the float32 model's."""
+    import copy
+
+    plan = anchored_plan(9, T)
+    ref = run(EpsNearInput(model), diffusion, plan, sampler="ddim", steps=3)
+    low = run(EpsNearInput(copy.deepcopy(model).to(torch.bfloat16)), diffusion, plan, sampler="ddim", steps=3)
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    assert 0 < (low - ref).abs().max() < 0.1

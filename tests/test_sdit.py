@@ -315,3 +315,21 @@ def test_bf16_weights_and_autocast():
     assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
     out = model.to(torch.bfloat16)(x, t, g, lmk)  # float32 inputs are cast to the model's dtype
     assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_compile_blocks_keeps_the_state_dict_and_flash_check_on_cpu():
+    from anchorface.methods.anchored.sdit import compile_blocks, flash_attention_in_use
+
+    model = tiny_model()
+    keys = list(model.state_dict())
+    assert compile_blocks(model) is model and list(model.state_dict()) == keys  # compiled lazily, on first use
+    assert flash_attention_in_use(tiny_model()) is False  # CPU: not tried
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the flash backend needs CUDA")
+def test_flash_attention_in_use_with_bf16_on_cuda():
+    from anchorface.methods.anchored.sdit import flash_attention_in_use
+
+    model = tiny_model().cuda().to(torch.bfloat16)
+    assert flash_attention_in_use(model)
+    assert not flash_attention_in_use(tiny_model().cuda())  # float32: flash does not take it

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from anchorface.faces import detect as faces, landmarks
 from anchorface.diffusion.sampling import SAMPLERS
 from anchorface.methods.anchored.sampler import anchored_diffusion
-from anchorface.frozen.codecs import to_pixels, to_uint8
+from anchorface.frozen.codecs import decode_to_uint8, to_pixels
 from anchorface.config import Config
 from anchorface.devices import resolve_device
 from anchorface.errors import AnchorfaceError, NoFaceError
@@ -207,10 +207,9 @@ class AnchorFacePipeline:
                                   "this checkpoint is unconditional: use 1")
 
     def decode_frames(self, latents: torch.Tensor, batch_size: int = DECODE_BATCH) -> Iterator[np.ndarray]:
-        """Alg. 1 steps 4-5, streamed: uint8 [res, res, 3] crops in timeline order, decoded `batch_size` at once."""
-        for i in range(0, len(latents), batch_size):
-            z = latents[i:i + batch_size].to(self.device)
-            yield from to_uint8(self.codec.decode(z))
+        """Alg. 1 steps 4-5, streamed: uint8 [res, res, 3] crops in timeline order, decoded `batch_size` at once
+        (`codecs.decode_to_uint8`: on CUDA through pinned memory, overlapping copies and decoding)."""
+        yield from decode_to_uint8(self.codec, latents.to(self.device), batch_size)
 
     # ------------------------------------------------------------------------------------------- the whole flow
     def reenact(self, source: str | Path | np.ndarray | None, driving: str | Path, output: str | Path, *,

@@ -436,6 +436,40 @@ class SDiT(nn.Module):
         return model
 
 
+def compile_blocks(model: SDiT, **options) -> SDiT:
+    """`torch.compile` each sDiT block in place (`nn.Module.compile`: the state dict keeps its keys), the GPU path's
+    optional speed-up; the anchoring hook runs between the blocks, outside the compiled graphs. The first forward
+    pass pays the compilation (benchmarks/bench_reenact.py reports it). Returns the model."""
+    for block in model.blocks:
+        block.compile(**options)
+    model.final_layer.compile(**options)
+    return model
+
+
+def flash_attention_in_use(model: SDiT, frames: int | None = None, batch: int = 1) -> bool:
+    """Whether SDPA runs the sDiT's attention with the flash backend: one forward pass restricted to
+    `SDPBackend.FLASH_ATTENTION` (it raises when flash cannot take the inputs: CPU, float32, head size). False on
+    CPU without trying."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    param = next(model.parameters())
+    if param.device.type != "cuda":
+        return False
+    cfg = model.config
+    T = frames or cfg.num_frames
+    x = torch.zeros(batch, T, cfg.in_channels, cfg.input_size, cfg.input_size, device=param.device, dtype=param.dtype)
+    cond = {}
+    if cfg.global_dim > 0:
+        cond = dict(g=torch.zeros(batch, cfg.global_dim, device=param.device),
+                    lmk=torch.zeros(batch, T, cfg.landmark_dim, device=param.device))
+    try:
+        with torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            model(x, torch.zeros(batch, dtype=torch.long, device=param.device), **cond)
+    except RuntimeError:
+        return False
+    return True
+
+
 def flops_per_frame(cfg: SDiTConfig, frames: int) -> float:
     """Forward FLOPs per frame for a sequence of `frames` frames, counted as DiT counts them (fvcore: one FLOP per
     multiply-accumulate of linears, convolutions and the two attention matmuls; norms/activations not counted)."""
