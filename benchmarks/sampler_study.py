@@ -78,6 +78,7 @@ def identity_embedder(pipe):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    from anchorface.errors import NoFaceError
     from anchorface.evaluation.metrics import csim, lmse, psnr
     from anchorface.faces import detect as faces, landmarks
     from anchorface.io.video import iter_frames, load_image
@@ -98,8 +99,11 @@ def main(argv=None) -> int:
     src_emb = embed(src_crop[None])
 
     def generated_landmarks(frames):
-        track = faces.track_video(list(frames), pipe.resolution, fixed_box=full_frame_box(frames[0].shape[:2]),
-                                  progress=False)
+        try:
+            track = faces.track_video(list(frames), pipe.resolution, fixed_box=full_frame_box(frames[0].shape[:2]),
+                                      progress=False)
+        except NoFaceError:  # no face in any generated frame: LMSE undefined (nan), faces_found = 0
+            return np.zeros((len(frames), landmarks.NUM_LANDMARKS, 3)), np.zeros(len(frames), bool)
         return track.landmarks, track.found
 
     rows = []
