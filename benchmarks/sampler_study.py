@@ -10,6 +10,7 @@ initial noise Q_K) and the same conditions. Per run:
   (relative motion), pixels^2 of a 256-px crop, frames without a detected face excluded;
 - identity distance: 1 - cosine between the source photo's and the generated frames' identity embeddings, from
   `anchorface.faces.identity` when it exists, else the checkpoint's learned global encoder (printed);
+- faces found: the fraction of generated frames in which MediaPipe finds a face (LMSE is over those only);
 - denoising seconds.
 
 Writes `study.csv` (one row per run), `study.md` (means over clips and seeds) and `study.png` (the three metrics
@@ -50,6 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--merge", default="anchored")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="sampler-study")
+    p.add_argument("--from-csv", action="store_true", help="only rewrite study.md / study.png from --out/study.csv")
     return p.parse_args(argv)
 
 
@@ -85,9 +87,14 @@ def main(argv=None) -> int:
     from anchorface.methods.anchored.pipeline import AnchorFacePipeline, full_frame_box
 
     ckpt = newest_checkpoint(Path(args.checkpoint))
+    out = Path(args.out)
+    if args.from_csv:
+        with open(out / "study.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        write_summary(rows, out, ckpt, "see the run's log", args)
+        return 0
     pipe = AnchorFacePipeline.from_pretrained(ckpt)
     id_name, embed = identity_embedder(pipe)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"checkpoint {ckpt}; identity: {id_name}; load {os.getloadavg()[0]:.2f}", flush=True)
 
@@ -142,20 +149,26 @@ def main(argv=None) -> int:
     return 0
 
 
+def _nanmean(values) -> float:
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def write_summary(rows, out: Path, ckpt, id_name, args) -> None:
+    rows = [dict(r, steps=int(r["steps"])) for r in rows]
     keys = sorted({(r["sampler"], r["steps"]) for r in rows}, key=lambda k: (SAMPLER_NAMES.index(k[0]), k[1]))
     mean = {}
     for k in keys:
         sel = [r for r in rows if (r["sampler"], r["steps"]) == k]
-        mean[k] = {m: float(np.nanmean([r[m] for r in sel])) for m in ("psnr_vs_ref", "lmse", "id_distance",
-                                                                          "seconds")}
+        mean[k] = {m: _nanmean([float(r[m]) for r in sel]) for m in ("psnr_vs_ref", "lmse", "id_distance",
+                                                                       "faces_found", "seconds")}
     lines = [f"Sampler study: {ckpt}, clips {', '.join(Path(c).stem for c in args.driving)} ({args.frames} frames), "
              f"seeds {args.seeds}, {args.merge}; reference DDPM {args.reference_steps} steps; identity: {id_name}.",
-             "", "| sampler | steps | PSNR vs ref (dB) | LMSE | identity distance | denoising s |",
-             "|---|---|---|---|---|---|"]
+             "", "| sampler | steps | PSNR vs ref (dB) | LMSE | faces found | identity distance | denoising s |",
+             "|---|---|---|---|---|---|---|"]
     for (s, n), m in mean.items():
-        lines.append(f"| {s} | {n} | {m['psnr_vs_ref']:.2f} | {m['lmse']:.2f} | {m['id_distance']:.3g} | "
-                     f"{m['seconds']:.2f} |")
+        lines.append(f"| {s} | {n} | {m['psnr_vs_ref']:.2f} | {m['lmse']:.1f} | {m['faces_found']:.2f} | "
+                     f"{m['id_distance']:.3g} | {m['seconds']:.2f} |")
     (out / "study.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:

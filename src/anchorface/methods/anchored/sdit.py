@@ -357,7 +357,7 @@ class SDiT(nn.Module):
         dtype = self.x_embedder.weight.dtype  # inputs follow the model's dtype (autocast works on top)
         tokens = self.x_embedder(x.reshape(B * T, C, H, W).to(dtype)).flatten(2).transpose(1, 2)
         tpe = sincos_1d(cfg.hidden_size, torch.arange(T, device=x.device)).to(dtype)
-        x = tokens.reshape(B, T, h * w, -1) + self.pos_embed + tpe[:, None]  # [B, T, N, D]
+        x = (tokens.reshape(B, T, h * w, -1) + self.pos_embed + tpe[:, None]).contiguous()  # [B, T, N, D]
 
         c = self.t_embedder(t.expand(B) if t.ndim == 0 else t)[:, None]  # [B, 1, D]
         if cond is not None:
