@@ -38,6 +38,9 @@ class _Wrapped(torch.nn.Module):
     def mapping(self):
         return self.inner.mapping
 
+    def condition(self, *args, **kwargs):
+        return self.inner.condition(*args, **kwargs)
+
 
 class EpsNearInput(_Wrapped):
     """Test double around the real sDiT: eps = x_t + 0.01 * sDiT(x_t)_eps (v from the sDiT). Like a trained
@@ -155,7 +158,7 @@ def test_without_replay_the_anchor_would_differ(model, diffusion):
 
 
 @pytest.mark.parametrize("kind", ["anchored", "multidiffusion", "independent"])
-@pytest.mark.parametrize("sampler,scale", [("ddpm", 1.0), ("ddim", 2.0)])
+@pytest.mark.parametrize("sampler,scale", [("ddpm", 1.0), ("ddim", 2.0), ("dpmpp-2m", 1.0), ("unipc", 2.0)])
 def test_micro_batched_equals_single_batch(model, diffusion, kind, sampler, scale):
     model = EpsNearInput(model)
     plan = make_plan(kind, 13, T)
@@ -257,3 +260,37 @@ def test_non_finite_or_huge_guidance_scale_is_an_error(model, diffusion, scale):
     with pytest.raises(AnchorfaceError, match="guidance scale must be") as e:
         run(model, diffusion, anchored_plan(5, T), guidance_scale=scale)
     assert "\n" not in str(e.value)
+
+
+class RecomputesC(EpsNearInput):
+    """The same model without `condition`: the sampler passes g and lmk and C is recomputed in every forward."""
+
+    condition = None
+
+
+@pytest.mark.parametrize("kind,scale", [("anchored", 1.0), ("multidiffusion", 2.0)])
+def test_mapping_runs_once_per_video_and_equals_recomputing(model, diffusion, kind, scale):
+    plan = make_plan(kind, 13, T)
+    calls = []
+    handle = model.mapping.register_forward_hook(lambda mod, args, out: calls.append(tuple(out.shape)))
+    try:
+        reused = run(EpsNearInput(model), diffusion, plan, steps=4, micro_batch=2, guidance_scale=scale)
+        assert calls == [(1, 13, 32)] * (2 if scale != 1.0 else 1)  # C of all 13 frames, once per pass kind
+        calls.clear()
+        again = run(RecomputesC(model), diffusion, plan, steps=4, micro_batch=2, guidance_scale=scale)
+        assert len(calls) == 4 * -(-plan.num_sequences // 2) * (2 if scale != 1.0 else 1)
+    finally:
+        handle.remove()
+    assert (reused - again).abs().max().item() <= 1e-5
+
+
+def test_bf16_weights_sample_close_to_float32(model, diffusion):
+    """The bf16 inference option (from_pretrained(dtype=torch.bfloat16)): the sampler runs the model in its dtype
+    (C included) and returns float32 latents close to the float32 model's."""
+    import copy
+
+    plan = anchored_plan(9, T)
+    ref = run(EpsNearInput(model), diffusion, plan, sampler="ddim", steps=3)
+    low = run(EpsNearInput(copy.deepcopy(model).to(torch.bfloat16)), diffusion, plan, sampler="ddim", steps=3)
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    assert 0 < (low - ref).abs().max() < 0.1

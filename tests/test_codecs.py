@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,3 +133,25 @@ def test_load_codec(vae_dir):
         load_codec(DataConfig(codec="jpeg"))
     with pytest.raises(AnchorfaceError, match="not divisible"):
         load_codec(DataConfig(codec="pixel", pixel_factor=8, resolution=100))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_decode_to_uint8_streams_the_frames_of_to_uint8(batch):
+    from anchorface.frozen.codecs import decode_to_uint8, to_uint8
+
+    codec = PixelCodec(4)
+    z = codec.encode(pixels(n=7, size=16)) * 1.3  # some values outside [-1, 1]: clamped
+    frames = list(decode_to_uint8(codec, z, batch))
+    assert len(frames) == 7 and frames[0].shape == (16, 16, 3)
+    assert (np.stack(frames) == to_uint8(codec.decode(z))).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned-memory transfers need CUDA")
+def test_decode_to_uint8_on_cuda_equals_cpu():
+    from anchorface.frozen.codecs import decode_to_uint8
+
+    codec = PixelCodec(4)
+    z = codec.encode(pixels(n=9, size=16))
+    gpu = list(decode_to_uint8(codec.cuda(), z.cuda(), 4))
+    cpu = list(decode_to_uint8(codec.cpu(), z, 4))
+    assert all((a == b).all() for a, b in zip(gpu, cpu)) and len(gpu) == 9

@@ -9,7 +9,8 @@ from torch.distributions import Normal, kl_divergence
 
 from anchorface.config import DiffusionConfig
 from anchorface.diffusion.gaussian import GaussianDiffusion, discretized_gaussian_log_likelihood
-from anchorface.diffusion.sampling import guided, learns_sigma, sample_loop, scheduler_step
+from anchorface.diffusion.sampling import (SAMPLERS, FrameSolver, guided, learns_sigma, predicted_x0, sample_loop,
+                                           scheduler_step)
 from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
 
 SHAPE = (2, 3, 4, 4, 4)  # B, T, C, H, W
@@ -106,7 +107,7 @@ def oracle(diffusion, x0):
 
 
 @pytest.mark.parametrize("prediction", ["v", "x0"])
-@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+@pytest.mark.parametrize("kind", SAMPLERS)
 @pytest.mark.parametrize("steps", [1000, 50, 10])
 def test_v_and_x0_prediction_oracles_reconstruct_x0(prediction, kind, steps):
     diffusion = GaussianDiffusion(DiffusionConfig(prediction=prediction))
@@ -166,7 +167,7 @@ def test_sample_clip_bounds_the_predicted_x0():
     assert not GaussianDiffusion(DiffusionConfig()).make_scheduler("ddim", 10).config.clip_sample
 
 
-@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+@pytest.mark.parametrize("kind", SAMPLERS)
 @pytest.mark.parametrize("steps", [1000, 250, 50, 10])
 def test_oracle_denoiser_reconstructs_x0(diffusion, kind, steps):
     x0 = rand(*SHAPE, seed=0)
@@ -279,3 +280,45 @@ def test_x0_from_prediction_inverts_the_target(prediction):
     t = torch.tensor([3, 700])
     x_t = d.q_sample(x0, t, noise)
     torch.testing.assert_close(d.x0_from_prediction(d.target(x0, noise, t), x_t, t), x0, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", SAMPLERS)
+def test_frame_solver_on_any_subsets_equals_one_batch(diffusion, kind):
+    """Frames updated in varying subsets at every step (as micro-batches do) give the result of updating all
+    frames at once: the multistep solvers' history is kept per frame. Per-frame generators for DDPM's noise."""
+    N, shape, steps = 7, (4, 4, 4), 6
+
+    def model_fn(x, t):  # a fixed non-linear denoiser, frame-wise
+        return torch.cat([torch.tanh(x * (1 + int(t) / 500)), torch.zeros_like(x)], dim=1)
+
+    def gens(k, frames):
+        return [torch.Generator().manual_seed(1000 * k + int(f)) for f in frames]
+
+    x_T = rand(N, *shape, seed=3)
+    sched = diffusion.make_scheduler(kind, steps)
+    ref = x_T.clone()
+    for k, t in enumerate(sched.timesteps):
+        ref = scheduler_step(sched, model_fn(ref, t)[None], t, ref[None], generator=gens(k, range(N)))[0]
+    solver, z = FrameSolver(diffusion.make_scheduler(kind, steps), N), x_T.clone()
+    rng = np.random.default_rng(0)
+    for k, t in enumerate(solver.scheduler.timesteps):
+        order = rng.permutation(N)
+        for chunk in np.split(order, np.sort(rng.choice(np.arange(1, N), 2, replace=False))):
+            idx = torch.as_tensor(chunk)
+            z[idx] = solver.step(k, t, idx, model_fn(z[idx], t), z[idx], generator=gens(k, chunk))
+    assert torch.isfinite(ref).all() and (ref - x_T).abs().max() > 0.1
+    assert (z - ref).abs().max().item() <= 1e-6, kind
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "x0"])
+def test_multistep_solvers_get_the_clipped_x0(prediction):
+    diffusion = GaussianDiffusion(DiffusionConfig(prediction=prediction, sample_clip=1.0))
+    sched = diffusion.make_scheduler("dpmpp-2m", 10)
+    x0, x = 3 * rand(2, 4, 4, 4, seed=0), rand(2, 4, 4, 4, seed=1)
+    t = 600
+    a = torch.tensor(diffusion.alphas_cumprod[t])
+    eps = ((x - a.sqrt() * x0) / (1 - a).sqrt()).float()
+    pred = {"epsilon": eps, "v": a.sqrt() * eps - (1 - a).sqrt() * x0, "x0": x0}[prediction].float()
+    torch.testing.assert_close(predicted_x0(sched, pred, t, x), x0.clamp(-1, 1), atol=2e-5, rtol=1e-5)
+    assert diffusion.make_scheduler("unipc", 10).anchorface_clip == 1.0
+    assert GaussianDiffusion(DiffusionConfig()).make_scheduler("unipc", 10).anchorface_clip is None

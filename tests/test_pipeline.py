@@ -52,7 +52,7 @@ def target_pipe(tiny_config):
 
 
 @pytest.mark.parametrize("merge", ["anchored", "multidiffusion", "independent"])
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp-2m", "unipc"])
 @pytest.mark.parametrize("n", [1, 3, 11])
 def test_every_frame_once_in_order(target_pipe, merge, sampler, n):
     values = np.linspace(-0.9, 0.9, n).astype(np.float32)

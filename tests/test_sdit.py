@@ -178,6 +178,41 @@ def test_record_then_replay_in_micro_batches_equals_one_batch():
         model(x[1:], t[1:], g[1:], lmk[1:], anchor=AnchorOverride(positions=pos[1:], donor=first.recorded[:-1]))
 
 
+@torch.no_grad()
+def test_precomputed_condition_equals_recomputing():
+    """forward(cond=condition(g, lmk)) is forward(g, lmk) exactly, for every drop flag; C is frame-wise, so C of all
+    N frames in one row serves every sequence."""
+    model = tiny_model()
+    x, t, g, lmk = inputs(B=3)
+    for flags in ({}, {"drop": torch.tensor([True, False, True])}, {"drop_global": torch.ones(3, dtype=torch.bool)},
+                  {"drop_landmarks": torch.tensor([False, True, False])}):
+        cond = model.condition(g, lmk, **flags)
+        assert cond.shape == (3, 4, TINY["hidden_size"])
+        assert torch.equal(model(x, t, cond=cond), model(x, t, g, lmk, **flags))
+    one_g = g[:1].expand(3, -1)
+    per_frame = model.condition(g[:1], lmk.reshape(1, 12, -1))[0]  # 12 frames in one row
+    torch.testing.assert_close(per_frame.reshape(3, 4, -1), model.condition(one_g, lmk), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="cond"):
+        model(x, t, cond=model.condition(g, lmk)[:, :2])
+    with pytest.raises(ValueError, match="unconditional"):
+        tiny_model(global_dim=0)(x, t, cond=model.condition(g, lmk))
+
+
+def test_anchor_override_writes_in_place_and_keeps_gradients():
+    """The override writes into the activation (no copy of it) and autograd accepts it: the donor row's anchor gets
+    the gradients of every row's anchor tokens."""
+    model = tiny_model()
+    x, t, g, lmk = inputs(B=2)
+    hook = AnchorOverride(positions=np.array([1, 2]))
+    assert hook.start(2, 4, model.config.depth + 2, "cpu")
+    act = torch.randn(2, 4, 16, 32)
+    assert hook.apply(act, 0) is act and torch.equal(act[1, 2], act[0, 1])
+    x = x.requires_grad_()
+    model(x, t, g, lmk, anchor=AnchorOverride(positions=torch.tensor([1, 2]))).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad[0, 1].abs().sum() > 0
+    assert x.grad[1, 2].abs().sum() == 0  # row 1's anchor frame is overridden at the embedding: no gradient
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     x, t, g, lmk = inputs(B=2)
     grads = []
@@ -289,3 +324,21 @@ def test_sdit_config_defaults_are_the_model_configs():
     resolved = SDiTConfig.from_model_config(default, input_size=32, in_channels=4)
     assert resolved == SDiTConfig()
     assert resolved.hidden_size == PRESETS[default.preset]["hidden_size"]
+
+
+def test_compile_blocks_keeps_the_state_dict_and_flash_check_on_cpu():
+    from anchorface.methods.anchored.sdit import compile_blocks, flash_attention_in_use
+
+    model = tiny_model()
+    keys = list(model.state_dict())
+    assert compile_blocks(model) is model and list(model.state_dict()) == keys  # compiled lazily, on first use
+    assert flash_attention_in_use(tiny_model()) is False  # CPU: not tried
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the flash backend needs CUDA")
+def test_flash_attention_in_use_with_bf16_on_cuda():
+    from anchorface.methods.anchored.sdit import flash_attention_in_use
+
+    model = tiny_model().cuda().to(torch.bfloat16)
+    assert flash_attention_in_use(model)
+    assert not flash_attention_in_use(tiny_model().cuda())  # float32: flash does not take it

@@ -120,7 +120,7 @@ class TrainConfig:
 class SampleConfig:
     """Inference defaults (supp. §4, Table 1: 1000 steps and CFG 1 are best; 100-400 steps are close)."""
 
-    sampler: str = "ddpm"  # "ddpm" | "ddim"
+    sampler: str = "ddpm"  # "ddpm" | "ddim" | "dpmpp-2m" | "unipc" (diffusion.sampling.SAMPLERS)
     steps: int = 250
     guidance_scale: float = 1.0
     merge: str = "anchored"  # "anchored" | "multidiffusion" | "independent"

@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 
 from anchorface.diffusion.gaussian import _DIFFUSERS_PREDICTION, CHANNEL_DIM
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "unipc")
+MULTISTEP = ("dpmpp-2m", "unipc")  # solvers with a history of past predictions (kept per frame by `FrameSolver`)
 
 
 def make_scheduler(diffusion, kind: str = "ddpm", steps: int | None = None, learned_sigma: bool = True):
@@ -21,8 +22,16 @@ def make_scheduler(diffusion, kind: str = "ddpm", steps: int | None = None, lear
           down to 0), so the last step lands on t = 0 and returns the predicted x0 without noise.
     ddim: DDIMScheduler, "leading" spacing = DiT's ddimN respacing, set_alpha_to_one=True so the last step
           returns the predicted x0 exactly; eta is given to `sample_loop`.
+    dpmpp-2m: DPMSolverMultistepScheduler, DPM-Solver++(2M) (Lu et al. 2022), data prediction, "trailing"
+          spacing (starts at t = T-1; "linspace" repeats timesteps near 1000 steps, a zero step size), first order
+          at the last step and a final sigma of 0 (returns x0).
+    unipc: UniPCMultistepScheduler, UniPC-2 with the B(h) = e^h - 1 variant ("bh2", Zhao et al. 2023), predictor-
+          corrector in data prediction, same spacing and final step.
+    Both multistep solvers are given the clipped x0 the model implies (`predicted_x0`, the same x0 DDPM/DDIM clip
+    with `sample_clip`), so they are configured with prediction_type "sample"; the model's own prediction type and
+    clip range are kept on the scheduler as `anchorface_prediction`, `anchorface_clip`.
     """
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
     clip = diffusion.cfg.sample_clip
     common = dict(num_train_timesteps=diffusion.num_timesteps, trained_betas=diffusion.betas, clip_sample=clip is not None,
@@ -33,8 +42,17 @@ def make_scheduler(diffusion, kind: str = "ddpm", steps: int | None = None, lear
                               timestep_spacing="linspace")
     elif kind == "ddim":
         sched = DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="leading")
+    elif kind in MULTISTEP:
+        multistep = dict(num_train_timesteps=diffusion.num_timesteps, trained_betas=diffusion.betas,
+                         prediction_type="sample", solver_order=2, timestep_spacing="trailing",
+                         lower_order_final=True, final_sigmas_type="zero")
+        if kind == "dpmpp-2m":
+            sched = DPMSolverMultistepScheduler(**multistep, algorithm_type="dpmsolver++", solver_type="midpoint")
+        else:
+            sched = UniPCMultistepScheduler(**multistep, predict_x0=True, solver_type="bh2")
+        sched.anchorface_prediction, sched.anchorface_clip = diffusion.prediction, clip
     else:
-        raise ValueError(f"unknown sampler '{kind}' (ddpm | ddim)")
+        raise ValueError(f"unknown sampler '{kind}' ({' | '.join(SAMPLERS)})")
     steps = steps or diffusion.num_timesteps
     if not 1 <= steps <= diffusion.num_timesteps:
         raise ValueError(f"steps must be in [1, {diffusion.num_timesteps}], got {steps}")
@@ -60,6 +78,27 @@ def guided(out_cond: torch.Tensor, out_uncond: torch.Tensor, scale: float, eps_c
     return torch.cat([eps_u + scale * (eps_c - eps_u), rest], dim=dim)
 
 
+def is_multistep(scheduler) -> bool:
+    """Whether `scheduler` is one of the multistep solvers of `make_scheduler` (state across steps)."""
+    return hasattr(scheduler, "anchorface_prediction")
+
+
+def predicted_x0(scheduler, pred: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
+    """The x0 implied by the model's prediction (eps, v or x0) at x_t, clipped to the scheduler's `anchorface_clip`
+    range when set (float32; the input of the multistep solvers)."""
+    a = scheduler.alphas_cumprod[int(t)].to(device=x.device, dtype=torch.float32)
+    pred, x = pred.float(), x.float()
+    kind = scheduler.anchorface_prediction
+    if kind == "epsilon":
+        x0 = (x - (1 - a).sqrt() * pred) / a.sqrt()
+    elif kind == "v":
+        x0 = a.sqrt() * x - (1 - a).sqrt() * pred
+    else:
+        x0 = pred
+    clip = scheduler.anchorface_clip
+    return x0 if clip is None else x0.clamp(-clip, clip)
+
+
 def scheduler_step(scheduler, model_out, t, x, generator=None, eta: float = 0.0) -> torch.Tensor:
     """One scheduler update for [B, T, C, H, W] sequences. diffusers expects channels at dim 1, so frames are
     folded into the batch: frame (b, i) is row b * T + i, and a list of B * T generators gives every frame its own
@@ -72,7 +111,9 @@ def scheduler_step(scheduler, model_out, t, x, generator=None, eta: float = 0.0)
     flat = x.reshape(B * T, C, H, W)
     from diffusers import DDIMScheduler
 
-    if isinstance(scheduler, DDIMScheduler):  # DDIM takes the prediction only (no variance channels)
+    if is_multistep(scheduler):  # the clipped x0 of the prediction channels (no variance channels, no noise)
+        prev = scheduler.step(predicted_x0(scheduler, out[:, :C], t, flat), t, flat).prev_sample
+    elif isinstance(scheduler, DDIMScheduler):  # DDIM takes the prediction only (no variance channels)
         prev = scheduler.step(out[:, :C], t, flat, eta=eta, generator=gen).prev_sample
     else:
         prev = scheduler.step(out, t, flat, generator=gen).prev_sample
@@ -89,3 +130,63 @@ def sample_loop(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
         t_batch = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
         x = scheduler_step(scheduler, model_fn(x, t_batch), t, x, generator=generator, eta=eta)
     return x
+
+
+class FrameSolver:
+    """Frame-wise scheduler updates on any subsets of N frames (the anchored sampler updates each frame once per
+    step, in whichever micro-batch it becomes ready), with the solver state of multistep schedulers kept per frame.
+
+    DDPM and DDIM are stateless: `step` is `scheduler_step`. DPM-Solver++(2M) and UniPC keep a history (their past
+    x0 predictions; UniPC also the last corrected sample) and step counters. Here the history lives in [N, ...]
+    buffers, one row per frame; before each update the scheduler is given the rows of the frames being updated and
+    the counters of the start of this step, and afterwards the new rows are stored back. Every solver operation is
+    elementwise per frame, so a frame's result does not depend on which frames are updated together (micro-batch
+    size), exactly as for DDPM / DDIM."""
+
+    _COUNTERS = ("_step_index", "lower_order_nums", "this_order", "timestep_list")
+
+    def __init__(self, scheduler, num_frames: int, eta: float = 0.0):
+        self.scheduler, self.num_frames, self.eta = scheduler, num_frames, eta
+        self.multistep = is_multistep(scheduler)
+        self._step = None
+        if self.multistep:
+            scheduler._step_index = 0
+            self._post = self._counters()  # counters after the last update (the state the next step starts from)
+            self._history: list[torch.Tensor | None] = [None] * len(scheduler.model_outputs)
+            self._last: torch.Tensor | None = None
+
+    def _counters(self) -> dict:
+        s = self.scheduler
+        state = {k: getattr(s, k) for k in self._COUNTERS if hasattr(s, k)}
+        if "timestep_list" in state:
+            state["timestep_list"] = list(state["timestep_list"])
+        state["_filled"] = [m is not None for m in s.model_outputs]
+        state["_has_last"] = getattr(s, "last_sample", None) is not None
+        return state
+
+    def step(self, k: int, t, frames: torch.Tensor, model_out: torch.Tensor, x: torch.Tensor,
+             generator=None) -> torch.Tensor:
+        """Update frames `frames` (index tensor) at step k: model_out [n, C_out, H, W], x [n, C, H, W] -> x_prev."""
+        if not self.multistep:
+            return scheduler_step(self.scheduler, model_out[None], t, x[None], generator=generator, eta=self.eta)[0]
+        s = self.scheduler
+        if k != self._step:  # the first update of step k starts from the counters the last update of k-1 left
+            self._step, self._pre = k, self._post
+        for name, value in self._pre.items():
+            if not name.startswith("_filled") and not name.startswith("_has"):
+                setattr(s, name, list(value) if name == "timestep_list" else value)
+        s.model_outputs = [h[frames] if filled else None for h, filled in zip(self._history, self._pre["_filled"])]
+        if hasattr(s, "last_sample"):
+            s.last_sample = self._last[frames] if self._pre["_has_last"] else None
+        prev = scheduler_step(s, model_out[None], t, x[None])[0]
+        for j, m in enumerate(s.model_outputs):
+            if m is not None:
+                if self._history[j] is None:
+                    self._history[j] = m.new_empty((self.num_frames, *m.shape[1:]))
+                self._history[j][frames] = m
+        if getattr(s, "last_sample", None) is not None:
+            if self._last is None:
+                self._last = s.last_sample.new_empty((self.num_frames, *s.last_sample.shape[1:]))
+            self._last[frames] = s.last_sample
+        self._post = self._counters()
+        return prev

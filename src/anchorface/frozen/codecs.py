@@ -37,6 +37,32 @@ def to_uint8(px: torch.Tensor) -> np.ndarray:
     return ((px.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
 
 
+def decode_to_uint8(codec: "LatentCodec", latents: torch.Tensor, batch_size: int = 8):
+    """Decode latents [N, C, h, w] `batch_size` at a time into uint8 RGB frames [H, W, 3] (numpy), in order; the
+    frames equal `to_uint8(codec.decode(z))`. On CUDA the uint8 conversion runs on the device and each batch is
+    copied into pinned host memory without blocking, so the copy of batch i overlaps the decoding of batch i + 1
+    (a quarter of the float32 bytes cross the bus, asynchronously)."""
+    cuda = latents.device.type == "cuda"
+    pending = None  # (pinned host frames, CUDA event) of the previous batch
+    for i in range(0, len(latents), batch_size):
+        px = codec.decode(latents[i:i + batch_size])
+        u8 = ((px.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1)
+        if not cuda:
+            yield from u8.numpy()
+            continue
+        host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(u8, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        if pending is not None:
+            pending[1].synchronize()
+            yield from pending[0].numpy()
+        pending = (host, done)
+    if pending is not None:
+        pending[1].synchronize()
+        yield from pending[0].numpy()
+
+
 class LatentCodec(nn.Module):
     """Frozen encoder/decoder between pixels and the denoiser's latent space. Always in eval mode, no gradients.
 

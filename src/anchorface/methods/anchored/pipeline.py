@@ -23,7 +23,7 @@ from anchorface.config import Config
 from anchorface.devices import resolve_device
 from anchorface.errors import AnchorfaceError
 from anchorface.faces import landmarks
-from anchorface.frozen.codecs import to_pixels, to_uint8
+from anchorface.frozen.codecs import decode_to_uint8, to_pixels
 from anchorface.methods import flow
 from anchorface.methods.anchored.options import MERGES, check_sampling as check_options
 from anchorface.methods.anchored.plans import make_plan
@@ -132,10 +132,9 @@ class AnchorFacePipeline:
                       conditional=getattr(self.sdit, "mapping", None) is not None)
 
     def decode_frames(self, latents: torch.Tensor, batch_size: int = DECODE_BATCH) -> Iterator[np.ndarray]:
-        """Alg. 1 steps 4-5, streamed: uint8 [res, res, 3] crops in timeline order, decoded `batch_size` at once."""
-        for i in range(0, len(latents), batch_size):
-            z = latents[i:i + batch_size].to(self.device)
-            yield from to_uint8(self.codec.decode(z))
+        """Alg. 1 steps 4-5, streamed: uint8 [res, res, 3] crops in timeline order, decoded `batch_size` at once
+        (`codecs.decode_to_uint8`: on CUDA through pinned memory, overlapping copies and decoding)."""
+        yield from decode_to_uint8(self.codec, latents.to(self.device), batch_size)
 
     # ------------------------------------------------------------------------------------------- the whole flow
     def reenact(self, source: str | Path | np.ndarray | None, driving: str | Path, output: str | Path, *,

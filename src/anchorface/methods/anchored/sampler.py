@@ -13,10 +13,11 @@ construction, with a shared initial noise (the paper's "Override" of the anchor,
 - Alg. 1, Override(Q'_{k-1}): each frame takes the prediction of its owner slot (with the hook this is the
   override: the anchor's owner is sequence 0); multidiffusion averages the slots of a frame (Fig. 3a).
 - Alg. 1, DiffusionUpdateStep: one step of the diffusers scheduler (`GaussianDiffusion.make_scheduler`,
-  `diffusion.scheduler_step`), applied frame-wise. A frame is updated as soon as the last sequence that reads it
-  has been run in this step (owners, duplicates and the anchor included), so the only O(N) state is z itself. The scheduler's noise for frame f at
-  step k comes from a generator seeded by (seed, k, f): results do not depend on micro-batching or on which
-  frames are updated together.
+  `diffusion.sampling.FrameSolver`), applied frame-wise. A frame is updated as soon as the last sequence that
+  reads it has been run in this step (owners, duplicates and the anchor included), so the only O(N) state is z
+  itself (and the per-frame history of a multistep solver, DPM-Solver++(2M) or UniPC, which keeps their results
+  independent of micro-batching too). The scheduler's noise for frame f at step k comes from a generator seeded by
+  (seed, k, f): results do not depend on micro-batching or on which frames are updated together.
 - Classifier-free guidance (scale != 1): a second, unconditional pass per micro-batch with the guided signals
   dropped (`guidance`: both / landmarks / global); the anchor is recorded and replayed separately in that pass,
   so it is handled consistently there too.
@@ -82,29 +83,124 @@ def micro_batches(num_sequences: int, micro_batch: int) -> list[np.ndarray]:
     return [np.arange(s, min(s + micro_batch, num_sequences)) for s in range(0, num_sequences, micro_batch)]
 
 
+class FrameConditions:
+    """C = Mapping(G, L) (§3.1) computed once per video and reused at every step (it does not depend on t).
+
+    The mapping network is frame-wise, so C is computed per timeline frame, [N, D], once for each set of dropped
+    signals (the conditional pass and, with guidance, the unconditional one), and gathered into the sequences of a
+    micro-batch. `reuse` turns the keyword arguments of one of the sampler's forward passes (g, lmk and drop flags,
+    which the sampler sets for whole micro-batches) into `cond=C`, keyed by the names of the flags, so no tensor
+    is read back from the device. A model without `condition` gets its keyword arguments as they are."""
+
+    _SIGNALS = ("g", "lmk", "drop", "drop_global", "drop_landmarks")
+
+    def __init__(self, model, plan: SequencePlan, g: torch.Tensor | None, lmk: torch.Tensor):
+        self.model, self.plan, self.g, self.lmk = model, plan, g, lmk
+        self.enabled = callable(getattr(model, "condition", None)) and g is not None
+        self.cache: dict[tuple, torch.Tensor] = {}
+
+    def reuse(self, rows: np.ndarray, kwargs: dict) -> dict:
+        if not self.enabled or "g" not in kwargs or any(k not in self._SIGNALS for k in kwargs):
+            return kwargs
+        key = tuple(sorted(k for k, v in kwargs.items() if k.startswith("drop") and v is not None))
+        if key not in self.cache:
+            device = kwargs["lmk"].device
+            flags = {k: torch.ones(1, dtype=torch.bool, device=device) for k in key}
+            self.cache[key] = self.model.condition(self.g[:1], self.lmk[None].to(device), **flags)[0]  # [N, D]
+        c = self.cache[key]
+        return dict(cond=c[torch.as_tensor(self.plan.slots[rows], device=c.device)])
+
+
 class _FrameMerge:
     """Override / average per-slot predictions onto timeline frames; a frame becomes ready once the last
-    micro-batch that reads it has run (so z can be updated in place without disturbing later gathers)."""
+    micro-batch that reads it has run (so z can be updated in place without disturbing later gathers).
 
-    def __init__(self, plan: SequencePlan, batches: list[np.ndarray]):
-        self.plan, self.weights = plan, plan.weights
+    Vectorised: for each micro-batch the host precomputes which output slots feed which frames, so merging is one
+    gather (plus weighted adds for frames with several slots, in row order as a sequential sum would do them);
+    only frames that a later micro-batch still reads (the anchor, window overlaps) are carried between batches."""
+
+    def __init__(self, plan: SequencePlan, batches: list[np.ndarray], device=None):
+        self.plan, w = plan, plan.weights
         last = np.zeros(plan.num_frames, np.int64)
         for m, rows in enumerate(batches):
             last[np.unique(plan.slots[rows])] = m
         self.ready_after = [np.flatnonzero(last == m) for m in range(len(batches))]
         self.pending: dict[int, torch.Tensor] = {}
+        self._batches, seen = [], np.zeros(0, np.int64)
+        for m, rows in enumerate(batches):
+            i, t = np.nonzero(w[rows])  # local row, position of every slot with weight, in row-major order
+            frames, weight = self.plan.slots[rows][i, t], w[rows][i, t]
+            src = i * plan.slots.shape[1] + t  # row of the batch output folded to [b * T, ...]
+            touched, first = np.unique(frames, return_index=True)  # sorted frames, first slot of each
+            dst = np.searchsorted(touched, frames)
+            k = np.zeros(len(frames), np.int64)  # occurrence of the frame within this batch, in row order
+            for j in range(1, len(frames)):
+                k[j] = np.count_nonzero(frames[:j] == frames[j])
+            passes = []
+            for o in range(1, int(k.max(initial=0)) + 1):
+                sel = np.flatnonzero(k == o)
+                passes.append((torch.as_tensor(src[sel], device=device), torch.as_tensor(dst[sel], device=device),
+                               _weights(weight[sel], device)))
+            ready = self.ready_after[m]
+            in_batch = np.isin(ready, touched)
+            carry_in = np.flatnonzero(np.isin(touched, seen))  # frames with slots in earlier batches too
+            seen = np.union1d(seen, touched)
+            self._batches.append(dict(
+                src=torch.as_tensor(src[first], device=device), w=_weights(weight[first], device), passes=passes,
+                ready=ready, ready_in_batch=in_batch, frames=torch.as_tensor(ready, device=device),
+                ready_local=torch.as_tensor(np.searchsorted(touched, ready[in_batch]), device=device),
+                ready_rows=torch.as_tensor(np.flatnonzero(in_batch), device=device),
+                all_ready_in_order=bool(len(ready) == len(touched) and in_batch.all()),
+                carry_in=[(int(j), int(touched[j])) for j in carry_in],
+                keep=[(int(f), int(np.searchsorted(touched, f))) for f in np.setdiff1d(touched, ready)]))
+
+    def reset(self) -> "_FrameMerge":
+        """Ready for the next diffusion step (the index plan is the same at every step)."""
+        if self.pending:
+            raise RuntimeError("frames left unmerged at the end of a step")
+        return self
+
+    def frame_index(self, m: int) -> torch.Tensor:
+        """The frames ready after micro-batch m, as an index tensor on the latents' device."""
+        return self._batches[m]["frames"]
 
     def add(self, m: int, rows: np.ndarray, out: torch.Tensor) -> tuple[np.ndarray, torch.Tensor | None]:
         """Merge micro-batch m's predictions [b, T, C_out, h, w]; return the ready frames and their predictions."""
-        for i, b in enumerate(rows):
-            for t in np.flatnonzero(self.weights[b]):
-                f, w = int(self.plan.slots[b, t]), float(self.weights[b, t])
-                pred = out[i, t].clone() if w == 1.0 else out[i, t] * w  # no view: frees the batch's output
-                self.pending[f] = pred if f not in self.pending else self.pending[f] + pred
-        frames = self.ready_after[m]
+        spec = self._batches[m]
+        flat = out.reshape(-1, *out.shape[2:])
+        acc = flat[spec["src"]]  # a gather: a copy, so the batch output can be freed
+        if spec["w"] is not None:
+            acc.mul_(spec["w"])
+        for j, f in spec["carry_in"]:  # frames with slots in earlier batches (few: window overlaps)
+            acc[j] += self.pending.pop(f)
+        for src, dst, wt in spec["passes"]:  # further slots of a frame in this batch, in row order
+            acc.index_add_(0, dst, flat[src] if wt is None else flat[src] * wt)
+        for f, j in spec["keep"]:
+            self.pending[f] = acc[j].clone()
+        frames = spec["ready"]
         if len(frames) == 0:
             return frames, None
-        return frames, torch.stack([self.pending.pop(int(f)) for f in frames])
+        if spec["all_ready_in_order"]:
+            return frames, acc
+        pred = acc.new_empty((len(frames), *acc.shape[1:]))
+        pred[spec["ready_rows"]] = acc[spec["ready_local"]]
+        for j in np.flatnonzero(~spec["ready_in_batch"]).tolist():  # carried frames read for the last time
+            pred[j] = self.pending.pop(int(frames[j]))
+        return frames, pred
+
+
+def _draws_noise(scheduler) -> bool:
+    """Whether a scheduler step draws noise (DDPM); DDIM with eta = 0 does not, so no generators are built."""
+    from diffusers import DDPMScheduler
+
+    return isinstance(scheduler, DDPMScheduler)
+
+
+def _weights(w: np.ndarray, device) -> torch.Tensor | None:
+    """Per-slot weights as a [n, 1, 1, 1] float32 tensor, or None when all are 1 (owner-based plans)."""
+    if np.all(w == 1.0):
+        return None
+    return torch.as_tensor(w, dtype=torch.float32, device=device).view(-1, 1, 1, 1)
 
 
 def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors, *, sampler: str = "ddpm",
@@ -117,7 +213,7 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
     `steps` choose the diffusers scheduler; `guidance_scale` != 1 enables classifier-free guidance on the
     `guidance` signals; `conditions` are the signals given at all (`options.CONDITION_SUBSETS`). Options are
     checked by `options.check_sampling`. See the module docstring for the formulation."""
-    from anchorface.diffusion.sampling import guided, learns_sigma, scheduler_step
+    from anchorface.diffusion.sampling import FrameSolver, guided, learns_sigma
     from anchorface.methods.anchored.sdit import AnchorOverride
 
     conditional = getattr(model, "mapping", None) is not None
@@ -147,12 +243,14 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
             kwargs = dict(g=None if g is None else g.expand(b, -1), lmk=lmk[plan.slots[rows]].to(device, dtype))
         for name in flags[uncond]:
             kwargs[name] = torch.ones(b, dtype=torch.bool, device=device)
+        kwargs = cond_cache.reuse(rows, kwargs)  # C = Mapping(G, L) from the per-video cache
         hook = None
-        if plan.anchor is not None:
-            hook = AnchorOverride(positions=torch.as_tensor(plan.anchor_positions[rows], device=device), donor=donor)
+        if plan.anchor is not None:  # positions stay on the host: the hook resolves them without a device sync
+            hook = AnchorOverride(positions=torch.as_tensor(plan.anchor_positions[rows]), donor=donor)
         out = model(x.to(dtype), torch.full((b,), int(t), device=device), anchor=hook, **kwargs)
         return out.float(), hook
 
+    cond_cache = FrameConditions(model, plan, g, lmk)
     scheduler = diffusion.make_scheduler(sampler, int(steps), learned_sigma=learns_sigma(model))
     batches = micro_batches(plan.num_sequences, int(micro_batch))
     z = initial_noise(seed, N, tuple(latent_shape), float(scheduler.init_noise_sigma), device)  # Q_K
@@ -160,12 +258,14 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
     model.eval()
     try:
         with torch.no_grad():
+            stochastic, solver = _draws_noise(scheduler), FrameSolver(scheduler, N)
+            gathers = [slots[torch.as_tensor(rows, device=device)] for rows in batches]
+            merge = _FrameMerge(plan, batches, device)  # the index plan is the same at every step
             for k, t in enumerate(tqdm(scheduler.timesteps, desc="denoising", unit="step", disable=not progress)):
-                merge = _FrameMerge(plan, batches)
+                merge.reset()
                 donor = donor_uncond = None  # sequence 0's anchor tokens at this step (cond / uncond pass)
                 for m, rows in enumerate(batches):
-                    gather = slots[torch.as_tensor(rows, device=device)]
-                    x = scheduler.scale_model_input(z[gather], t)  # gather Q_k: [b, T, C, h, w]
+                    x = scheduler.scale_model_input(z[gathers[m]], t)  # gather Q_k: [b, T, C, h, w]
                     out, hook = sdit(x, t, rows, False, donor)  # Q'_{k-1}, anchor overridden in all layers
                     hook_u = None
                     if cfg:
@@ -178,9 +278,9 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
                         callback(SamplerEvent("batch", k, int(t), z, rows, x, out, hook, hook_u))
                     frames, pred = merge.add(m, rows, out)  # Override(Q'_{k-1}) onto timeline frames
                     if pred is not None:  # DiffusionUpdateStep for the frames no later sequence reads
-                        idx = torch.as_tensor(frames, device=device)
-                        gens = frame_generators(seed, k + 1, frames)
-                        z[idx] = scheduler_step(scheduler, pred[None], t, z[idx][None], generator=gens)[0]
+                        idx = merge.frame_index(m)
+                        gens = frame_generators(seed, k + 1, frames) if stochastic else None
+                        z[idx] = solver.step(k, t, idx, pred, z[idx], generator=gens)  # per-frame solver state
                 if callback is not None:
                     callback(SamplerEvent("step", k, int(t), z))
     finally:

@@ -233,6 +233,11 @@ class AnchorOverride:
     takes them from the first anchored row of this batch (normally row 0, which thus attends to itself only);
     `recorded` receives the donor tokens actually used, so a later micro-batch can replay them with
     `donor=previous.recorded` and get the result of one big batch.
+
+    The override writes in place into the layer's activation (each is a fresh tensor that nothing has saved yet,
+    so autograd accepts it), only at the anchor tokens: no copy of the activation. Positions are resolved on the
+    host once per forward pass (give them as numpy or a CPU tensor); the per-layer work is one indexed write and,
+    when recording, one [N, D] copy, with no host synchronisation on an accelerator.
     """
 
     positions: torch.Tensor  # [B] long, -1 = no anchor in this row
@@ -241,26 +246,37 @@ class AnchorOverride:
 
     def start(self, batch: int, frames: int, num_layers: int, device) -> bool:
         """Prepare one forward pass; False when no row is anchored (the hook is then skipped)."""
-        pos = torch.as_tensor(self.positions, dtype=torch.long, device=device)
-        if pos.shape != (batch,) or int(pos.max()) >= frames:
+        pos = torch.as_tensor(self.positions, dtype=torch.long).cpu()  # host-side: no sync when given on the host
+        if pos.shape != (batch,) or (len(pos) and int(pos.max()) >= frames):
             raise ValueError(f"anchor positions {pos.tolist()} do not fit a batch of {batch} x {frames} frames")
         if self.donor is not None and len(self.donor) != num_layers:
             raise ValueError(f"anchor donor has {len(self.donor)} layers, the model has {num_layers}")
-        self._rows = (pos >= 0).nonzero().squeeze(1)
-        self._pos = pos[self._rows]
+        rows = (pos >= 0).nonzero().squeeze(1)
         self.recorded = []
-        return len(self._rows) > 0
+        if len(rows) == 0:
+            return False
+        pos = pos[rows]
+        self._source = None
+        if self.donor is None:  # the first anchored row donates: it is left as it is, the others are written
+            self._source = (int(rows[0]), int(pos[0]))
+            rows, pos = rows[1:], pos[1:]
+        self._targets = None
+        if len(rows):
+            self._targets = (rows.to(device, non_blocking=True), pos.to(device, non_blocking=True))
+        return True
 
-    def apply(self, x: torch.Tensor, layer: int) -> torch.Tensor:  # x [B, T, N, D]
-        if self.donor is None:
-            donor = x[self._rows[0], self._pos[0]].detach().clone()  # [N, D], not a view of x
+    def apply(self, x: torch.Tensor, layer: int) -> torch.Tensor:  # x [B, T, N, D], written in place
+        if self._source is not None:
+            donor = x[self._source].clone()  # [N, D]: the record must not be a view of x
         else:
             donor = self.donor[layer].to(device=x.device, dtype=x.dtype)
             if donor.shape != x.shape[2:]:
                 raise ValueError(f"anchor donor layer {layer} has shape {tuple(donor.shape)}, "
                                  f"expected {tuple(x.shape[2:])}")
         self.recorded.append(donor)
-        return x.index_put((self._rows, self._pos), donor.expand(len(self._rows), *donor.shape))
+        if self._targets is not None:
+            x.index_put_(self._targets, donor.expand(len(self._targets[0]), *donor.shape))
+        return x
 
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -306,8 +322,20 @@ class SDiT(nn.Module):
         x = x.reshape(B, T, h, w, p, p, c)
         return torch.einsum("bthwpqc->btchpwq", x).reshape(B, T, c, h * p, w * p)
 
+    def condition(self, g, lmk, drop=None, drop_global=None, drop_landmarks=None) -> torch.Tensor:
+        """C = Mapping(G, L) [B, T, D] (§3.1) for g [B, global_dim] and lmk [B, T, landmark_dim] (drop masks as
+        `MappingNetwork`). C does not depend on the timestep: a sampler computes it once per video and passes it to
+        every step as `forward(..., cond=C)`. The mapping is frame-wise, so C of a frame does not depend on the
+        sequence it is computed in: one row of all N frames (g [1, Dg], lmk [1, N, Dl]) serves every sequence."""
+        if self.mapping is None:
+            raise ValueError("this sDiT is unconditional (global_dim = 0): it has no mapping network")
+        dtype = self.x_embedder.weight.dtype
+        return self.mapping(g.to(dtype), lmk.to(dtype), drop, drop_global, drop_landmarks)
+
     def forward(self, x, t, g=None, lmk=None, drop=None, drop_global=None, drop_landmarks=None,
-                anchor: AnchorOverride | None = None) -> torch.Tensor:
+                anchor: AnchorOverride | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, C, H, W], t [B] -> [B, T, C_out, H, W]. Conditional models take g and lmk (and drop masks), or
+        `cond`, a precomputed C = `condition(g, lmk, ...)` [B, T, D] (the same result without the mapping network)."""
         cfg = self.config
         B, T, C, H, W = x.shape
         h, w = H // cfg.patch_size, W // cfg.patch_size
@@ -317,16 +345,23 @@ class SDiT(nn.Module):
         dtype = self.x_embedder.weight.dtype  # inputs follow the model's dtype (autocast works on top)
         tokens = self.x_embedder(x.reshape(B * T, C, H, W).to(dtype)).flatten(2).transpose(1, 2)
         tpe = sincos_1d(cfg.hidden_size, torch.arange(T, device=x.device)).to(dtype)
-        x = tokens.reshape(B, T, h * w, -1) + self.pos_embed + tpe[:, None]  # [B, T, N, D]
+        x = (tokens.reshape(B, T, h * w, -1) + self.pos_embed + tpe[:, None]).contiguous()  # [B, T, N, D]
 
         c = self.t_embedder(t.expand(B) if t.ndim == 0 else t)[:, None]  # [B, 1, D]
-        if self.mapping is not None:
+        if cond is not None:
+            if self.mapping is None:
+                raise ValueError("cond given to an unconditional sDiT (global_dim = 0)")
+            if cond.ndim != 3 or cond.shape[0] != B or cond.shape[1] != T or cond.shape[2] != cfg.hidden_size:
+                raise ValueError(f"cond {tuple(cond.shape)} is not C of {B} sequences of {T} frames "
+                                 f"[{B}, {T}, {cfg.hidden_size}]")
+            c = c + cond.to(dtype)
+        elif self.mapping is not None:
             if g is None or lmk is None:
                 raise ValueError("this sDiT is conditional: pass g [B, global_dim] and lmk [B, T, landmark_dim]")
             if lmk.shape[:2] != (B, T):
                 raise ValueError(f"landmarks {tuple(lmk.shape)} do not match {B} sequences of {T} frames")
             # c_t = timestep embedding + C_t: [B, T, D]
-            c = c + self.mapping(g.to(dtype), lmk.to(dtype), drop, drop_global, drop_landmarks)
+            c = c + self.condition(g, lmk, drop, drop_global, drop_landmarks)
 
         anchored = anchor is not None and anchor.start(B, T, cfg.depth + 2, x.device)
         if anchored:
@@ -388,6 +423,40 @@ class SDiT(nn.Module):
                                   f"{unexpected[:3]}, wrong shape {wrong[:3]}")
         model.load_state_dict(state)
         return model
+
+
+def compile_blocks(model: SDiT, **options) -> SDiT:
+    """`torch.compile` each sDiT block in place (`nn.Module.compile`: the state dict keeps its keys), the GPU path's
+    optional speed-up; the anchoring hook runs between the blocks, outside the compiled graphs. The first forward
+    pass pays the compilation (benchmarks/bench_reenact.py reports it). Returns the model."""
+    for block in model.blocks:
+        block.compile(**options)
+    model.final_layer.compile(**options)
+    return model
+
+
+def flash_attention_in_use(model: SDiT, frames: int | None = None, batch: int = 1) -> bool:
+    """Whether SDPA runs the sDiT's attention with the flash backend: one forward pass restricted to
+    `SDPBackend.FLASH_ATTENTION` (it raises when flash cannot take the inputs: CPU, float32, head size). False on
+    CPU without trying."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    param = next(model.parameters())
+    if param.device.type != "cuda":
+        return False
+    cfg = model.config
+    T = frames or cfg.num_frames
+    x = torch.zeros(batch, T, cfg.in_channels, cfg.input_size, cfg.input_size, device=param.device, dtype=param.dtype)
+    cond = {}
+    if cfg.global_dim > 0:
+        cond = dict(g=torch.zeros(batch, cfg.global_dim, device=param.device),
+                    lmk=torch.zeros(batch, T, cfg.landmark_dim, device=param.device))
+    try:
+        with torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            model(x, torch.zeros(batch, dtype=torch.long, device=param.device), **cond)
+    except RuntimeError:
+        return False
+    return True
 
 
 def flops_per_frame(cfg: SDiTConfig, frames: int) -> float:

@@ -1,0 +1,208 @@
+"""End-to-end reenactment speed with its breakdown (issue 15), and on CUDA the denoiser's MFU for sDiT-XL/2.
+
+Runs the stages of `AnchorFacePipeline.reenact` one after the other on a driving clip (cut to `--frames` frames
+first, untimed) and times each: landmarks (source crop + landmarks, the driving clip's crop boxes and MediaPipe
+landmarks, relative motion), G (the global encoder), denoising (Anchored Diffusion), decoding (latents -> uint8
+crops) and writing (the driving clip decoded again, crops encoded to H.264). Prints frames/s end to end.
+
+On CUDA it also reports whether SDPA's flash backend takes the sDiT's attention, the `torch.compile` warm-up (with
+--compile), and the model-FLOPs utilisation of the denoiser for sDiT-XL/2, T = 8, 256^2 (32^2 x 4 SD latents,
+random weights, bf16) over a long video at 20 and 50 steps: MFU = 2 * flops_per_frame * frames run / time / peak.
+
+    PYTHONPATH=src python benchmarks/bench_reenact.py --frames 78 --steps 25 --threads 2      # CPU, demo model
+    PYTHONPATH=src python benchmarks/bench_reenact.py --device cuda --bf16 --compile --mfu     # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"  # ../shared beside the checkout
+H100_BF16_DENSE_TFLOPS = 989.0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=str(files("anchorface") / "assets" / "demo"))
+    p.add_argument("--source", default=str(FACES / "source" / "s1.jpg"))
+    p.add_argument("--driving", default=str(FACES / "driving" / "d0.mp4"))
+    p.add_argument("--frames", type=int, default=78, help="cut the driving clip to this many frames (0 = all)")
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--merge", default="anchored")
+    p.add_argument("--micro-batch", type=int, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 weights for the sDiT and G (from_pretrained dtype)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the sDiT blocks (warm-up reported)")
+    p.add_argument("--mfu", action="store_true", help="CUDA: MFU of sDiT-XL/2, T=8, 256^2 at 20 and 50 steps")
+    p.add_argument("--mfu-preset", default="XL/2")
+    p.add_argument("--mfu-video-frames", type=int, default=400, help="frames of the long video for --mfu")
+    p.add_argument("--mfu-steps", type=int, nargs="+", default=[20, 50])
+    p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
+    p.add_argument("--json", default=None, help="also write the figures as JSON")
+    return p.parse_args(argv)
+
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@contextmanager
+def stage(times: dict, name: str, device, cpu: dict | None = None):
+    """Wall-clock seconds of the stage into `times`, and the process CPU seconds into `cpu` (all threads: on a
+    shared machine the steadier figure, with one thread the closest to the stage's own cost)."""
+    sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    yield
+    sync(device)
+    times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+    if cpu is not None:
+        cpu[name] = cpu.get(name, 0.0) + time.process_time() - c0
+
+
+def cut_clip(src: str, n: int, folder: str) -> str:
+    """The first n frames of `src` as a new clip (same frame rate, no audio): untimed preparation."""
+    from anchorface.io.video import VideoWriter, iter_frames, probe_video
+
+    out = os.path.join(folder, f"driving-{n}.mp4")
+    with VideoWriter(out, probe_video(src).fps) as w:
+        for frame in iter_frames(src, max_frames=n):
+            w.write(frame)
+    return out
+
+
+def reenact_breakdown(args) -> dict:
+    from anchorface.faces import detect as faces, landmarks
+    from anchorface.io.images import load_image
+    from anchorface.io.video import VideoWriter, iter_frames, probe_video
+    from anchorface.methods.anchored.pipeline import AnchorFacePipeline
+
+    device = args.device
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    pipe = AnchorFacePipeline.from_pretrained(args.checkpoint, device=device, dtype=dtype)
+    info = {}
+    if args.compile:
+        from anchorface.methods.anchored.sdit import compile_blocks
+
+        compile_blocks(pipe.sdit)
+    if str(device).startswith("cuda"):
+        from anchorface.methods.anchored.sdit import flash_attention_in_use
+
+        info["flash_attention"] = flash_attention_in_use(pipe.sdit)
+    with tempfile.TemporaryDirectory() as tmp:
+        driving = cut_clip(args.driving, args.frames, tmp) if args.frames else args.driving
+        n_frames = probe_video(driving).num_frames
+        if args.compile:  # the warm-up: the first forward passes compile the blocks
+            t0 = time.perf_counter()
+            pipe.generate(pipe.global_signal(np.zeros((pipe.resolution,) * 2 + (3,), np.uint8)),
+                          np.zeros((pipe.num_frames * 2, landmarks.NUM_LANDMARKS, 3), np.float32), steps=2,
+                          sampler=args.sampler, merge=args.merge, progress=False)
+            sync(device)
+            info["compile_warmup_s"] = time.perf_counter() - t0
+        times: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        start = time.perf_counter()
+        with stage(times, "landmarks", device, cpu):
+            image = load_image(args.source)
+            box = faces.source_crop_box(image, "the source image")
+            src_crop = faces.crop(image, box, pipe.resolution)
+            src_lmk = faces.source_landmarks(image, box, pipe.resolution)
+            track = faces.track_video(driving, pipe.resolution, progress=False)
+            motion = landmarks.relative_motion(track.landmarks, src_lmk, reference=0)
+        with stage(times, "G", device, cpu):
+            g = pipe.global_signal(src_crop)
+        with stage(times, "denoising", device, cpu):
+            latents = pipe.generate(g, motion, merge=args.merge, sampler=args.sampler, steps=args.steps,
+                                    micro_batch=args.micro_batch, progress=False)
+        with stage(times, "decoding", device, cpu):
+            crops = list(pipe.decode_frames(latents))
+        with stage(times, "writing", device, cpu):
+            with VideoWriter(os.path.join(tmp, "out.mp4"), probe_video(driving).fps) as w:
+                for _frame, crop in zip(iter_frames(driving), crops):
+                    w.write(crop)
+        total = time.perf_counter() - start
+    return dict(frames=n_frames, total_s=total, frames_per_s=n_frames / total, stages_s=times, stages_cpu_s=cpu,
+                **info)
+
+
+def mfu(args) -> list[dict]:
+    """Denoiser MFU for a random sDiT of `--mfu-preset` at T=8 on 32x32x4 latents (256^2 through the SD VAE)."""
+    from anchorface.config import DiffusionConfig
+    from anchorface.diffusion.gaussian import GaussianDiffusion
+    from anchorface.methods.anchored.plans import anchored_plan
+    from anchorface.methods.anchored.sampler import anchored_diffusion
+    from anchorface.methods.anchored.sdit import PRESETS, SDiT, SDiTConfig, compile_blocks, flops_per_frame
+
+    T, device = 8, args.device
+    cfg = SDiTConfig(input_size=32, in_channels=4, num_frames=T, global_dim=768, **PRESETS[args.mfu_preset])
+    with torch.device(device):
+        model = SDiT(cfg).to(torch.bfloat16 if str(device).startswith("cuda") or args.bf16 else torch.float32)
+    model.eval()
+    if args.compile:
+        compile_blocks(model)
+    diffusion = GaussianDiffusion(DiffusionConfig())
+    n = args.mfu_video_frames
+    plan = anchored_plan(n, T)
+    g = torch.randn(1, 768)
+    lmk = np.random.default_rng(0).normal(size=(n, cfg.landmark_dim)).astype(np.float32) * 0.1
+    run = dict(sampler="ddim", micro_batch=args.micro_batch or 16, latent_shape=(4, 32, 32), progress=False)
+    anchored_diffusion(model, diffusion, plan, g, lmk, steps=1, **run)  # warm-up (and compilation)
+    rows = []
+    for steps in args.mfu_steps:
+        sync(device)
+        t0 = time.perf_counter()
+        anchored_diffusion(model, diffusion, plan, g, lmk, steps=steps, **run)
+        sync(device)
+        sec = time.perf_counter() - t0
+        frames_run = plan.num_sequences * T * steps  # frames through the sDiT (the anchor counted in every sequence)
+        flops = 2 * flops_per_frame(cfg, T) * frames_run
+        rows.append(dict(preset=args.mfu_preset, T=T, video_frames=n, steps=steps, seconds=sec,
+                         video_frames_per_s=n / sec, tflops_s=flops / sec / 1e12,
+                         mfu_pct=100 * flops / sec / (args.peak_tflops * 1e12)))
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = dict(device=args.device, threads=args.threads, steps=args.steps, sampler=args.sampler, merge=args.merge,
+               bf16=args.bf16, compile=args.compile, load=os.getloadavg()[0])
+    out.update(reenact_breakdown(args))
+    s = out["stages_s"]
+    print(f"{out['frames']} frames, {args.sampler} {args.steps} steps, {args.merge}, {args.device}, "
+          f"{args.threads} thread(s), load {out['load']:.2f}: {out['total_s']:.2f} s = {out['frames_per_s']:.2f} "
+          f"frames/s end to end")
+    cpu_total = sum(out["stages_cpu_s"].values())
+    for name, sec in s.items():
+        c = out["stages_cpu_s"][name]
+        print(f"  {name:>10}: {sec:7.2f} s  {100 * sec / out['total_s']:5.1f} %   CPU {c:7.2f} s  "
+              f"{100 * c / cpu_total:5.1f} %")
+    for key in ("flash_attention", "compile_warmup_s"):
+        if key in out:
+            print(f"  {key}: {out[key]}")
+    if args.mfu:  # meant for CUDA; on CPU only as a check of the code path with a small preset
+        out["mfu"] = mfu(args)
+        for r in out["mfu"]:
+            print(f"  MFU {r['preset']} T={r['T']} 256^2, {r['video_frames']} frames, {r['steps']} steps: "
+                  f"{r['seconds']:.1f} s, {r['video_frames_per_s']:.1f} video frames/s, {r['tflops_s']:.3g} "
+                  f"TFLOP/s, MFU {r['mfu_pct']:.3g} % of {args.peak_tflops:g} TFLOP/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
