@@ -213,7 +213,10 @@ def test_model_without_learned_sigma(model_fixed_sigma, diffusion, sampler):
 
 
 class RecordingDrops(_Wrapped):
-    """Test double around the real sDiT that records which signals each forward pass drops."""
+    """Test double around the real sDiT that records which signals each forward pass drops (without `condition`,
+    so the sampler passes the drop flags rather than a precomputed C)."""
+
+    condition = None
 
     def __init__(self, inner):
         super().__init__(inner)
@@ -238,7 +241,7 @@ def test_conditions_subset_drops_the_other_signals_in_every_pass(model, diffusio
     from anchorface.methods.anchored.options import CONDITION_SUBSETS
 
     plan = anchored_plan(6, T)
-    base = run(model, diffusion, plan)
+    base = run(RecordingDrops(model), diffusion, plan)  # (C recomputed per pass, as in the runs below)
     outs = {}
     for name, given in CONDITION_SUBSETS.items():
         rec = RecordingDrops(model)
