@@ -35,12 +35,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = ("Train a method's model (the sequence DiT, §3.1, §4.1, by default) with Accelerate on CPU, one or many "
+               "GPUs (`accelerate launch -m anchorface train ...`). Checkpoints are from_pretrained directories with "
+               "EMA weights; --resume continues a run exactly.")
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train", help="train an sDiT on a prepared dataset",
-        description="Train the sequence DiT (§3.1, §4.1) with Accelerate on CPU, one or many GPUs "
-                    "(`accelerate launch -m anchorface train ...`). Checkpoints are from_pretrained "
-                    "directories with EMA weights; --resume continues a run exactly.")
+    p = subparsers.add_parser("train", help="train an sDiT on a prepared dataset", description=DESCRIPTION)
     p.add_argument("--config", default="tiny", help="preset (tiny, paper-t4, paper-t8) or YAML file (default: tiny)")
     p.add_argument("--data", required=True, help="dataset directory written by `anchorface prepare`")
     p.add_argument("--output", required=True, help="run directory (checkpoints, logs, sample grids)")
