@@ -1,7 +1,6 @@
 """anchorface.io.atomic: outputs appear complete or not at all; a failure is one line and leaves no temporary."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,16 +8,7 @@ import pytest
 from anchorface.errors import AnchorfaceError, CheckpointError, ImageError
 from anchorface.io.atomic import atomic_output, write_bytes, write_text
 from anchorface.io.images import save_image
-
-
-def one_line(e: pytest.ExceptionInfo) -> str:
-    msg = str(e.value)
-    assert "\n" not in msg and msg
-    return msg
-
-
-def leftovers(d: Path) -> list[str]:
-    return sorted(p.name for p in d.iterdir())
+from helpers import leftovers, one_line
 
 
 def test_atomic_output_files_and_directories(tmp_path):

@@ -19,6 +19,7 @@ from anchorface.errors import ImageError, VideoError
 from anchorface.io.images import load_image, save_image
 from anchorface.io import video
 from anchorface.io.video import VideoInfo, VideoWriter, iter_frames, probe_video
+from helpers import leftovers, one_line
 
 FAST = "ultrafast"  # x264 preset for test outputs
 
@@ -66,16 +67,6 @@ def write_clip(path: Path, n: int, fps=Fraction(30000, 1001), h=48, w=64, audio:
         c.mux(a.encode(None))
     c.close()
     return path
-
-
-def one_line(e: pytest.ExceptionInfo) -> str:
-    msg = str(e.value)
-    assert "\n" not in msg and msg
-    return msg
-
-
-def leftovers(d: Path) -> list[str]:
-    return sorted(p.name for p in d.iterdir())
 
 
 # -------------------------------------------------------------------------------------------------- probe/iter
