@@ -234,6 +234,15 @@ class Scorer:
     def __init__(self, embedder=None, inception=None, i3d=None):
         self.embedder, self.inception, self.i3d = embedder, inception, i3d
         self.distance = getattr(embedder, "distance", "cosine")
+        self._references: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # (case, resolution, frames) -> src, drv
+
+    def references(self, case: Case, res: int, idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The embeddings of the source crop and of the driving frames `idx` of a case, computed once for all the
+        methods and variants scored on it."""
+        key = (case.name, res, tuple(idx))
+        if key not in self._references:
+            self._references[key] = (self.embed(case.source_crop(res)[None]), self.embed(case.driving_crops(res)[idx]))
+        return self._references[key]
 
     def embed(self, frames) -> np.ndarray | None:
         return None if self.embedder is None else self.embedder(frames)
@@ -255,7 +264,7 @@ class Scorer:
         idx = embedded_frames(len(gen))
         e_gen = self.embed(gen[idx])
         if e_gen is not None:
-            e_src, e_drv = self.embed(case.source_crop(res)[None]), self.embed(real[idx])
+            e_src, e_drv = self.references(case, res, idx)
             out.update(csim=metrics.csim(e_src[0], e_gen), self_csim=metrics.self_csim(e_gen, e_drv),
                        first_frame_csim=metrics.first_frame_csim(e_gen), embedded_frames=len(idx))
             if consistency:
