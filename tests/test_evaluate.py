@@ -358,3 +358,13 @@ def test_embedded_frames_keep_first_anchor_and_last():
     assert evaluate.embedded_frames(10) == list(range(10))
     idx = evaluate.embedded_frames(513)
     assert len(idx) <= evaluate.EMBED_FRAMES and {0, 256, 512} <= set(idx) and idx == sorted(set(idx))
+
+
+def test_sampler_option_reaches_every_model_column(tmp_path, tiny_checkpoint):
+    o = evaluate.Options(checkpoints=[tiny_checkpoint], driving=[], output=tmp_path / "o", sampler="ddim", steps=2,
+                         baselines=False)
+    _, columns, _ = evaluate.load_columns(o, evaluate.selected_methods(o))
+    assert columns and all(c.options["sampler"] == "ddim" and c.options["steps"] == 2 for c in columns)
+    with pytest.raises(AnchorfaceError, match="unknown sampler"):
+        evaluate._check_options(evaluate.Options(checkpoints=[tiny_checkpoint], driving=[], output=tmp_path / "o",
+                                                 sampler="euler"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from anchorface.apps.arguments import int_range, non_negative_float, positive_int, seed
+from anchorface.diffusion.sampling import SAMPLERS
 from anchorface.evaluation import protocols
 from anchorface.evaluation.protocols import (ABLATION_SCALES, CONDITIONS, DEFAULT_LENGTHS, MERGES, PROTOCOLS,
                                              SELF_FRAMES, Options, run_evaluation)
@@ -30,6 +31,7 @@ def register(subparsers) -> None:
                    help=f"merge strategies to compare: {' '.join(MERGES)} (default: all; the ablation uses the first)")
     p.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS, metavar="NAME",
                    help=f"what to run: {' '.join(PROTOCOLS)} (default: all)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler (default: each checkpoint's)")
     p.add_argument("--steps", type=positive_int, metavar="N", help="denoising steps (default: each checkpoint's)")
     p.add_argument("--guidance-scale", type=non_negative_float, metavar="S",
                    help="CFG scale (default: each checkpoint's)")
@@ -78,7 +80,7 @@ def _main(a) -> int:
     o = Options(checkpoints=[Path(c) for c in a.checkpoint], driving=a.driving, output=Path(a.output),
                 sources=Path(a.sources) if a.sources else None,
                 cross_pairs=Path(a.cross_pairs) if a.cross_pairs else None, merges=tuple(a.merge), protocols=tuple(a.protocol),
-                steps=a.steps, guidance_scale=a.guidance_scale, frames=a.frames, max_videos=a.max_videos,
+                sampler=a.sampler, steps=a.steps, guidance_scale=a.guidance_scale, frames=a.frames, max_videos=a.max_videos,
                 lengths=tuple(a.lengths), ablation_steps=tuple(a.ablation_steps) if a.ablation_steps else None,
                 ablation_scales=tuple(a.ablation_scales), ablation_conditions=tuple(a.ablation_conditions),
                 clip=a.clip, embedding=a.embedding, inception=a.inception, i3d=a.i3d, relative=a.relative,

@@ -328,6 +328,7 @@ class Options:
     cross_pairs: Path | None = None  # driving<TAB>photo lines (`anchorface split`), instead of --sources' rotation
     merges: tuple[str, ...] = MERGES
     protocols: tuple[str, ...] = PROTOCOLS
+    sampler: str | None = None  # None: each checkpoint's sample.sampler
     steps: int | None = None  # None: each checkpoint's sample.steps
     guidance_scale: float | None = None  # None: each checkpoint's sample.guidance_scale
     frames: int = SELF_FRAMES
@@ -375,7 +376,7 @@ def _check_options(o: Options) -> None:
         raise AnchorfaceError(f"--lengths must all be >= 2, got {list(o.lengths)}")
     if o.max_videos is not None and o.max_videos < 1:
         raise AnchorfaceError(f"--max-videos must be >= 1, got {o.max_videos}")
-    check_sampling(steps=o.steps, guidance_scale=o.guidance_scale)
+    check_sampling(sampler=o.sampler, steps=o.steps, guidance_scale=o.guidance_scale)
     if o.ablation_steps is not None and (not o.ablation_steps or min(o.ablation_steps) < 1):
         raise AnchorfaceError(f"--ablation-steps must all be >= 1, got {list(o.ablation_steps)}")
     for scale in o.ablation_scales:
@@ -507,7 +508,7 @@ def load_columns(o: Options, specs: list[MethodSpec]) -> tuple[dict[str, object]
         for name, path in zip(names, o.checkpoints):
             group = name if len(checkpointed) == 1 else f"{spec.name}:{name}"
             method = models[group] = spec.from_pretrained(path, device=o.device)
-            shared = {k: v for k, v in (("steps", o.steps), ("guidance_scale", o.guidance_scale))
+            shared = {k: v for k, v in (("sampler", o.sampler), ("steps", o.steps), ("guidance_scale", o.guidance_scale))
                       if v is not None and k in getattr(method, "OPTIONS", ())}
             variants = (o.merges if spec.variant_option == "merge" else spec.variants) or (None,)
             for v in variants:
