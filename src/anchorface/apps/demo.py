@@ -15,7 +15,7 @@ DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "demo"
 
 
 def run_demo(output_dir: str | Path = "demo-output", checkpoint: str | Path | None = None, num_frames: int = 50,
-             steps: int | None = 25, seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, Path]:
+             steps: int | None = None, seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, Path]:
     """Render a synthetic driving clip, reenact the astronaut with it, write the video and a comparison."""
     from anchorface.methods.anchored.pipeline import AnchorFacePipeline
     from anchorface.io.images import save_image
@@ -53,7 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the committed demo model)")
     p.add_argument("--frames", type=positive_int, default=50,
                    help="length of the synthetic driving clip (default: 50 = 2 s)")
-    p.add_argument("--steps", type=positive_int, default=25, help="DDIM denoising steps (default: 25)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps (default: the checkpoint's; the demo model samples with DPM-Solver++(2M), 10)")
     p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
