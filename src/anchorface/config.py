@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from anchorface.errors import AnchorfaceError
+from anchorface.errors import AnchorfaceError, one_line
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -225,9 +225,9 @@ def load_config(name_or_path: str | Path) -> Config:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise AnchorfaceError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise AnchorfaceError(f"config {path} is not valid YAML: {one_line(e)}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise AnchorfaceError(f"cannot read config {path}: {str(e).splitlines()[0]}") from None
+        raise AnchorfaceError(f"cannot read config {path}: {one_line(e)}") from None
     if not isinstance(data, dict):
         raise AnchorfaceError(f"config {path}: expected a mapping of sections (model, diffusion, data, train, "
                               f"sample) at the top level, got {type(data).__name__}")

@@ -235,7 +235,7 @@ def load_pretrained(from_pretrained: Callable, path: str | os.PathLike, what: st
             raise MissingWeightsError(f"{what} weights at '{text}' cannot be read (truncated or corrupt file: "
                                       f"{one_line(e)}); {hint}") from None
         except (OSError, ValueError) as e:  # missing files / not cached / offline / unreachable hub
-            reason = reason or (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            reason = reason or one_line(e)[:160]
     where = "" if local.exists() else "no such directory, and not in the hub cache (hub unreachable or offline): "
     raise MissingWeightsError(f"{what} weights not found at '{text}' ({where}{reason}); {hint}")
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from anchorface.config import ModelConfig
-from anchorface.errors import AnchorfaceError, CheckpointError
+from anchorface.errors import AnchorfaceError, CheckpointError, one_line
 
 _DEFAULT = ModelConfig()  # the size fields' defaults are ModelConfig's (its default preset, resolved)
 _ARCH = _DEFAULT.architecture()
@@ -407,7 +407,7 @@ class SDiT(nn.Module):
         except CheckpointError:
             raise
         except (TypeError, AnchorfaceError) as e:
-            raise CheckpointError(f"{cfg_path} is not a valid sDiT config: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(f"{cfg_path} is not a valid sDiT config: {one_line(e)}") from None
         try:
             state = load_file(str(weights), device=str(device))
         except (SafetensorError, OSError) as e:
