@@ -28,12 +28,12 @@ from pathlib import Path
 
 from anchorface.curation.pipeline import CLIPS_DIR, CurateOptions, curate_video
 from anchorface.errors import AnchorfaceError
+from anchorface.io.video import VIDEO_SUFFIXES
 
 FORMAT, VERSION = "anchorface-curation", 1
 RESULTS_DIR = "videos"
 MANIFEST = "manifest.json"
 LOCK = ".curate.lock"
-RAW_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 OBJECT_STORE_BYTES = 200 * 2**20  # local Ray: tasks pass paths, not frames
 
 
@@ -44,9 +44,9 @@ def list_raw_videos(raw_dir: str | Path) -> list[tuple[str, Path]]:
     if not raw.is_dir():
         raise AnchorfaceError(f"raw video folder not found: {raw}")
     found = [(p.relative_to(raw).as_posix(), p) for p in raw.rglob("*")
-             if p.is_file() and p.suffix.lower() in RAW_SUFFIXES and not p.name.startswith(".")]
+             if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith(".")]
     if not found:
-        raise AnchorfaceError(f"no videos ({', '.join(RAW_SUFFIXES)}) under {raw}")
+        raise AnchorfaceError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) under {raw}")
     return sorted(found)
 
 
