@@ -46,7 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 weights for the sDiT and G (from_pretrained dtype)")
     p.add_argument("--compile", action="store_true", help="torch.compile the sDiT blocks (warm-up reported)")
-    p.add_argument("--mfu", action="store_true", help="CUDA: MFU of sDiT-XL/2, T=8, 256^2 at 20 and 50 steps")
+    p.add_argument("--mfu", action="store_true", help="the model stages at the paper's scale, random weights "
+                   "(sDiT-XL/2, T=8, 256^2, SD-VAE-shaped codec): G, denoising with its MFU, decoding")
+    p.add_argument("--skip-reenact", action="store_true", help="only --mfu (no demo-model run: needs no MediaPipe)")
     p.add_argument("--mfu-preset", default="XL/2")
     p.add_argument("--mfu-video-frames", type=int, default=400, help="frames of the long video for --mfu")
     p.add_argument("--mfu-steps", type=int, nargs="+", default=[20, 50])
@@ -138,41 +140,108 @@ def reenact_breakdown(args) -> dict:
                 **info)
 
 
-def mfu(args) -> list[dict]:
-    """Denoiser MFU for a random sDiT of `--mfu-preset` at T=8 on 32x32x4 latents (256^2 through the SD VAE)."""
-    from anchorface.config import DiffusionConfig
+SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=256,
+              block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+              up_block_types=["UpDecoderBlock2D"] * 4)  # Stable Diffusion's VAE architecture (f = 8, C = 4)
+
+
+def paper_scale(args) -> dict:
+    """The model stages of reenact at the paper's scale, random weights: sDiT-`--mfu-preset`, T = 8, on 32x32x4
+    latents (256^2 through an SD-VAE-shaped AutoencoderKL, built, saved and loaded through `frozen.codecs` like a
+    real one), a learned G, over a `--mfu-video-frames` video. Per step count: G, denoising (with its MFU) and
+    decoding (uint8 through pinned memory) seconds, and the frames/s of the three together. Also the host
+    synchronisations one sampling step makes (torch.cuda sync debug mode), against its forward passes x blocks."""
+    import warnings
+
+    from diffusers import AutoencoderKL
+
+    from anchorface.config import DataConfig, DiffusionConfig
     from anchorface.diffusion.gaussian import GaussianDiffusion
+    from anchorface.frozen.codecs import decode_to_uint8, load_codec
+    from anchorface.methods.anchored.global_encoder import LearnedGlobalEncoder
     from anchorface.methods.anchored.plans import anchored_plan
     from anchorface.methods.anchored.sampler import anchored_diffusion
-    from anchorface.methods.anchored.sdit import PRESETS, SDiT, SDiTConfig, compile_blocks, flops_per_frame
+    from anchorface.config import MODEL_PRESETS
+    from anchorface.methods.anchored.sdit import SDiT, SDiTConfig, compile_blocks, flops_per_frame
 
-    T, device = 8, args.device
-    cfg = SDiTConfig(input_size=32, in_channels=4, num_frames=T, global_dim=768, **PRESETS[args.mfu_preset])
+    T, device, res = 8, args.device, 256
+    cuda = str(device).startswith("cuda")
+    dtype = torch.bfloat16 if cuda or args.bf16 else torch.float32
+    cfg = SDiTConfig(input_size=32, in_channels=4, num_frames=T, global_dim=768, **MODEL_PRESETS[args.mfu_preset])
     with torch.device(device):
-        model = SDiT(cfg).to(torch.bfloat16 if str(device).startswith("cuda") or args.bf16 else torch.float32)
-    model.eval()
+        model = SDiT(cfg).to(dtype).eval()
+        encoder = LearnedGlobalEncoder(768, res).eval()  # G once per video: float32
+    with tempfile.TemporaryDirectory() as tmp:
+        AutoencoderKL(**SD_VAE).save_pretrained(tmp)
+        codec = load_codec(DataConfig(resolution=res, codec="sd-vae", codec_path=tmp), dtype=dtype).to(device)
+    out = dict(preset=args.mfu_preset, T=T, resolution=res, video_frames=args.mfu_video_frames, dtype=str(dtype),
+               parameters=sum(p.numel() for p in model.parameters()))
+    if cuda:
+        from anchorface.methods.anchored.sdit import flash_attention_in_use
+
+        out["flash_attention"] = flash_attention_in_use(model, frames=T, batch=2)
     if args.compile:
         compile_blocks(model)
     diffusion = GaussianDiffusion(DiffusionConfig())
     n = args.mfu_video_frames
     plan = anchored_plan(n, T)
-    g = torch.randn(1, 768)
     lmk = np.random.default_rng(0).normal(size=(n, cfg.landmark_dim)).astype(np.float32) * 0.1
-    run = dict(sampler="ddim", micro_batch=args.micro_batch or 16, latent_shape=(4, 32, 32), progress=False)
-    anchored_diffusion(model, diffusion, plan, g, lmk, steps=1, **run)  # warm-up (and compilation)
+    run = dict(sampler=args.sampler, micro_batch=args.micro_batch or 16, latent_shape=(4, 32, 32), progress=False)
+    source = torch.rand(1, 3, res, res, device=device) * 2 - 1
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        g = encoder(source)
+    latents = anchored_diffusion(model, diffusion, plan, g, lmk, steps=2, **run)  # warm-up (and compilation)
+    for _ in decode_to_uint8(codec, latents[:16].to(device)):
+        pass
+    sync(device)
+    out["warmup_s"] = time.perf_counter() - t0
+    if cuda:  # host synchronisations in one sampling step, with the anchoring hook (1 step = 1 pass per sequence)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                anchored_diffusion(model, diffusion, plan, g, lmk, steps=1, **run)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        forwards = -(-plan.num_sequences // run["micro_batch"])
+        out["host_syncs_one_step"] = sum("synchroniz" in str(w.message) for w in caught)
+        out["forwards_one_step"], out["blocks"] = forwards, cfg.depth
     rows = []
     for steps in args.mfu_steps:
-        sync(device)
-        t0 = time.perf_counter()
-        anchored_diffusion(model, diffusion, plan, g, lmk, steps=steps, **run)
-        sync(device)
-        sec = time.perf_counter() - t0
+        times: dict[str, float] = {}
+        with stage(times, "G", device), torch.no_grad():
+            g = encoder(source)
+        with stage(times, "denoising", device):
+            latents = anchored_diffusion(model, diffusion, plan, g, lmk, steps=steps, **run)
+        with stage(times, "decoding", device):
+            for _ in decode_to_uint8(codec, latents.to(device), batch_size=16):
+                pass
         frames_run = plan.num_sequences * T * steps  # frames through the sDiT (the anchor counted in every sequence)
         flops = 2 * flops_per_frame(cfg, T) * frames_run
-        rows.append(dict(preset=args.mfu_preset, T=T, video_frames=n, steps=steps, seconds=sec,
-                         video_frames_per_s=n / sec, tflops_s=flops / sec / 1e12,
-                         mfu_pct=100 * flops / sec / (args.peak_tflops * 1e12)))
-    return rows
+        sec = times["denoising"]
+        rows.append(dict(steps=steps, sampler=args.sampler, stages_s=times, denoising_tflops_s=flops / sec / 1e12,
+                         mfu_pct=100 * flops / sec / (args.peak_tflops * 1e12),
+                         model_frames_per_s=n / sum(times.values()), denoising_frames_per_s=n / sec))
+    out["rows"] = rows
+    # the same forward passes bare (no gather, merge, scheduler, noise or anchoring hook; C given), first step count
+    steps, mb = args.mfu_steps[0], min(run["micro_batch"], plan.num_sequences)
+    x = torch.randn(mb, T, 4, 32, 32, device=device, dtype=dtype)
+    with torch.no_grad():
+        cond = model.condition(g.reshape(1, -1).expand(mb, -1), torch.as_tensor(lmk[plan.slots[:mb]])
+                               .to(device, dtype))
+        t_batch = torch.full((mb,), 500, device=device)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            for start in range(0, plan.num_sequences, mb):
+                b = min(mb, plan.num_sequences - start)
+                model(x[:b], t_batch[:b], cond=cond[:b])
+        sync(device)
+    out["bare_forwards_s"] = time.perf_counter() - t0
+    out["sampler_over_bare"] = rows[0]["stages_s"]["denoising"] / out["bare_forwards_s"]
+    return out
 
 
 def main(argv=None) -> int:
@@ -180,7 +249,18 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = dict(device=args.device, threads=args.threads, steps=args.steps, sampler=args.sampler, merge=args.merge,
                bf16=args.bf16, compile=args.compile, load=os.getloadavg()[0])
-    out.update(reenact_breakdown(args))
+    if not args.skip_reenact:
+        out.update(reenact_breakdown(args))
+        print_breakdown(args, out)
+    if args.mfu:  # meant for CUDA; on CPU only as a check of the code path with a small preset
+        out["paper_scale"] = paper_scale(args)
+        print_paper_scale(args, out["paper_scale"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def print_breakdown(args, out) -> None:
     s = out["stages_s"]
     print(f"{out['frames']} frames, {args.sampler} {args.steps} steps, {args.merge}, {args.device}, "
           f"{args.threads} thread(s), load {out['load']:.2f}: {out['total_s']:.2f} s = {out['frames_per_s']:.2f} "
@@ -193,15 +273,24 @@ def main(argv=None) -> int:
     for key in ("flash_attention", "compile_warmup_s"):
         if key in out:
             print(f"  {key}: {out[key]}")
-    if args.mfu:  # meant for CUDA; on CPU only as a check of the code path with a small preset
-        out["mfu"] = mfu(args)
-        for r in out["mfu"]:
-            print(f"  MFU {r['preset']} T={r['T']} 256^2, {r['video_frames']} frames, {r['steps']} steps: "
-                  f"{r['seconds']:.1f} s, {r['video_frames_per_s']:.1f} video frames/s, {r['tflops_s']:.3g} "
-                  f"TFLOP/s, MFU {r['mfu_pct']:.3g} % of {args.peak_tflops:g} TFLOP/s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
-    return 0
+
+
+def print_paper_scale(args, p: dict) -> None:
+    print(f"paper scale, random weights: sDiT-{p['preset']} ({p['parameters'] / 1e6:.0f}M), T={p['T']}, "
+          f"{p['resolution']}^2 (SD-VAE-shaped codec), {p['video_frames']} frames, {p['dtype']}, compile "
+          f"{args.compile}; warm-up {p['warmup_s']:.1f} s"
+          + (f"; flash attention: {p['flash_attention']}" if "flash_attention" in p else ""))
+    if "host_syncs_one_step" in p:
+        print(f"  host synchronisations in one sampling step: {p['host_syncs_one_step']} ({p['forwards_one_step']} "
+              f"forward passes x {p['blocks']} blocks)")
+    for r in p["rows"]:
+        st = r["stages_s"]
+        print(f"  {r['sampler']} {r['steps']} steps: G {st['G']:.3f} s, denoising {st['denoising']:.2f} s "
+              f"({r['denoising_frames_per_s']:.1f} frames/s, {r['denoising_tflops_s']:.3g} TFLOP/s, MFU "
+              f"{r['mfu_pct']:.3g} % of {args.peak_tflops:g}), decoding {st['decoding']:.2f} s; model stages "
+              f"{r['model_frames_per_s']:.1f} frames/s", flush=True)
+    print(f"  the same forward passes bare ({p['rows'][0]['steps']} steps): {p['bare_forwards_s']:.2f} s; sampler / "
+          f"bare forwards = {p['sampler_over_bare']:.3f}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,10 @@ from importlib.resources import files
 import numpy as np
 import torch
 
-from anchorface.methods.anchored.pipeline import AnchorFacePipeline
+from anchorface.diffusion.gaussian import GaussianDiffusion
+from anchorface.frozen.codecs import load_codec, to_pixels
+from anchorface.methods.anchored.checkpoint import load_checkpoint
+from anchorface.methods.anchored.global_encoder import load_encoder
 from anchorface.methods.anchored.plans import anchored_plan, multidiffusion_plan
 from anchorface.methods.anchored.sampler import anchored_diffusion, micro_batches
 
@@ -47,16 +50,21 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    pipe = AnchorFacePipeline.from_pretrained(args.checkpoint)
-    m, T, (C, h, w) = pipe.sdit, pipe.num_frames, pipe.latent_shape
+    # the checkpoint's parts without the pipeline (no MediaPipe or PyAV needed, e.g. on a bare GPU machine)
+    cfg, m, encoder = load_checkpoint(args.checkpoint)
+    encoder = encoder or load_encoder(cfg.data, cfg.model.global_dim)
+    diffusion = GaussianDiffusion(cfg.diffusion)
+    res, T = cfg.data.resolution, cfg.model.num_frames
+    C, h, w = load_codec(cfg.data).latent_shape(res)
     N, steps = args.frames, args.steps
     lmk = np.random.default_rng(0).normal(size=(N, 478 * 3)).astype(np.float32) * 0.1
-    g = pipe.global_signal(np.zeros((pipe.resolution, pipe.resolution, 3), np.uint8))
+    with torch.no_grad():
+        g = encoder.encode_images(to_pixels(np.zeros((res, res, 3), np.uint8))[None])
     takes_c = "cond" in inspect.signature(m.forward).parameters  # forward(..., cond=C) once C can be precomputed
 
     def sampler(plan, mb):
         t0, c0 = time.perf_counter(), time.process_time()
-        anchored_diffusion(m, pipe.diffusion, plan, g, lmk, sampler=args.sampler, steps=steps, micro_batch=mb,
+        anchored_diffusion(m, diffusion, plan, g, lmk, sampler=args.sampler, steps=steps, micro_batch=mb,
                            latent_shape=(C, h, w), progress=False)
         return time.perf_counter() - t0, time.process_time() - c0
 
