@@ -73,3 +73,12 @@ def init_world(device: str = AUTO) -> tuple[World, str]:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return world, device
+
+
+def close_world(world: World) -> None:
+    """Leave the process group `init_world` joined (nothing for one process)."""
+    if world.size > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
