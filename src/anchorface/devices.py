@@ -81,4 +81,5 @@ def close_world(world: World) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            dist.barrier()  # no rank leaves while another still talks to it (gloo aborts the peer otherwise)
             dist.destroy_process_group()
