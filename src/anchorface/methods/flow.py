@@ -162,8 +162,12 @@ def track_driving(driving: str | Path, info: VideoInfo, resolution: int, *, crop
         if whole is None:
             clip.boxes = faces.track_crop_boxes(iter_frames(driving), progress=progress, shots=detector)
         else:
-            clip.boxes = np.stack([whole.as_array() for f in iter_frames(driving) if detector is None
-                                   or detector.feed(f) or True])
+            boxes = []
+            for frame in iter_frames(driving):
+                if detector is not None:
+                    detector.feed(frame)
+                boxes.append(whole.as_array())
+            clip.boxes = np.stack(boxes)
         clip.cuts = tuple(detector.cuts) if detector is not None else ()
     return clip
 
@@ -210,6 +214,8 @@ def reenact(method: Reenactor, source: str | Path | np.ndarray | None, driving: 
     progress = progress and world.is_main
     # ---- 1. validate everything before any output exists
     relative = check_request(method, source, text, edit, relative)
+    if shots not in SHOTS:
+        raise AnchorfaceError(f"--shots must be one of {', '.join(SHOTS)}, got '{shots}'")
     options = method.resolve_options(options)
     method.check(text=text, edit=edit, **options)
     output, driving = Path(output), Path(driving)
