@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from anchorface.apps.arguments import non_negative_float, positive_int, seed, unit_float
-from anchorface.devices import resolve_device
+from anchorface.apps.batch import read_jobs, run_jobs
+from anchorface.devices import close_world, init_world
 from anchorface.errors import AnchorfaceError
 from anchorface.methods.anchored.options import MERGES, SAMPLERS, check_sampling
 from anchorface.methods.registry import get_method, method_names
@@ -34,8 +35,8 @@ def register(subparsers) -> None:
         description="Animate SOURCE (a face photo) with the motion of DRIVING (a video): a long, consistent video "
                     "generated with Anchored Diffusion. With --text, give DRIVING only (text-to-video).")
     p.add_argument("source", nargs="?", metavar="SOURCE", help="the face photo to animate (omit with --text)")
-    p.add_argument("driving", metavar="DRIVING", help="the driving video")
-    p.add_argument("-o", "--output", required=True, help="output video (.mp4)")
+    p.add_argument("driving", nargs="?", metavar="DRIVING", help="the driving video")
+    p.add_argument("-o", "--output", help="output video (.mp4)")
     p.add_argument("--method", default="anchored", metavar="NAME",
                    help=f"reenactment method: {', '.join(method_names())} (default: anchored; the baselines need no "
                         "checkpoint)")
@@ -63,15 +64,32 @@ def register(subparsers) -> None:
     p.add_argument("--edit", help="edit the source with a text prompt (CLIP checkpoints)")
     p.add_argument("--edit-weight", type=unit_float, default=0.5, help="weight of --edit in G (default 0.5)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--shots", choices=("auto", "off"), default="auto",  # methods.flow.SHOTS (imported lazily)
+                   help="auto: find shot cuts in the driving video and give each shot its own anchor, crop track and "
+                        "motion reference; off: one shot (default auto)")
+    p.add_argument("--batch", metavar="CSV", help="many jobs, one model load: rows photo,driving,output; rows whose "
+                                                  "output exists are skipped (resume); a bad row is reported and "
+                                                  "skipped (exit 1 at the end)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     source, driving = args.source, args.driving
-    if args.text is not None and source is not None:
-        raise AnchorfaceError("with --text give only the driving video (the text replaces the source photo)")
-    if args.text is None and source is None:
-        raise AnchorfaceError("expected SOURCE DRIVING (a face photo and a driving video)")
+    if args.batch is not None:
+        if source is not None or driving is not None or args.output is not None or args.compare is not None:
+            raise AnchorfaceError("--batch takes its photos, driving videos and outputs from the CSV: give no "
+                                  "SOURCE, DRIVING, -o or --compare")
+        if args.text is not None:
+            raise AnchorfaceError("--batch animates photos; --text is not supported with it")
+    else:
+        if driving is None and source is not None:
+            source, driving = None, source  # one positional: the driving video (the error below names the rest)
+        if args.text is not None and source is not None:
+            raise AnchorfaceError("with --text give only the driving video (the text replaces the source photo)")
+        if driving is None or (args.text is None and source is None):
+            raise AnchorfaceError("expected SOURCE DRIVING (a face photo and a driving video)")
+        if args.output is None:
+            raise AnchorfaceError("expected -o OUTPUT (the video to write), or --batch CSV")
     spec = get_method(args.method)
     options = {k: getattr(args, k) for k in ANCHORED_OPTIONS if getattr(args, k) is not None}
     check_sampling(**{k: v for k, v in options.items() if k in ("steps", "micro_batch", "guidance_scale")})
@@ -83,16 +101,32 @@ def run(args: argparse.Namespace) -> int:
 
     from anchorface.methods.flow import check_inputs, reenact
 
-    device = resolve_device(args.device)
-    check_inputs(source, driving, args.output, args.compare, args.edit_weight)  # before loading any weights
-    method = spec.from_pretrained(checkpoint, device=device)
-    result = reenact(method, source, driving, args.output, seed=args.seed, relative=args.relative, crop=args.crop,
-                     paste_back=args.paste_back, compare_path=args.compare, text=args.text, edit=args.edit,
-                     edit_weight=args.edit_weight, progress=not args.quiet, **options)
-    if not args.quiet:
-        extra = f" and {result.compare}" if result.compare else ""
-        missing = f", {result.frames_without_face} frames without a face filled" if result.frames_without_face else ""
-        print(f"wrote {result.output}{extra}: {result.num_frames} frames at {float(result.fps):g} fps, "
-              f"{result.summary}{missing} ({result.seconds:.1f} s)",
-              file=sys.stderr)
-    return 0
+    jobs = read_jobs(args.batch) if args.batch is not None else None
+    world, device = init_world(args.device)  # torchrun / accelerate launch: this rank's process and device
+    try:
+        if jobs is None:
+            check_inputs(source, driving, args.output, args.compare, args.edit_weight)  # before loading weights
+        method = spec.from_pretrained(checkpoint, device=device)
+        if hasattr(method, "world"):
+            method.world = world  # the method splits its work across the ranks (Anchored Diffusion)
+        common = dict(seed=args.seed, relative=args.relative, crop=args.crop, paste_back=args.paste_back,
+                      edit=args.edit, edit_weight=args.edit_weight, progress=not args.quiet, shots=args.shots,
+                      world=world, **options)
+
+        def describe(result) -> str:
+            missing = f", {result.frames_without_face} frames without a face filled" \
+                if result.frames_without_face else ""
+            return (f"{result.num_frames} frames at {float(result.fps):g} fps, {result.summary}{missing} "
+                    f"({result.seconds:.1f} s)")
+
+        if jobs is not None:
+            failed = run_jobs(jobs, lambda job: f"wrote {job.output}: " + describe(
+                reenact(method, job.photo, job.driving, job.output, **common)), is_main=world.is_main)
+            return 1 if failed else 0
+        result = reenact(method, source, driving, args.output, compare_path=args.compare, text=args.text, **common)
+        if not args.quiet and world.is_main:
+            extra = f" and {result.compare}" if result.compare else ""
+            print(f"wrote {result.output}{extra}: {describe(result)}", file=sys.stderr)
+        return 0
+    finally:
+        close_world(world)

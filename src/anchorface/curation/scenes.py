@@ -3,7 +3,9 @@
 The frames come from the project's own streaming PyAV decoder (`io.video.iter_frames`), the same pass that finds the
 faces, so a video is decoded once and memory stays flat in its length. PySceneDetect's `ContentDetector` scores each
 frame against the previous one (HSV + edge change) on a downscaled copy; in its SUPPRESS filter mode a cut is
-reported on the very frame that starts the new shot, with no look-ahead, so tracks can be closed online.
+reported on the very frame that starts the new shot, with no look-ahead, so tracks can be closed online. `reenact`
+does not need this extra: it uses the core detector `io.shots.CutDetector`, whose shot ranges and thumbnails this
+module shares.
 
 OpenCV: PySceneDetect's wheel depends on `opencv-python`, mediapipe on `opencv-contrib-python`. Both install the
 same `cv2` package, and whichever is installed last overwrites the other (pip does not notice; `opencv-python` 5
@@ -19,12 +21,12 @@ from importlib import metadata
 import numpy as np
 
 from anchorface.errors import AnchorfaceError
+from anchorface.io.shots import MIN_SHOT_SECONDS, shot_ranges, thumbnail
 
 OPENCV_DISTRIBUTIONS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python",
                         "opencv-contrib-python-headless")
 DETECT_WIDTH = 256  # px: frames are shrunk to this width for the content score (PySceneDetect's own default idea)
 CONTENT_THRESHOLD = 27.0  # PySceneDetect's default
-MIN_SHOT_SECONDS = 0.5  # no second cut within this time of the previous one (flash suppression)
 
 
 def installed_opencv() -> list[str]:
@@ -77,14 +79,7 @@ class ShotDetector:
         self.cuts: list[int] = []
 
     def feed(self, frame_rgb: np.ndarray) -> bool:
-        import cv2
-
-        h, w = frame_rgb.shape[:2]
-        if w > DETECT_WIDTH:
-            small = cv2.resize(frame_rgb, (DETECT_WIDTH, max(1, round(h * DETECT_WIDTH / w))),
-                               interpolation=cv2.INTER_AREA)
-        else:
-            small = frame_rgb
+        small = thumbnail(frame_rgb, DETECT_WIDTH) if frame_rgb.shape[1] > DETECT_WIDTH else frame_rgb
         bgr = np.ascontiguousarray(small[..., ::-1])  # PySceneDetect works on OpenCV's BGR frames
         cuts = self._det.process_frame(self._tc(self._i, fps=self.fps), bgr)
         cut = any(int(c.frame_num) == self._i for c in cuts) and self._i > 0
@@ -104,5 +99,4 @@ def shot_boundaries(path, threshold: float = CONTENT_THRESHOLD) -> tuple[list[tu
     for frame in iter_frames(path):
         det.feed(frame)
         n += 1
-    edges = [0, *det.cuts, n]
-    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a], n
+    return shot_ranges(det.cuts, n), n

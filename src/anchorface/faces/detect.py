@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from anchorface.errors import AnchorfaceError, NoFaceError, VideoError
 from anchorface.io.images import resize
+from anchorface.io.shots import CutDetector, shot_ranges
 from anchorface.faces.landmarks import LandmarkDetector, check_frame, landmark_crop_size, track_landmarks
 from anchorface.faces.native_logs import native_stderr_silenced, run_quietly
 
@@ -232,15 +233,28 @@ def _interpolate_missing(boxes: np.ndarray, found: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(t, idx, boxes[idx, k]) for k in range(boxes.shape[1])], axis=1)
 
 
-def smooth_boxes(boxes: np.ndarray, center_sigma: float = CENTER_SIGMA) -> np.ndarray:
+def _interpolate_per_shot(boxes: np.ndarray, found: np.ndarray, cuts=()) -> np.ndarray:
+    """`_interpolate_missing` within each shot (never across a cut); a shot without a detection takes the
+    interpolation over the whole video."""
+    out = _interpolate_missing(boxes, found)
+    for a, b in shot_ranges(cuts, len(boxes)):
+        if found[a:b].any():
+            out[a:b] = _interpolate_missing(boxes[a:b], found[a:b])
+    return out
+
+
+def smooth_boxes(boxes: np.ndarray, center_sigma: float = CENTER_SIGMA, cuts=()) -> np.ndarray:
     """Temporally smoothed crop boxes ``[N, 4]`` (x0, y0, x1, y1), so the crop does not jitter.
 
     Centre: zero-phase Gaussian filter over time (``center_sigma`` frames; no lag, edges held). Size: the median
-    over the clip, constant, so head scale changes stay in the landmarks as motion (docs/design.md).
+    over the clip, constant, so head scale changes stay in the landmarks as motion (docs/design.md). With `cuts`
+    (frames that start a shot) each shot is smoothed on its own: the crop jumps at a cut instead of sliding.
     """
     boxes = np.asarray(boxes, dtype=np.float64)
     if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) == 0:
         raise ValueError(f"expected boxes [N, 4], got {boxes.shape}")
+    if len(cuts):
+        return np.concatenate([smooth_boxes(boxes[a:b], center_sigma) for a, b in shot_ranges(cuts, len(boxes))])
     centers = (boxes[:, :2] + boxes[:, 2:]) / 2
     if center_sigma > 0:
         centers = gaussian_filter1d(centers, center_sigma, axis=0, mode="nearest")
@@ -248,13 +262,15 @@ def smooth_boxes(boxes: np.ndarray, center_sigma: float = CENTER_SIGMA) -> np.nd
     return np.concatenate([centers - half, centers + half], axis=1)
 
 
-def detect_face_boxes(frames: Iterable[np.ndarray], progress: bool = True,
-                      every: int = 1) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+def detect_face_boxes(frames: Iterable[np.ndarray], progress: bool = True, every: int = 1,
+                      shots: CutDetector | None = None) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """Face boxes of a video, streamed: ``(boxes [N, 4], found [N] bool, frame_hw)``.
 
     Detects on every ``every``-th frame; the face followed is the largest one in the first frame with a face, then
     the detection overlapping the previous one most. Frames without a detection are filled by linear interpolation
-    between their neighbours (held at the ends). Raises NoFaceError when no frame has a face.
+    between their neighbours (held at the ends). With `shots` (fed every frame, `shots.cuts` then lists the cuts)
+    the face is chosen afresh at each cut and gaps are filled within their shot. Raises NoFaceError when no frame
+    has a face.
     """
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
@@ -263,6 +279,8 @@ def detect_face_boxes(frames: Iterable[np.ndarray], progress: bool = True,
     with FaceDetector(exhaustive=False) as det:
         for i, frame in enumerate(tqdm(frames, desc="face boxes", unit="frame", disable=not progress)):
             frame_hw = frame_hw or tuple(frame.shape[:2])
+            if shots is not None and shots.feed(frame):
+                prev = None  # a new shot: follow its largest face, not the previous shot's position
             boxes = det.detect(frame) if i % every == 0 else []
             if boxes:
                 if prev is not None:
@@ -276,16 +294,17 @@ def detect_face_boxes(frames: Iterable[np.ndarray], progress: bool = True,
     found_arr = np.array(found)
     if not found_arr.any():
         raise NoFaceError(f"no face found in any of the {len(faces)} video frames")
-    return _interpolate_missing(np.stack(faces), found_arr), found_arr, frame_hw
+    cuts = shots.cuts if shots is not None else ()
+    return _interpolate_per_shot(np.stack(faces), found_arr, cuts), found_arr, frame_hw
 
 
 def track_crop_boxes(frames: Iterable[np.ndarray], progress: bool = True, every: int = 1,
-                     center_sigma: float = CENTER_SIGMA) -> np.ndarray:
+                     center_sigma: float = CENTER_SIGMA, shots: CutDetector | None = None) -> np.ndarray:
     """Crop boxes ``[N, 4]`` for every frame of a video: detected (``detect_face_boxes``), framed (``crop_box``),
-    smoothed over time (``smooth_boxes``)."""
-    faces, _, frame_hw = detect_face_boxes(frames, progress, every)
+    smoothed over time (``smooth_boxes``), each shot on its own with `shots` (a fresh `CutDetector`)."""
+    faces, _, frame_hw = detect_face_boxes(frames, progress, every, shots)
     crops = np.stack([crop_box(Box.from_array(b), frame_hw).as_array() for b in faces])
-    return smooth_boxes(crops, center_sigma)
+    return smooth_boxes(crops, center_sigma, shots.cuts if shots is not None else ())
 
 
 @dataclass
@@ -296,13 +315,16 @@ class FaceTrack:
     landmarks: np.ndarray  # [N, 478, 3] MediaPipe landmarks of the crops, missing faces filled from the nearest
     found: np.ndarray  # [N] bool: a face was found in this frame's crop
     crops: np.ndarray | None = None  # [N, res, res, 3] uint8 crops at the model resolution (`keep_crops`)
+    cuts: tuple[int, ...] = ()  # frames that start a new shot (`shots=True`), ascending
 
 
 def track_video(video, resolution: int, fixed_box: Box | None = None, keep_crops: bool = False,
-                progress: bool = True) -> FaceTrack:
+                progress: bool = True, shots: bool = False, fps: float = 25.0) -> FaceTrack:
     """The face of a video, as every consumer of a driving video needs it (§3.1, App. B): crop boxes
     (`track_crop_boxes`, or `fixed_box` for every frame), then MediaPipe landmarks in tracking mode
-    (`landmarks.track_landmarks`) on the crops at `landmark_crop_size(resolution)` pixels.
+    (`landmarks.track_landmarks`) on the crops at `landmark_crop_size(resolution)` pixels. With `shots`, shot cuts
+    are detected in the first pass (`io.shots.CutDetector` at `fps`) and the crop track, its smoothing and the
+    landmark tracker restart at each cut (§5, multi-shot video).
 
     `video`: a path (decoded twice, streamed: only the boxes, landmarks and `keep_crops` crops stay in memory) or a
     sequence of uint8 RGB frames. NoFaceError when no frame has a face."""
@@ -311,24 +333,29 @@ def track_video(video, resolution: int, fixed_box: Box | None = None, keep_crops
     def frames():
         return iter_frames(video) if isinstance(video, (str, Path)) else iter(video)
 
-    boxes = None if fixed_box is not None else track_crop_boxes(frames(), progress=progress)
+    detector = CutDetector(fps) if shots else None
+    boxes = None if fixed_box is not None else track_crop_boxes(frames(), progress=progress, shots=detector)
     size, kept, used = landmark_crop_size(resolution), [], []
 
     def landmark_crops():
         for i, frame in enumerate(frames()):
             if boxes is not None and i >= len(boxes):
                 break
+            if boxes is None and detector is not None:
+                detector.feed(frame)  # whole frames: the cuts are found in this pass
             box = fixed_box if boxes is None else Box.from_array(boxes[i])
             used.append(box.as_array())
             if keep_crops:
                 kept.append(crop(frame, box, resolution))
             yield crop(frame, box, size)
 
-    lmk, found = track_landmarks(landmark_crops(), progress=progress)
+    cut_set = detector.cuts if detector is not None else ()
+    lmk, found = track_landmarks(landmark_crops(), progress=progress,
+                                 new_shot=(lambda i: i in cut_set) if detector is not None else None)
     if boxes is not None and len(lmk) != len(boxes):
         raise VideoError(f"{video if isinstance(video, (str, Path)) else 'the video'}: the second decoding gave "
                          f"{len(lmk)} frames, the first {len(boxes)}")
-    return FaceTrack(np.stack(used), lmk, found, np.stack(kept) if keep_crops else None)
+    return FaceTrack(np.stack(used), lmk, found, np.stack(kept) if keep_crops else None, tuple(cut_set))
 
 
 def source_landmarks(image: np.ndarray, box: Box, resolution: int | None = None) -> np.ndarray | None:

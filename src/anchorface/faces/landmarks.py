@@ -11,7 +11,7 @@ coordinates of the face crop (x, y in [0, 1] of its width/height; z in about the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import cv2
 import mediapipe as mp
@@ -165,24 +165,45 @@ def fill_from_nearest(values: np.ndarray, found: np.ndarray) -> np.ndarray:
     return values[nearest]
 
 
-def track_landmarks(frames: Iterable[np.ndarray], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def fill_per_shot(values: np.ndarray, found: np.ndarray, cuts=()) -> np.ndarray:
+    """`fill_from_nearest` within each shot (shots start at `cuts`), so a frame without a face is never filled from
+    another shot; a shot without any found frame is filled from the whole video."""
+    out = fill_from_nearest(values, found)
+    edges = [0, *sorted(int(c) for c in cuts), len(found)]
+    for a, b in zip(edges[:-1], edges[1:]):
+        if b > a and found[a:b].any() and not found[a:b].all():
+            out[a:b] = fill_from_nearest(values[a:b], found[a:b])
+    return out
+
+
+def track_landmarks(frames: Iterable[np.ndarray], progress: bool = True,
+                    new_shot: Callable[[int], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Landmarks of every frame of a video (§3.1: L_t for each driving frame), streamed in tracking mode.
 
     Returns ``(lmk [N, 478, 3] float32, found [N] bool)``; frames without a face are filled from the nearest frame
-    with one. Raises NoFaceError when no frame has a face.
+    with one (in the same shot). `new_shot(i)`, asked before frame i is tracked: True restarts the tracker there
+    (a shot cut: the face is found afresh instead of being followed from the previous shot). Raises NoFaceError
+    when no frame has a face.
     """
-    out, found = [], []
-    with LandmarkDetector(static_image_mode=False) as det:
-        for frame in tqdm(frames, desc="landmarks", unit="frame", disable=not progress):
+    out, found, cuts = [], [], []
+    det = LandmarkDetector(static_image_mode=False)
+    try:
+        for i, frame in enumerate(tqdm(frames, desc="landmarks", unit="frame", disable=not progress)):
+            if i and new_shot is not None and new_shot(i):
+                det.close()
+                det = LandmarkDetector(static_image_mode=False)
+                cuts.append(i)
             lmk = det.detect(frame)
             found.append(lmk is not None)
             out.append(lmk if lmk is not None else np.zeros((NUM_LANDMARKS, 3), np.float32))
+    finally:
+        det.close()
     if not out:
         raise AnchorfaceError("the video has no frames")
     found_arr = np.array(found, dtype=bool)
     if not found_arr.any():
         raise NoFaceError(f"no face found in any of the {len(out)} video frames")
-    return fill_from_nearest(np.stack(out), found_arr), found_arr
+    return fill_per_shot(np.stack(out), found_arr, cuts), found_arr
 
 
 # --------------------------------------------------------------------------------------------------------------

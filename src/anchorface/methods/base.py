@@ -63,9 +63,17 @@ class DrivingClip:
     found: np.ndarray | None = None  # [N] bool: a face was found in that frame's crop
     motion: np.ndarray | None = None  # [N, 478, 3] the landmarks a method follows
     fps: Any = None
+    cuts: tuple[int, ...] = ()  # frames that start a new shot (multi-shot video, §5); empty: one shot
 
     def __len__(self) -> int:
         return len(self.boxes)
+
+    @property
+    def shots(self) -> list[tuple[int, int]]:
+        """The shots as [start, end) frame ranges (one range without cuts)."""
+        from anchorface.io.shots import shot_ranges
+
+        return shot_ranges(self.cuts, len(self))
 
     def crops(self, size: int) -> Iterator[np.ndarray]:
         """The driving face crops at `size` px, streamed in frame order."""

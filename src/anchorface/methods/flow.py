@@ -26,14 +26,17 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from anchorface.devices import World
 from anchorface.errors import AnchorfaceError, NoFaceError
 from anchorface.faces import detect as faces, landmarks
 from anchorface.io.images import load_image, resize
+from anchorface.io.shots import CutDetector
 from anchorface.io.video import VideoInfo, VideoWriter, iter_frames, probe_video
 from anchorface.methods.base import DrivingClip, Reenactor, Rendered, Source
 
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")  # containers the H.264 output is written into (`VideoWriter`)
 COMPARE_HEIGHT = 256  # panel height of the --compare video (driving crop | the method's variants)
+SHOTS = ("auto", "off")  # --shots: detect cuts and treat each shot on its own (§5), or one shot
 
 
 @dataclass
@@ -49,6 +52,7 @@ class ReenactResult:
     seconds: float
     method: str = "anchored"
     summary: str = ""  # how the frames were made, e.g. "anchored over 5 sequences"
+    num_shots: int = 1  # shots found in the driving video (`--shots auto`)
 
 
 def check_output_path(path: str | Path, what: str = "output") -> Path:
@@ -135,20 +139,36 @@ def load_source(image: np.ndarray | None, source, resolution: int, *, crop: bool
 
 def track_driving(driving: str | Path, info: VideoInfo, resolution: int, *, crop: bool = True,
                   find_landmarks: bool = True, relative: bool = False, source_landmarks: np.ndarray | None = None,
-                  progress: bool = True) -> DrivingClip:
+                  progress: bool = True, shots: str = "auto") -> DrivingClip:
     """Pass 1 (streamed): crop boxes, and with `find_landmarks` the landmarks on the crops and the target motion
-    (re-targeted to `source_landmarks` when `relative`, supp. §1)."""
+    (re-targeted to `source_landmarks` when `relative`, supp. §1). `shots` (`SHOTS`): "auto" detects shot cuts
+    (`io.shots`) in this pass; the crop track, its smoothing, the landmark tracker and the relative motion's
+    reference frame (each shot's first) restart at every cut; "off" treats the video as one shot."""
+    if shots not in SHOTS:
+        raise AnchorfaceError(f"--shots must be one of {', '.join(SHOTS)}, got '{shots}'")
+    detect = shots == "auto"
     whole = None if crop else full_frame_box((info.height, info.width))
     clip = DrivingClip(frames=lambda: iter_frames(driving), boxes=np.zeros((0, 4)), fps=info.fps)
     if find_landmarks:
-        track = faces.track_video(driving, resolution, fixed_box=whole, progress=progress)
-        clip.boxes, clip.landmarks, clip.found = track.boxes, track.landmarks, track.found
-        clip.motion = landmarks.relative_motion(track.landmarks, source_landmarks, reference=0) if relative \
-            else track.landmarks
-    elif whole is None:
-        clip.boxes = faces.track_crop_boxes(iter_frames(driving), progress=progress)
+        track = faces.track_video(driving, resolution, fixed_box=whole, progress=progress, shots=detect,
+                                  fps=float(info.fps))
+        clip.boxes, clip.landmarks, clip.found, clip.cuts = track.boxes, track.landmarks, track.found, track.cuts
+        clip.motion = track.landmarks
+        if relative:
+            clip.motion = np.concatenate([landmarks.relative_motion(track.landmarks[a:b], source_landmarks, 0)
+                                          for a, b in clip.shots])
     else:
-        clip.boxes = np.stack([whole.as_array() for _ in iter_frames(driving)])
+        detector = CutDetector(float(info.fps)) if detect else None
+        if whole is None:
+            clip.boxes = faces.track_crop_boxes(iter_frames(driving), progress=progress, shots=detector)
+        else:
+            boxes = []
+            for frame in iter_frames(driving):
+                if detector is not None:
+                    detector.feed(frame)
+                boxes.append(whole.as_array())
+            clip.boxes = np.stack(boxes)
+        clip.cuts = tuple(detector.cuts) if detector is not None else ()
     return clip
 
 
@@ -183,12 +203,19 @@ def write_video(driving: str | Path, clip: DrivingClip, output: str | Path, stre
 def reenact(method: Reenactor, source: str | Path | np.ndarray | None, driving: str | Path, output: str | Path, *,
             relative: bool | None = None, crop: bool = True, paste_back: bool = False,
             compare_path: str | Path | None = None, text: str | None = None, edit: str | None = None,
-            edit_weight: float = 0.5, seed: int = 0, progress: bool = True, **options) -> ReenactResult:
+            edit_weight: float = 0.5, seed: int = 0, progress: bool = True, shots: str = "auto",
+            world: World | None = None, **options) -> ReenactResult:
     """Animate `source` (a photo path or uint8 image; or `text`) with the motion of `driving` using `method`, and
-    write `output` (the steps of the module docstring). `options` are the method's (e.g. merge, steps)."""
+    write `output` (the steps of the module docstring). `options` are the method's (e.g. merge, steps). `shots`:
+    `track_driving`'s. `world`: a multi-process launch, where every rank runs passes 1 and 4 (the method splits its
+    work) and only rank 0 writes (pass 2)."""
     start = time.time()
+    world = world or World()
+    progress = progress and world.is_main
     # ---- 1. validate everything before any output exists
     relative = check_request(method, source, text, edit, relative)
+    if shots not in SHOTS:
+        raise AnchorfaceError(f"--shots must be one of {', '.join(SHOTS)}, got '{shots}'")
     options = method.resolve_options(options)
     method.check(text=text, edit=edit, **options)
     output, driving = Path(output), Path(driving)
@@ -200,7 +227,7 @@ def reenact(method: Reenactor, source: str | Path | np.ndarray | None, driving: 
     src = load_source(image, source, method.resolution, crop=crop, find_landmarks=follows, relative=relative,
                       text=text, edit=edit, edit_weight=edit_weight)
     clip = track_driving(driving, info, method.resolution, crop=crop, find_landmarks=follows, relative=relative,
-                         source_landmarks=src.landmarks, progress=progress)
+                         source_landmarks=src.landmarks, progress=progress, shots=shots)
     # ---- 4. render (and the --compare variants, rendering each distinct option set once)
     rendered = method.render(src, clip, seed=seed, progress=progress, **options)
     panels: list[tuple[str, Rendered]] = []
@@ -212,14 +239,20 @@ def reenact(method: Reenactor, source: str | Path | np.ndarray | None, driving: 
                 r = method.render(src, clip, seed=seed, progress=progress, **opts)
                 done.append((opts, r))
             panels.append((label, r))
-    # ---- 5. pass 2
+    # ---- 5. pass 2 (rank 0 of a multi-process launch)
+    if not world.is_main:
+        return ReenactResult(output=output, compare=None, num_frames=len(clip), fps=info.fps,
+                             has_audio=info.has_audio, frames_without_face=0, merge=rendered.info.get("merge"),
+                             num_sequences=rendered.info.get("num_sequences"), seconds=time.time() - start,
+                             method=method.name, summary=rendered.summary, num_shots=len(clip.shots))
     n = write_video(driving, clip, output, rendered.frames(), paste_back=paste_back, compare_path=compare_path,
                     panels=[(label, r.frames()) for label, r in panels], progress=progress)
     return ReenactResult(output=output, compare=Path(compare_path) if compare_path else None, num_frames=n,
                          fps=info.fps, has_audio=info.has_audio,
                          frames_without_face=0 if clip.found is None else int((~clip.found).sum()),
                          merge=rendered.info.get("merge"), num_sequences=rendered.info.get("num_sequences"),
-                         seconds=time.time() - start, method=method.name, summary=rendered.summary)
+                         seconds=time.time() - start, method=method.name, summary=rendered.summary,
+                         num_shots=len(clip.shots))
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:

@@ -20,13 +20,15 @@ import numpy as np
 import torch
 
 from anchorface.config import Config
-from anchorface.devices import resolve_device
+from anchorface.devices import World, resolve_device
 from anchorface.errors import AnchorfaceError
 from anchorface.faces import landmarks
 from anchorface.frozen.codecs import decode_to_uint8, to_pixels
 from anchorface.methods import flow
 from anchorface.methods.anchored.options import MERGES, check_sampling as check_options
-from anchorface.methods.anchored.plans import make_plan
+from anchorface.io.shots import shot_ranges
+from anchorface.methods.anchored.plans import make_shot_plans, split_rows
+from anchorface.methods.anchored.ranks import HaloExchange, gather_frames
 from anchorface.methods.anchored.sampler import anchored_diffusion
 from anchorface.methods.base import DrivingClip, Reenactor, Rendered, Source
 from anchorface.methods.flow import (COMPARE_HEIGHT, OUTPUT_SUFFIXES, ReenactResult, check_inputs,  # noqa: F401
@@ -101,22 +103,50 @@ class AnchorFacePipeline:
     def generate(self, g: torch.Tensor | None, lmk: np.ndarray, *, merge: str | None = None,
                  sampler: str | None = None, steps: int | None = None, guidance_scale: float | None = None,
                  seed: int = 0, micro_batch: int | None = None, guidance: str = "both", conditions: str = "both",
-                 progress: bool = True, callback: Callable | None = None) -> torch.Tensor:
+                 progress: bool = True, callback: Callable | None = None, cuts=(),
+                 world: World | None = None) -> torch.Tensor | None:
         """Latents [N, C, h, w] (timeline order) for landmarks [N, 478, 3] (crop coordinates) and G [1, Dg].
         Unset (None) options come from the checkpoint's `sample` config; `conditions` = the signals given at
-        sampling (`options.CONDITION_SUBSETS`, supp. Table 1)."""
+        sampling (`options.CONDITION_SUBSETS`, supp. Table 1).
+
+        `cuts`: frames that start a new shot; each shot is planned and sampled on its own with its central frame
+        as anchor (§5, "multiple anchors"; `plans.make_shot_plans`). `world`: this process among `world.size`
+        (`devices.init_world`): each shot's sequences are split across the ranks (`plans.split_rows`), the
+        latents are gathered on rank 0, which gets them all; the other ranks get None."""
         s = self.config.sample
         lmk = np.asarray(lmk, np.float32)
         if lmk.ndim != 3 or lmk.shape[1:] != (landmarks.NUM_LANDMARKS, 3):
             raise AnchorfaceError(f"expected landmarks [N, {landmarks.NUM_LANDMARKS}, 3], got {lmk.shape}")
-        plan = make_plan(s.merge if merge is None else merge, len(lmk), self.num_frames)
-        return anchored_diffusion(
-            self.sdit, self.diffusion, plan, g, landmarks.landmark_vector(lmk),
-            sampler=s.sampler if sampler is None else sampler, steps=s.steps if steps is None else steps,
-            guidance_scale=s.guidance_scale if guidance_scale is None else guidance_scale,
-            micro_batch=s.micro_batch if micro_batch is None else micro_batch, seed=seed,
-            latent_shape=self.latent_shape, guidance=guidance, conditions=conditions, progress=progress,
-            callback=callback)
+        world = world or World()
+        kind = s.merge if merge is None else merge
+        shots = make_shot_plans(kind, shot_ranges(cuts, len(lmk)), self.num_frames)
+        vectors = landmarks.landmark_vector(lmk)
+        args = dict(sampler=s.sampler if sampler is None else sampler, steps=s.steps if steps is None else steps,
+                    guidance_scale=s.guidance_scale if guidance_scale is None else guidance_scale,
+                    micro_batch=s.micro_batch if micro_batch is None else micro_batch, seed=seed,
+                    latent_shape=self.latent_shape, guidance=guidance, conditions=conditions,
+                    progress=progress and world.is_main, callback=callback)
+        parts, frames = [], []
+        for (a, b), plan in zip(shots.shots, shots.plans):
+            if world.size == 1:
+                parts.append(anchored_diffusion(self.sdit, self.diffusion, plan, g, vectors[a:b], frame_offset=a,
+                                                **args))
+                continue
+            split = split_rows(plan, world.size)
+            rows = split.rows[world.rank]
+            if not len(rows) and not split.exchanges:
+                continue  # nothing to run or to send for this shot
+            z = anchored_diffusion(self.sdit, self.diffusion, plan, g, vectors[a:b], frame_offset=a, rows=rows,
+                                   exchange=HaloExchange(split, world.rank) if split.exchanges else None, **args)
+            mine = split.frames[world.rank]
+            parts.append(z[torch.as_tensor(mine, device=z.device)])
+            frames.append(mine + a)
+        if world.size == 1:
+            return torch.cat(parts)
+        if not parts:
+            parts = [torch.zeros((0, *self.latent_shape), device=self.device)]
+        return gather_frames(np.concatenate(frames) if frames else np.zeros(0, np.int64), torch.cat(parts),
+                             len(lmk), world.rank, world.size)
 
     def check_sampling(self, merge: str | None = None, sampler: str | None = None, steps: int | None = None,
                        guidance_scale: float | None = None, micro_batch: int | None = None,
@@ -142,7 +172,8 @@ class AnchorFacePipeline:
                 guidance_scale: float | None = None, seed: int = 0, relative: bool | None = None,
                 crop: bool = True, paste_back: bool = False, micro_batch: int | None = None,
                 compare_path: str | Path | None = None, text: str | None = None, edit: str | None = None,
-                edit_weight: float = 0.5, progress: bool = True) -> ReenactResult:
+                edit_weight: float = 0.5, progress: bool = True, shots: str = "auto",
+                world: World | None = None) -> ReenactResult:
         """Animate `source` (a photo path or uint8 image) with the motion of `driving`; write `output`
         (`methods.flow.reenact` with this pipeline as the method).
 
@@ -151,8 +182,11 @@ class AnchorFacePipeline:
         crop=False: the frames are already face crops (used whole). paste_back: write full driving frames with
         the generated face pasted into the crop box, else the crops. compare_path: also write a side-by-side
         video driving crop | anchored | multidiffusion. text: text-to-video (instead of `source`); edit: a text
-        mixed into the source's G with weight `edit_weight` (§4.4)."""
-        return flow.reenact(AnchoredDiffusion(self), source, driving, output, relative=relative, crop=crop,
+        mixed into the source's G with weight `edit_weight` (§4.4). shots: "auto" plans each shot of a multi-shot
+        driving video on its own (§5), "off" one shot. world: this process of a multi-process launch
+        (`devices.init_world`); rank 0 writes the outputs."""
+        return flow.reenact(AnchoredDiffusion(self, world), source, driving, output, relative=relative, crop=crop,
+                            shots=shots, world=world,
                             paste_back=paste_back, compare_path=compare_path, text=text, edit=edit,
                             edit_weight=edit_weight, seed=seed, progress=progress, merge=merge, sampler=sampler,
                             steps=steps, guidance_scale=guidance_scale, micro_batch=micro_batch)
@@ -167,8 +201,9 @@ class AnchoredDiffusion(Reenactor):
     needs = frozenset({"landmarks", "source_image", "text"})
     OPTIONS = ("merge", "sampler", "steps", "guidance_scale", "micro_batch", "conditions")
 
-    def __init__(self, pipe: AnchorFacePipeline):
+    def __init__(self, pipe: AnchorFacePipeline, world: World | None = None):
         self.pipe, self.resolution = pipe, pipe.resolution
+        self.world = world or World()  # a multi-process launch: this rank (`devices.init_world`)
         self._g: tuple | None = None  # (source, G) of the last render: the compare variants share G
 
     @classmethod
@@ -210,11 +245,16 @@ class AnchoredDiffusion(Reenactor):
             self._g = (source, self.pipe.global_signal(crop, text=source.text, edit=source.edit,
                                                        edit_weight=source.edit_weight))
         merge = self.config.sample.merge if merge is None else merge
-        latents = self.pipe.generate(self._g[1], clip.motion, merge=merge, seed=seed, progress=progress, **options)
-        n = len(latents)
-        b = make_plan(merge, n, self.pipe.num_frames).num_sequences
-        return Rendered(lambda: self.pipe.decode_frames(latents), n, {"merge": merge, "num_sequences": b},
-                        summary=f"{merge} over {b} sequences")
+        latents = self.pipe.generate(self._g[1], clip.motion, merge=merge, seed=seed, progress=progress,
+                                     cuts=clip.cuts, world=self.world, **options)
+        n = len(clip)
+        plans = make_shot_plans(merge, clip.shots, self.pipe.num_frames)
+        b, shots = plans.num_sequences, len(plans.shots)
+        summary = f"{merge} over {b} sequences" + (f" in {shots} shots" if shots > 1 else "")
+        if self.world.size > 1:
+            summary += f" on {self.world.size} processes"
+        stream = (lambda: self.pipe.decode_frames(latents)) if latents is not None else (lambda: iter(()))
+        return Rendered(stream, n, {"merge": merge, "num_sequences": b, "num_shots": shots}, summary=summary)
 
     def compare_variants(self, options: dict) -> list[tuple[str, dict]]:
         """--compare: the anchored and the multidiffusion merge (Fig. 3b vs 3a) with the same other options."""

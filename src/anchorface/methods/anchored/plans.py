@@ -248,3 +248,111 @@ def make_plan(kind: str, n: int, T: int, stride: int | None = None) -> SequenceP
         return independent_plan(n, T)
     raise AnchorfaceError(f"unknown merge strategy '{kind}'; choose one of {', '.join(KINDS)}")
 
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Multi-shot videos (§5: "multiple anchors"): one plan per shot
+# ------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ShotPlans:
+    """One plan per shot of a multi-shot driving video (§5, "multiple anchors"): shot s covers the timeline frames
+    [start, end) = `shots[s]` and `plans[s]` indexes them locally (0 = the shot's first frame), so each shot has its
+    own central anchor and no sequence spans a cut. A single-shot video has one entry, the plain plan."""
+
+    kind: str
+    num_frames: int
+    shots: list[tuple[int, int]]
+    plans: list[SequencePlan]
+
+    @property
+    def num_sequences(self) -> int:
+        return sum(p.num_sequences for p in self.plans)
+
+    @property
+    def anchors(self) -> list[int | None]:
+        """The anchor of each shot as a timeline frame index (None for plans without one)."""
+        return [None if p.anchor is None else a + p.anchor for (a, _), p in zip(self.shots, self.plans)]
+
+    def timeline_slots(self) -> list[np.ndarray]:
+        """Each shot's slots [B_s, T] as timeline frame indices."""
+        return [p.slots + a for (a, _), p in zip(self.shots, self.plans)]
+
+    def validate(self) -> "ShotPlans":
+        """The shots tile [0, N) in order and each plan covers its shot (ValueError otherwise)."""
+        edges = [a for a, _ in self.shots] + [self.shots[-1][1]] if self.shots else []
+        if not self.shots or edges[0] != 0 or edges[-1] != self.num_frames or \
+                any(b != a for (_, b), (a, _) in zip(self.shots[:-1], self.shots[1:])) or \
+                any(b <= a for a, b in self.shots):
+            raise ValueError(f"shot plans: shots {self.shots} do not tile {self.num_frames} frames")
+        if len(self.plans) != len(self.shots) or any(p.num_frames != b - a for (a, b), p in zip(self.shots, self.plans)):
+            raise ValueError("shot plans: each plan must cover its shot")
+        return self
+
+
+def make_shot_plans(kind: str, shots: list[tuple[int, int]], T: int, stride: int | None = None) -> ShotPlans:
+    """`make_plan` for each shot [start, end) (`DrivingClip.shots`): each shot's anchor is its central frame."""
+    shots = [(int(a), int(b)) for a, b in shots]
+    n = shots[-1][1] if shots else 0
+    _check(n, T)
+    return ShotPlans(kind, n, shots, [make_plan(kind, b - a, T, stride) for a, b in shots]).validate()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Many processes: which sequences each rank runs
+# ------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class RankSplit:
+    """How `world` processes share one plan's sequences (pure data; executed by `sampler.anchored_diffusion` and
+    `anchored.ranks`).
+
+    `assigned[r]`: the rows rank r renders; every row goes to exactly one rank, row 0 (the anchor's donor) to rank
+    0, the others in contiguous blocks. `rows[r]`: the rows rank r runs: its own and, for an anchored plan, row 0
+    again, recomputed (deterministic) so that its anchor tokens can be replayed locally (Alg. 1 with no donor from
+    another process). `frames[r]`: the frames rank r renders (owner slots in `assigned[r]`).
+    `imports[r]`: frames its rows read but no row it runs owns: in this project's column layout windows of one side
+    overlap (see the module docstring), so a sequence may read a frame its neighbour renders; their latents are
+    sent after every step by the rank that renders them (`exports[q]`, ascending: a few frames per block boundary).
+    Multidiffusion averages the windows of a frame at every step: it is not split (rank 0 runs it all)."""
+
+    world: int
+    assigned: list[np.ndarray]
+    rows: list[np.ndarray]
+    frames: list[np.ndarray]
+    imports: list[np.ndarray]
+    exports: list[np.ndarray]
+
+    @property
+    def exchanges(self) -> bool:
+        """Whether any latent has to be sent between ranks during sampling."""
+        return any(len(x) for x in self.imports)
+
+
+def split_rows(plan: SequencePlan, world: int) -> RankSplit:
+    """Split `plan`'s sequences across `world` ranks (`RankSplit`): rows 1..B-1 in contiguous blocks as even as
+    possible, so each rank runs 1 + about (B-1)/world sequences per step."""
+    if world < 1:
+        raise ValueError(f"world size must be >= 1, got {world}")
+    B = plan.num_sequences
+    if plan.kind == "multidiffusion" or world == 1:
+        blocks = [np.arange(B)] + [np.zeros(0, np.int64)] * (world - 1)
+    else:
+        rest = np.array_split(np.arange(1, B, dtype=np.int64), world)
+        blocks = [np.concatenate([[0], rest[0]]).astype(np.int64)] + [r.astype(np.int64) for r in rest[1:]]
+    runs = [np.union1d([0], b).astype(np.int64) if len(b) and plan.anchor is not None else b for b in blocks]
+    owner_rank = np.full(plan.num_frames, -1, np.int64)
+    frames = []
+    for r, block in enumerate(blocks):
+        own = plan.owner[block] if len(block) else np.zeros((0, plan.frames_per_sequence), bool)
+        f = np.unique(plan.slots[block][own]) if len(block) else np.zeros(0, np.int64)
+        owner_rank[f] = r
+        frames.append(f.astype(np.int64))
+    imports = []
+    for run in runs:
+        reads = np.unique(plan.slots[run]) if len(run) else np.zeros(0, np.int64)
+        done = np.unique(plan.slots[run][plan.owner[run]]) if len(run) else np.zeros(0, np.int64)
+        imports.append(np.setdiff1d(reads, done).astype(np.int64))
+    wanted = np.unique(np.concatenate(imports)) if imports else np.zeros(0, np.int64)
+    exports = [wanted[owner_rank[wanted] == r].astype(np.int64) for r in range(world)]
+    return RankSplit(world, blocks, runs, frames, imports, exports)

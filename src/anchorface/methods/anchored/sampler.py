@@ -69,12 +69,15 @@ def frame_generators(seed: int, step: int, frames) -> list[torch.Generator]:
     return gens
 
 
-def initial_noise(seed: int, num_frames: int, latent_shape, scale: float = 1.0, device=None) -> torch.Tensor:
+def initial_noise(seed: int, num_frames: int, latent_shape, scale: float = 1.0, device=None,
+                  frame_offset: int = 0) -> torch.Tensor:
     """Q_K: one noise tensor per timeline frame [N, C, h, w] (the anchor's noise is shared by every sequence),
-    times `scale`; filled frame by frame in place (no second O(N) copy)."""
+    times `scale`; filled frame by frame in place (no second O(N) copy). Frame f is seeded as timeline frame
+    `frame_offset + f` (a shot of a multi-shot video draws the noise its frames have in the whole video)."""
     z = torch.empty((num_frames, *latent_shape), device=device)
     for f in range(num_frames):
-        z[f] = torch.randn(tuple(latent_shape), generator=frame_generators(seed, 0, [f])[0]).mul_(scale)
+        z[f] = torch.randn(tuple(latent_shape),
+                           generator=frame_generators(seed, 0, [frame_offset + f])[0]).mul_(scale)
     return z
 
 
@@ -121,9 +124,12 @@ class _FrameMerge:
 
     def __init__(self, plan: SequencePlan, batches: list[np.ndarray], device=None):
         self.plan, w = plan, plan.weights
-        last = np.zeros(plan.num_frames, np.int64)
+        last = np.full(plan.num_frames, -1, np.int64)  # -1: no slot with weight here (another process renders it)
+        weighted = np.zeros(plan.num_frames, bool)
         for m, rows in enumerate(batches):
             last[np.unique(plan.slots[rows])] = m
+            weighted[plan.slots[rows][w[rows] > 0]] = True
+        last[~weighted] = -1
         self.ready_after = [np.flatnonzero(last == m) for m in range(len(batches))]
         self.pending: dict[int, torch.Tensor] = {}
         self._batches, seen = [], np.zeros(0, np.int64)
@@ -206,13 +212,20 @@ def _weights(w: np.ndarray, device) -> torch.Tensor | None:
 def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors, *, sampler: str = "ddpm",
                        steps: int = 250, guidance_scale: float = 1.0, micro_batch: int = 4, seed: int = 0,
                        latent_shape: tuple[int, int, int], guidance: str = "both", conditions: str = "both",
-                       progress: bool = True, callback: Callable[[SamplerEvent], None] | None = None) -> torch.Tensor:
+                       progress: bool = True, callback: Callable[[SamplerEvent], None] | None = None,
+                       rows: np.ndarray | None = None, frame_offset: int = 0,
+                       exchange: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Algorithm 1: sample latents [N, C, h, w] (timeline order, float32) for the plan's N driving frames.
 
     g: [Dg] or [1, Dg] global signal G; landmark_vectors: [N, Dl] per-frame L (numpy or torch). `sampler` and
     `steps` choose the diffusers scheduler; `guidance_scale` != 1 enables classifier-free guidance on the
     `guidance` signals; `conditions` are the signals given at all (`options.CONDITION_SUBSETS`). Options are
-    checked by `options.check_sampling`. See the module docstring for the formulation."""
+    checked by `options.check_sampling`. See the module docstring for the formulation.
+
+    One process of many (`plans.RankSplit`): `rows` are the sequences this process runs (ascending, row 0 first
+    for an anchored plan: its anchor tokens are recomputed here, not received); only the frames they render are
+    updated, and `exchange(z)`, called after every step, fills the frames they read but do not render. Noise is
+    seeded per timeline frame `frame_offset + f` and step, so the result does not depend on the split."""
     from anchorface.diffusion.sampling import FrameSolver, guided, learns_sigma
     from anchorface.methods.anchored.sdit import AnchorOverride
 
@@ -252,8 +265,14 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
 
     cond_cache = FrameConditions(model, plan, g, lmk)
     scheduler = diffusion.make_scheduler(sampler, int(steps), learned_sigma=learns_sigma(model))
-    batches = micro_batches(plan.num_sequences, int(micro_batch))
-    z = initial_noise(seed, N, tuple(latent_shape), float(scheduler.init_noise_sigma), device)  # Q_K
+    if rows is None:
+        batches = micro_batches(plan.num_sequences, int(micro_batch))
+    else:
+        rows = np.asarray(rows, np.int64)
+        batches = [rows[i:i + int(micro_batch)] for i in range(0, len(rows), int(micro_batch))]
+        if plan.anchor is not None and len(rows) and rows[0] != 0:
+            raise ValueError("an anchored plan's rows must start with row 0, the anchor's donor")
+    z = initial_noise(seed, N, tuple(latent_shape), float(scheduler.init_noise_sigma), device, frame_offset)  # Q_K
     was_training = model.training
     model.eval()
     try:
@@ -279,8 +298,10 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
                     frames, pred = merge.add(m, rows, out)  # Override(Q'_{k-1}) onto timeline frames
                     if pred is not None:  # DiffusionUpdateStep for the frames no later sequence reads
                         idx = merge.frame_index(m)
-                        gens = frame_generators(seed, k + 1, frames) if stochastic else None
+                        gens = frame_generators(seed, k + 1, frames + frame_offset) if stochastic else None
                         z[idx] = solver.step(k, t, idx, pred, z[idx], generator=gens)  # per-frame solver state
+                if exchange is not None:
+                    exchange(z)  # frames read here but rendered by another process, as they are after this step
                 if callback is not None:
                     callback(SamplerEvent("step", k, int(t), z))
     finally:

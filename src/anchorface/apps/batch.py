@@ -1,0 +1,85 @@
+"""`anchorface reenact --batch pairs.csv`: many reenactments with one model load, resumable.
+
+The CSV has one row per job, `photo,driving,output` (a header row with those names is allowed; relative paths are
+taken from the CSV's folder; blank lines and lines starting with # are ignored). Rows whose output already exists
+are skipped, so running the same command again resumes an interrupted batch; every output is written atomically
+(`io.video.VideoWriter`), so an interrupted row leaves nothing behind and is redone. A bad row (missing file, no
+face, corrupt video, ...) is reported in one line and skipped; the others still run. The exit status is 1 when any
+row failed, after a summary line.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from anchorface.errors import AnchorfaceError, io_errors, one_line
+
+COLUMNS = ("photo", "driving", "output")
+
+
+@dataclass
+class Job:
+    line: int  # line number in the CSV (1-based), for messages
+    photo: Path | None
+    driving: Path | None
+    output: Path | None
+    error: str | None = None  # a row that cannot be read as a job
+
+
+def read_jobs(path: str | Path) -> list[Job]:
+    """The jobs of a batch CSV (module docstring). AnchorfaceError when the file cannot be read at all; a malformed
+    row becomes a `Job` with `error` set (reported and skipped like any bad row)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnchorfaceError(f"cannot read the batch file {path}: {one_line(e)}") from None
+    base, jobs = path.parent, []
+    for i, row in enumerate(csv.reader(text.splitlines()), start=1):
+        cells = [c.strip() for c in row]
+        if not any(cells) or cells[0].startswith("#"):
+            continue
+        if not jobs and i == 1 and [c.lower() for c in cells] == list(COLUMNS):
+            continue  # the header
+        if len(cells) != 3 or not all(cells):
+            jobs.append(Job(i, None, None, None, f"expected 3 columns {','.join(COLUMNS)}, got {len(cells)}"))
+            continue
+        photo, driving, output = (Path(c) if Path(c).is_absolute() else base / c for c in cells)
+        jobs.append(Job(i, photo, driving, output))
+    if not jobs:
+        raise AnchorfaceError(f"the batch file {path} has no rows (columns {','.join(COLUMNS)})")
+    return jobs
+
+
+def run_jobs(jobs: list[Job], render: Callable[[Job], str], *, is_main: bool = True, report=None) -> int:
+    """Run `render(job)` (which writes job.output and returns a one-line summary) for each job whose output does not
+    exist yet; report each row on one line and a summary; return the number of failed rows. Which rows to skip is
+    decided before any work, so every process of a multi-process launch runs the same rows."""
+    report = report or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say = report if is_main else (lambda msg: None)
+    todo = [j for j in jobs if j.error is not None or not j.output.exists()]
+    skipped, done, failed = len(jobs) - len(todo), 0, 0
+    for k, job in enumerate(todo, start=1):
+        where = f"row {job.line}" + (f" ({job.output.name})" if job.output is not None else "")
+        if job.error is not None:
+            say(f"anchorface: error: batch {where}: {job.error}")
+            failed += 1
+            continue
+        try:
+            summary = render(job)
+        except AnchorfaceError as e:
+            say(f"anchorface: error: batch {where}: {one_line(e)}")
+            failed += 1
+            continue
+        except io_errors() as e:
+            say(f"anchorface: error: batch {where}: {one_line(e)}")
+            failed += 1
+            continue
+        done += 1
+        say(f"[{k}/{len(todo)}] {where}: {summary}")
+    say(f"batch: {done} written, {skipped} skipped (output exists), {failed} failed of {len(jobs)} rows")
+    return failed

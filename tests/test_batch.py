@@ -1,0 +1,79 @@
+"""`anchorface reenact --batch pairs.csv`: one model load, bad rows reported and skipped, resumable."""
+
+import pytest
+
+from anchorface.apps.batch import read_jobs
+from anchorface.apps.cli import main
+from anchorface.errors import AnchorfaceError
+from anchorface.io.video import VideoWriter, iter_frames, probe_video
+
+pytestmark = pytest.mark.usefixtures("face_corpus")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, face_corpus):
+    src = face_corpus / "driving/d20.mp4"
+    out = tmp_path_factory.mktemp("batch-clip") / "d20_12.mp4"
+    with VideoWriter(out, probe_video(src).fps) as w:
+        for frame in iter_frames(src, max_frames=12):
+            w.write(frame)
+    return out
+
+
+def batch(capsys, csv, checkpoint, *extra):
+    code = main(["reenact", "--batch", str(csv), "--checkpoint", str(checkpoint), "--steps", "1", "--quiet", *extra])
+    return code, capsys.readouterr().err
+
+
+def test_batch_bad_rows_are_skipped_and_the_run_resumes(tiny_checkpoint, clip, face_corpus, tmp_path, capsys,
+                                                        monkeypatch):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00" * 64 + clip.read_bytes()[3000:9000])
+    src = face_corpus / "source"
+    out = tmp_path / "out"
+    out.mkdir()
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("photo,driving,output\n"
+                   f"{src / 's1.jpg'},{clip},out/a.mp4\n"  # good (relative output: beside the CSV)
+                   f"{src / 'missing.jpg'},{clip},out/b.mp4\n"  # missing photo
+                   f"{src / 's22.jpg'},{clip},out/c.mp4\n"  # an animal: no face
+                   f"{src / 's2.jpg'},{corrupt},out/d.mp4\n"  # corrupt video
+                   "only-two,columns\n"
+                   f"{src / 's2.jpg'},{clip},out/e.mp4\n")  # good, after the bad ones
+    loads = []
+    from anchorface.methods.anchored.pipeline import AnchoredDiffusion
+
+    real = AnchoredDiffusion.from_pretrained.__func__
+    monkeypatch.setattr(AnchoredDiffusion, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: loads.append(1) or real(cls, *a, **k)))
+    code, err = batch(capsys, csv, tiny_checkpoint)
+    assert code == 1 and len(loads) == 1  # the model is loaded once for all rows
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err
+    for name, why in (("b.mp4", "missing.jpg"), ("c.mp4", "no face"), ("d.mp4", "corrupt.mp4"), ("row 6", "3 columns")):
+        assert sum(name in ln and why in ln and ln.startswith("anchorface: error: batch") for ln in lines) == 1, err
+    assert lines[-1] == "batch: 2 written, 0 skipped (output exists), 4 failed of 6 rows"
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "e.mp4"]  # no partial or temporary file
+    assert probe_video(out / "a.mp4").num_frames == 12
+    stamp = (out / "a.mp4").stat().st_mtime_ns
+    # resume: the finished rows are skipped, the bad ones reported again
+    code, err = batch(capsys, csv, tiny_checkpoint)
+    assert code == 1 and err.strip().splitlines()[-1] == "batch: 0 written, 2 skipped (output exists), 4 failed of 6 rows"
+    assert (out / "a.mp4").stat().st_mtime_ns == stamp
+    # an interrupted batch: remove one output, drop the bad rows; the run redoes that row only and succeeds
+    (out / "e.mp4").unlink()
+    csv.write_text("\n".join(csv.read_text().splitlines()[i] for i in (1, 6)) + "\n")  # no header: allowed
+    code, err = batch(capsys, csv, tiny_checkpoint)
+    assert code == 0 and err.strip().splitlines()[-1] == "batch: 1 written, 1 skipped (output exists), 0 failed of 2 rows"
+    assert (out / "e.mp4").exists()
+
+
+def test_batch_usage_errors(tiny_checkpoint, tmp_path, capsys, clip):
+    code, err = batch(capsys, tmp_path / "nope.csv", tiny_checkpoint)
+    assert code == 1 and "cannot read the batch file" in err and len(err.strip().splitlines()) == 1
+    empty = tmp_path / "empty.csv"
+    empty.write_text("photo,driving,output\n")
+    with pytest.raises(AnchorfaceError, match="no rows"):
+        read_jobs(empty)
+    code, err = batch(capsys, empty, tiny_checkpoint, "-o", str(tmp_path / "x.mp4"))
+    assert code == 1 and "--batch takes" in err
