@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     result = reenact(method, source, driving, args.output, seed=args.seed, relative=args.relative, crop=args.crop,
                      paste_back=args.paste_back, compare_path=args.compare, text=args.text, edit=args.edit,
                      edit_weight=args.edit_weight, progress=not args.quiet, **options)
+    if result.note:
+        print(f"anchorface: note: {result.note}", file=sys.stderr)
     if not args.quiet:
         extra = f" and {result.compare}" if result.compare else ""
         missing = f", {result.frames_without_face} frames without a face filled" if result.frames_without_face else ""
