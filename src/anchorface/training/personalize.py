@@ -98,10 +98,10 @@ def personalize(photos: str | Path, output: str | Path, base: str | Path, *, min
     cfg = read_config(base)  # CheckpointError: not a checkpoint
     if frames < cfg.model.num_frames:
         raise AnchorfaceError(f"--frames must be >= the model's {cfg.model.num_frames} frames per sequence")
-    portraits = load_portraits(photos)  # one-line errors: missing, unreadable, empty folder, no face
-    record = trained_on(portraits)
-    work = work_folder(output)
+    work = work_folder(output)  # (a read-only folder fails here, before any work)
     try:
+        portraits = load_portraits(photos)  # one-line errors: missing, unreadable, empty folder, no face
+        record = trained_on(portraits)
         make_pseudo_clips(work / "clips", clips, frames, seed=seed, progress=progress, portraits=portraits)
         prepared = prepare_dataset(work / "clips", work / "data", cfg, device=resolve_device("auto"),
                                    progress=progress)
