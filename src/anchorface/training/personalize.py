@@ -126,6 +126,7 @@ def personalize(photos: str | Path, output: str | Path, base: str | Path, *, min
     result = Personalized(output, len(portraits), prepared["clips"], run["step"], run["last_loss"],
                           time.perf_counter() - start)
     if progress:
-        print(f"personalize: {result.photos} photo(s), {result.clips} pseudo-clips, {result.steps} steps, loss "
-              f"{result.last_loss:.4f}, {result.seconds / 60:.1f} min", file=sys.stderr)
+        print(f"personalize: wrote {output} ({result.photos} photo(s), {result.clips} pseudo-clips, {result.steps} "
+              f"steps, loss {result.last_loss:.4f}, {result.seconds / 60:.1f} min); use it with reenact --checkpoint "
+              f"{output}", file=sys.stderr)
     return result
