@@ -9,7 +9,9 @@ schedule; 2 x 12 min on 2 CPU cores.)
 1. pseudo-clips of scikit-image's public-domain astronaut portrait (anchorface.data.synthetic, supplement §3's recipe);
 2. `anchorface prepare` on them (face crops, MediaPipe landmarks, pixel-codec latents);
 3. `anchorface train --config demo` (`tiny`, narrower: the checkpoint is a few MB);
-4. the EMA weights are exported in float16 to src/anchorface/assets/demo (a from_pretrained directory).
+4. the EMA weights are exported in float16 to src/anchorface/assets/demo (a from_pretrained directory), with the
+   portrait's signature (`trained_on`), so that `reenact` suggests `anchorface personalize` for other photos.
+(`anchorface personalize` is the same recipe for any photo, starting from this checkpoint.)
 No file of ../shared is read: the checkpoint may be committed.
 """
 
@@ -49,13 +51,15 @@ def main() -> None:
     sh(sys.executable, "-m", "anchorface", "train", "--config", a.config, "--data", str(data),
        "--output", str(run), "--max-steps", str(a.steps), "--resume")
 
+    from anchorface.data.synthetic import DEMO_TRAINED_ON, astronaut_portrait, trained_on
     from anchorface.methods.anchored.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
     cfg, model, encoder = load_checkpoint(latest_checkpoint(run))
     out = Path(a.out)
     if out.exists():
         shutil.rmtree(out)
-    save_checkpoint(out, cfg, model.half(), encoder.half() if encoder is not None else None)
+    save_checkpoint(out, cfg, model.half(), encoder.half() if encoder is not None else None,
+                    trained_on=trained_on([astronaut_portrait()], DEMO_TRAINED_ON))
     print(f"demo checkpoint written to {out}")
 
 

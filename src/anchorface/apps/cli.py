@@ -16,6 +16,7 @@ import warnings
 COMMAND_MODULES = [
     "anchorface.apps.reenact",
     "anchorface.apps.demo",
+    "anchorface.apps.personalize",
     "anchorface.apps.prepare",
     "anchorface.apps.train",
     "anchorface.apps.evaluate",

@@ -124,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
                 reenact(method, job.photo, job.driving, job.output, **common)), is_main=world.is_main)
             return 1 if failed else 0
         result = reenact(method, source, driving, args.output, compare_path=args.compare, text=args.text, **common)
+        if result.note and world.is_main:
+            print(f"anchorface: note: {result.note}", file=sys.stderr)
         if not args.quiet and world.is_main:
             extra = f" and {result.compare}" if result.compare else ""
             print(f"wrote {result.output}{extra}: {describe(result)}", file=sys.stderr)

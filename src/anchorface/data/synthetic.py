@@ -1,12 +1,13 @@
 """Synthetic pseudo-clips from still images (supplement §3): the data of the committed demo checkpoint.
 
 The committed demo checkpoint is trained only on data this module generates: pseudo-clips made from
-scikit-image's public-domain astronaut portrait by landmark-driven geometric warps. This is the paper's own recipe
+scikit-image's public-domain astronaut portrait by landmark-driven geometric warps; `anchorface personalize` makes
+them the same way from any photo or folder of stills (`load_portraits`), as supplement §3 does for artworks. This is the paper's own recipe
 for still images (supplement §3, "geometric transformations are applied to each sample to conceptualize a series
 of video clips"), extended with local expression warps (jaw opening, blinks, brow raises) placed on the portrait's
 MediaPipe landmarks so that the driving landmarks carry expression, not only head pose.
 
-`anchorface demo` and `scripts/train_demo_checkpoint.py` use it.
+`anchorface demo`, `anchorface personalize` and `scripts/train_demo_checkpoint.py` use it.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anchorface.errors import AnchorfaceError
+from anchorface.errors import AnchorfaceError, NoFaceError
 
 FPS = 25
+ASTRONAUT = "astronaut"  # the demo portrait's name (its pseudo-clips are astronaut-SEED-K.mp4)
 
 
 def astronaut() -> np.ndarray:
@@ -171,19 +173,20 @@ def warp_frame(image: np.ndarray, geo: FaceGeometry, params: dict[str, float], g
     return cv2.remap(image, full[..., 0], full[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
 
 
-def portrait_geometry(image: np.ndarray) -> FaceGeometry:
+def portrait_geometry(image: np.ndarray, what: str = "the demo portrait") -> FaceGeometry:
+    """The portrait's `FaceGeometry` (MediaPipe, static-image mode); NoFaceError naming `what` without a face."""
     from anchorface.faces.landmarks import LandmarkDetector
 
     with LandmarkDetector(static_image_mode=True) as det:
         lmk = det.detect(image)
     if lmk is None:
-        raise AnchorfaceError("no face found in the demo portrait")
+        raise NoFaceError(f"no face found in {what}")
     return FaceGeometry.from_landmarks(lmk, image.shape[:2])
 
 
-def head_and_shoulders(image: np.ndarray) -> tuple[np.ndarray, FaceGeometry]:
+def head_and_shoulders(image: np.ndarray, what: str = "the demo portrait") -> tuple[np.ndarray, FaceGeometry]:
     """A square head-and-shoulders crop (side = 3 face heights, as in a talking-head video) and its geometry."""
-    geo = portrait_geometry(image)
+    geo = portrait_geometry(image, what)
     side = int(min(3 * geo.size, *image.shape[:2]))
     x0 = int(np.clip(geo.center[0] - side / 2, 0, image.shape[1] - side))
     y0 = int(np.clip(geo.center[1] - side / 2, 0, image.shape[0] - side))
@@ -207,18 +210,87 @@ def write_pseudo_clip(path: Path, image: np.ndarray, geo: FaceGeometry, motion: 
             writer.write(warp_frame(small, geo, motion.frame(i)))
 
 
+@dataclass
+class Portrait:
+    """A still turned into pseudo-clips: its name (clip file names), path (None: built in) and head-and-shoulders
+    crop with its geometry."""
+
+    name: str
+    path: Path | None
+    image: np.ndarray
+    geometry: FaceGeometry
+
+
+def astronaut_portrait() -> Portrait:
+    return Portrait(ASTRONAUT, None, *head_and_shoulders(astronaut()))
+
+
+def load_portraits(path: str | Path) -> list[Portrait]:
+    """The stills of a photo or a folder of photos (`io.images.IMAGE_SUFFIXES`, sorted by name; other files are
+    ignored) as `Portrait`s. One-line errors: a missing path, an unreadable image, a folder without images, a photo
+    without a face (in a folder, stills without a face are skipped with a warning; an error if none has one)."""
+    import warnings
+
+    from anchorface.errors import AnchorfaceWarning
+    from anchorface.io.images import IMAGE_SUFFIXES, load_image
+
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise AnchorfaceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+    elif path.exists():
+        files = [path]
+    else:
+        raise AnchorfaceError(f"photo or folder not found: {path}")
+    stems = [p.stem for p in files]
+    out = []
+    for p in files:
+        image = load_image(p)  # ImageError: unreadable
+        try:
+            crop, geo = head_and_shoulders(image, f"the photo {p}")
+        except NoFaceError as e:
+            if not path.is_dir():
+                raise
+            warnings.warn(f"{e}; skipped", AnchorfaceWarning, stacklevel=2)
+            continue
+        name = p.stem if stems.count(p.stem) == 1 else p.name.replace(".", "_")
+        out.append(Portrait(name, p, crop, geo))
+    if not out:
+        raise NoFaceError(f"no face found in any image of folder {path}")
+    return out
+
+
+def trained_on(portraits: list[Portrait], what: str | None = None) -> dict:
+    """The `trained_on` record of a checkpoint made from `portraits` (`anchored.checkpoint`): `what` it saw, for
+    messages (default: "1 photo (me.jpg)", "12 photos (a.jpg, b.jpg, ...)"), and each still's
+    `faces.signature`."""
+    from anchorface.faces.signature import encode, image_signature
+
+    if what is None:
+        names = [p.path.name if p.path is not None else p.name for p in portraits]
+        listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        what = f"{len(names)} photo{'s' if len(names) > 1 else ''} ({listed})"
+    return {"what": what, "signatures": [encode(image_signature(p.image, p.name)) for p in portraits]}
+
+
+DEMO_TRAINED_ON = "one portrait (scikit-image's astronaut)"
+
+
 def make_pseudo_clips(out_dir: str | Path, num_clips: int, num_frames: int, seed: int = 0, size: int = 256,
-                      progress: bool = True) -> list[Path]:
-    """Generate `num_clips` pseudo-clips of the astronaut (supp. §3), each with its own random motion."""
+                      progress: bool = True, portraits: list[Portrait] | None = None) -> list[Path]:
+    """Generate `num_clips` pseudo-clips (supp. §3), each with its own random motion, of the `portraits` in turn
+    (at least one clip each; default: the astronaut). Clip k of portrait P is `P.name-SEED-K.mp4`."""
     from tqdm import tqdm
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    image, geo = head_and_shoulders(astronaut())
+    portraits = portraits or [astronaut_portrait()]
     paths = []
-    for k in tqdm(range(num_clips), desc="pseudo-clips", disable=not progress):
-        path = out / f"astronaut-{seed:03d}-{k:04d}.mp4"
-        write_pseudo_clip(path, image, geo, random_motion(num_frames, seed * 100_003 + k), size)
+    for k in tqdm(range(max(num_clips, len(portraits))), desc="pseudo-clips", disable=not progress):
+        p = portraits[k % len(portraits)]
+        path = out / f"{p.name}-{seed:03d}-{k:04d}.mp4"
+        write_pseudo_clip(path, p.image, p.geometry, random_motion(num_frames, seed * 100_003 + k), size)
         paths.append(path)
     return paths
 

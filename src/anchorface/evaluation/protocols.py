@@ -47,7 +47,7 @@ from anchorface.data.dataset import furthest_end
 from anchorface.devices import resolve_device
 from anchorface.errors import AnchorfaceError, ImageError, NoFaceError, require
 from anchorface.evaluation import metrics
-from anchorface.io.images import resize
+from anchorface.io.images import IMAGE_SUFFIXES, resize
 from anchorface.evaluation.report import BASELINE_COLUMN, jsonable, write_report  # noqa: F401
 from anchorface.faces import detect as faces, landmarks
 from anchorface.methods.anchored.options import CONDITIONS, MERGES, check_sampling
@@ -58,7 +58,6 @@ PROTOCOLS = ("self", "cross", "consistency", "ablation", "guidance")
 SELF_FRAMES = 8  # §4.3.1: "a random 8-frame sequence in its original order"
 DEFAULT_LENGTHS = (8, 16, 32, 64)  # consistency study (Fig. 5)
 ABLATION_SCALES = (1.0, 2.0, 4.0, 8.0)  # supp. Table 1, CFG column
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from anchorface.errors import ImageError, one_line
 from anchorface.io.atomic import atomic_output
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")  # what a folder of photos is read for
+
 
 def load_image(path: str | Path) -> np.ndarray:
     """Read any Pillow-readable image as `uint8 [H, W, 3]` RGB, as it is meant to be displayed: EXIF orientation

@@ -113,6 +113,7 @@ class Reenactor:
     name: ClassVar[str] = "method"
     needs: ClassVar[frozenset[str]] = frozenset()
     resolution: int
+    trained_on: dict | None = None  # a model made from stills: what it saw (`anchored.checkpoint.read_trained_on`)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu", **kwargs) -> "Reenactor":
@@ -132,6 +133,20 @@ class Reenactor:
     def render(self, source: Source, clip: DrivingClip, *, seed: int = 0, progress: bool = True,
                **options) -> Rendered:
         raise NotImplementedError
+
+    def unseen_photo(self, source: Source) -> str | None:
+        """For a model trained on stills (`trained_on`): what it was trained on, when `source` is a photo that is
+        none of them (`faces.signature`); else None (also for a source without face landmarks)."""
+        from anchorface.faces.signature import SAME_PHOTO, best_match, photo_signature
+
+        rec = self.trained_on
+        if rec is None or source.image is None or source.box is None or source.landmarks is None:
+            return None
+        try:
+            match = best_match(photo_signature(source.image, source.box, source.landmarks), rec["signatures"])
+        except (ValueError, TypeError):  # a malformed record: no hint rather than an error
+            return None
+        return None if match >= SAME_PHOTO else rec["what"]
 
     def compare_variants(self, options: dict) -> list[tuple[str, dict]]:
         """The panels of a side-by-side `--compare` video after the driving crop: (label, options) pairs."""

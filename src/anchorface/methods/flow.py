@@ -53,6 +53,7 @@ class ReenactResult:
     method: str = "anchored"
     summary: str = ""  # how the frames were made, e.g. "anchored over 5 sequences"
     num_shots: int = 1  # shots found in the driving video (`--shots auto`)
+    note: str = ""  # a hint for the user: the model was trained on other stills (`personalize_hint`)
 
 
 def check_output_path(path: str | Path, what: str = "output") -> Path:
@@ -239,6 +240,7 @@ def reenact(method: Reenactor, source: str | Path | np.ndarray | None, driving: 
                 r = method.render(src, clip, seed=seed, progress=progress, **opts)
                 done.append((opts, r))
             panels.append((label, r))
+    note = personalize_hint(method, src, source)
     # ---- 5. pass 2 (rank 0 of a multi-process launch)
     if not world.is_main:
         return ReenactResult(output=output, compare=None, num_frames=len(clip), fps=info.fps,
@@ -252,7 +254,20 @@ def reenact(method: Reenactor, source: str | Path | np.ndarray | None, driving: 
                          frames_without_face=0 if clip.found is None else int((~clip.found).sum()),
                          merge=rendered.info.get("merge"), num_sequences=rendered.info.get("num_sequences"),
                          seconds=time.time() - start, method=method.name, summary=rendered.summary,
-                         num_shots=len(clip.shots))
+                         num_shots=len(clip.shots), note=note)
+
+
+def personalize_hint(method: Reenactor, src: Source, source) -> str:
+    """Issue 14: a model trained on stills (the demo's one portrait) draws those faces whatever the photo; when
+    `src` is none of them, the one line that says how to make a model of this photo (else "")."""
+    import shlex
+
+    what = method.unseen_photo(src)
+    if what is None:
+        return ""
+    photo = shlex.quote(str(source)) if isinstance(source, (str, Path)) else "photo.jpg"
+    return (f"this model was trained on {what} only and draws that face; for your photo run: anchorface personalize "
+            f"{photo} -o my-model, then reenact with --checkpoint my-model")
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:

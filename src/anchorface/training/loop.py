@@ -9,6 +9,8 @@ The loop owns the rest:
   continues exactly: same step count and, with deterministic kernels, the same losses.
 - Optimiser: AdamW (default betas/eps) on the recipe's parameter groups, cosine schedule with optional warmup.
 - EMA of all trainable weights (DiT: updated after every step); checkpoints hold the EMA weights.
+- Bounds: `max_steps`, and optionally a time budget (`max_seconds`, e.g. `anchorface personalize --minutes`): the
+  run then stops after the step that reaches it, with a checkpoint there.
 
 Output directory::
 
@@ -178,7 +180,7 @@ class TrainLog:
     samples_per_s, elapsed_s."""
 
     def __init__(self, output: Path, terms: list[str], groups: list[str], start_step: int, total: int,
-                 progress: bool):
+                 progress: bool, max_seconds: float | None = None):
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
@@ -187,7 +189,20 @@ class TrainLog:
         self.csv = CSVLog(output / "log.csv", ["step", *terms, *lr_columns, "samples_per_s", "elapsed_s"],
                           start_step)
         self.tb = SummaryWriter(str(output / "tb"), purge_step=start_step + 1 if start_step else None)
-        self.bar = tqdm(total=total, initial=start_step, desc="train", unit="step", disable=not progress)
+        # a time budget: the bar counts seconds (the step is in its postfix), else steps
+        self.seconds, self.loss = max_seconds, None
+        self.bar = tqdm(total=total if max_seconds is None else round(max_seconds), initial=start_step
+                        if max_seconds is None else 0, desc="train", unit="step" if max_seconds is None else "s",
+                        disable=not progress)
+
+    def advance(self, step: int, seconds: float) -> None:
+        """The bar after optimizer step `step`, `seconds` into a time budget."""
+        if self.seconds is None:
+            self.bar.update(1)
+        else:
+            self.bar.set_postfix_str(f"step {step}" + (f", loss={self.loss:.4f}" if self.loss is not None else ""),
+                                     refresh=False)
+            self.bar.update(min(round(seconds), self.bar.total) - self.bar.n)
 
     def write(self, step: int, means: list[float], lrs: dict, samples_per_s: float, elapsed: float) -> None:
         losses = dict(zip(self.terms, means))
@@ -198,7 +213,9 @@ class TrainLog:
         for g in self.groups:
             self.tb.add_scalar(f"lr/{g}", lrs[g], step)
         self.tb.add_scalar("samples_per_s", samples_per_s, step)
-        self.bar.set_postfix(loss=f"{losses['loss']:.4f}")
+        self.loss = losses["loss"]
+        if self.seconds is None:
+            self.bar.set_postfix(loss=f"{self.loss:.4f}")
 
     def image(self, step: int, image) -> None:
         from anchorface.io.images import save_image
@@ -409,17 +426,21 @@ def checkpoint(run: Run, output: Path, keep_states: int) -> None:
 
 def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | None = None,
           max_steps: int | None = None, holdout_videos: int = 1, keep_states: int = 2, deterministic: bool = False,
-          progress: bool = True, recipe: type | None = None) -> dict:
+          progress: bool = True, recipe: type | None = None, max_seconds: float | None = None) -> dict:
     """Train (or resume) a run; returns dict(step, checkpoint, last_loss, main). See the module docstring.
 
     resume: None (fresh run), "auto" (the latest checkpoint in `output`, if any) or a checkpoint directory; a resumed
     run uses its saved config, except `max_steps` when given. holdout_videos: passed to the recipe (source videos
     held out for previews). keep_states: training_state/ is kept in the newest `keep_states` checkpoints only
     (0 = all); the EMA weights of every checkpoint are kept. recipe: a recipe class instead of `cfg.method`'s.
+    max_seconds: stop after the step at which this many seconds of this call's training have passed (checkpoints
+    and previews not counted), with a checkpoint there.
     """
     require("accelerate", "train", "training")
     require("tensorboard", "train", "training")  # (torch.utils.tensorboard imports it)
     output = Path(output)
+    if max_seconds is not None and not max_seconds > 0:  # (also NaN)
+        raise AnchorfaceError(f"the time budget must be a positive number of seconds, got {max_seconds}")
     resume_from = check_output(output, resume, keep_states)
     cfg, recipe_cls = run_config(cfg, resume_from, recipe)
     if max_steps is not None:
@@ -431,14 +452,23 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
         resume_run(run, resume_from)
     if run.main:
         announce(run, output)
-    last_loss = fit(run, output, keep_states, progress)
+    last_loss = fit(run, output, keep_states, progress, max_seconds)
     accelerator.end_training()
     return {"step": run.step, "checkpoint": output / checkpoint_name(run.step), "last_loss": last_loss,
             "main": run.main}
 
 
-def fit(run: Run, output: Path, keep_states: int, progress: bool) -> float:
-    """Optimizer steps up to max_steps, with logs, previews and checkpoints when due; the last logged loss."""
+def out_of_time(run: Run, seconds: float, max_seconds: float | None) -> bool:
+    """Collective when there are several processes: has any of them used up the time budget?"""
+    if max_seconds is None or run.accelerator.num_processes == 1:
+        return max_seconds is not None and seconds >= max_seconds
+    over = torch.tensor(float(seconds >= max_seconds), device=run.accelerator.device)
+    return bool(run.accelerator.reduce(over, "max").item())
+
+
+def fit(run: Run, output: Path, keep_states: int, progress: bool, max_seconds: float | None = None) -> float:
+    """Optimizer steps up to max_steps (or the time budget), with logs, previews and checkpoints when due; the last
+    logged loss."""
     tc = run.cfg.train
     loader = data_loader(run)
     preview = run.recipe.previewer(run.accelerator.device) if run.main and tc.sample_every > 0 else None
@@ -446,19 +476,23 @@ def fit(run: Run, output: Path, keep_states: int, progress: bool) -> float:
     log = None
     if run.main:
         groups = [g.get("name", str(i)) for i, g in enumerate(run.optimizer.param_groups)]
-        log = TrainLog(output, terms, groups, run.step, tc.max_steps, progress)
+        log = TrainLog(output, terms, groups, run.step, tc.max_steps, progress, max_seconds)
     meter, last_loss = Meter(terms, run.accelerator.device), math.nan
+    trained, stop = 0.0, False  # this call's training seconds; the time budget is spent
 
     def due(every: int) -> bool:
-        return run.step % every == 0 or run.step == tc.max_steps
+        return run.step % every == 0 or run.step == tc.max_steps or stop
 
     try:
         run.model.train()
         batches = iter(loader)
-        while run.step < tc.max_steps:
+        while run.step < tc.max_steps and not stop:
+            tick = time.perf_counter()
             lrs = train_step(run, batches, meter)
+            trained += time.perf_counter() - tick
+            stop = out_of_time(run, trained, max_seconds)
             if log is not None:
-                log.bar.update(1)
+                log.advance(run.step, trained)
             if due(tc.log_every):
                 last_loss = log_interval(run, meter, lrs, log)
             tick = time.perf_counter()

@@ -1,8 +1,12 @@
 """Checkpoints as `from_pretrained` directories (diffusers-style: config JSON + safetensors per component).
 
-    CKPT/anchorface.json                 {"format": "anchorface", "version": 1, "config": Config.to_dict()}
+    CKPT/anchorface.json                 {"format": "anchorface", "version": 1, "config": Config.to_dict(),
+                                          ["trained_on": {"what": "...", "signatures": [[...], ...]}]}
     CKPT/sdit/config.json, model.safetensors              the denoiser + mapping network (EMA weights)
     CKPT/global_encoder/config.json, model.safetensors    only for the jointly trained `learned` encoder
+
+`trained_on` is written by checkpoints made from stills (the demo, `anchorface personalize`): what they were
+trained on, and the `faces.signature` of each still, so that `reenact` can tell a photo the model has never seen.
 
 Written atomically (`io.atomic`): a temporary sibling directory is filled, then renamed into place.
 """
@@ -22,15 +26,27 @@ FORMAT, VERSION = "anchorface", 1
 MANIFEST = "anchorface.json"
 
 
-def save_checkpoint(directory: str | Path, cfg: Config, sdit, encoder=None) -> Path:
-    """Write `sdit` (and a `learned` global encoder) with the run's config; replaces `directory` atomically."""
+def save_checkpoint(directory: str | Path, cfg: Config, sdit, encoder=None, trained_on: dict | None = None) -> Path:
+    """Write `sdit` (and a `learned` global encoder) with the run's config (and `trained_on`, see the module doc);
+    replaces `directory` atomically."""
     directory = Path(directory)
+    body = {"config": cfg.to_dict()} | ({"trained_on": trained_on} if trained_on is not None else {})
     with atomic_output(directory, CheckpointError, what="checkpoint ") as tmp:
         sdit.save_pretrained(tmp / "sdit")
         if encoder is not None and cfg.data.encoder == "learned":
             encoder.save_pretrained(tmp / "global_encoder")
-        write_manifest(tmp / MANIFEST, FORMAT, VERSION, {"config": cfg.to_dict()}, CheckpointError)
+        write_manifest(tmp / MANIFEST, FORMAT, VERSION, body, CheckpointError)
     return directory
+
+
+def read_trained_on(directory: str | Path) -> dict | None:
+    """The checkpoint's `trained_on` record ({"what": str, "signatures": [[float]]}), None when it has none or
+    the record is malformed (it only decides whether `reenact` prints a hint)."""
+    meta = read_manifest(Path(directory) / MANIFEST, FORMAT, VERSION, error=CheckpointError, what="checkpoint")
+    rec = meta.get("trained_on")
+    if not (isinstance(rec, dict) and isinstance(rec.get("what"), str) and isinstance(rec.get("signatures"), list)):
+        return None
+    return rec
 
 
 def read_config(directory: str | Path) -> Config:

@@ -52,6 +52,7 @@ class AnchorFacePipeline:
         self.resolution = config.data.resolution
         self.latent_shape = codec.latent_shape(self.resolution)
         self.num_frames = config.model.num_frames  # T
+        self.trained_on: dict | None = None  # what a checkpoint made from stills saw (`checkpoint.read_trained_on`)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
@@ -59,7 +60,7 @@ class AnchorFacePipeline:
         """Load a checkpoint directory (`checkpoint.load_checkpoint`), its codec and its global encoder (the
         learned one from the checkpoint, CLIP from `data.encoder_path`). `device`: as `devices.resolve_device`
         (`auto`, `cpu`, `cuda`, `cuda:N`; AnchorfaceError when this machine has no such device)."""
-        from anchorface.methods.anchored.checkpoint import load_checkpoint
+        from anchorface.methods.anchored.checkpoint import load_checkpoint, read_trained_on
         from anchorface.frozen.codecs import load_codec
         from anchorface.methods.anchored.global_encoder import load_encoder
 
@@ -70,7 +71,9 @@ class AnchorFacePipeline:
         if encoder is not None:
             encoder = encoder.to(device).eval()
         codec = load_codec(cfg.data).to(device)
-        return cls(cfg, sdit, codec, encoder, device)
+        pipe = cls(cfg, sdit, codec, encoder, device)
+        pipe.trained_on = read_trained_on(directory)
+        return pipe
 
     # ------------------------------------------------------------------------------------------- building blocks
     def global_signal(self, image_crop: np.ndarray | None = None, text: str | None = None,
@@ -220,6 +223,10 @@ class AnchoredDiffusion(Reenactor):
     @property
     def encoder(self):
         return self.pipe.encoder
+
+    @property
+    def trained_on(self) -> dict | None:
+        return self.pipe.trained_on
 
     def resolve_options(self, options: dict) -> dict:
         out = super().resolve_options(options)

@@ -9,6 +9,8 @@
 - Parameter groups: the mapping network at lr * mapping_lr_scale (§4.1: 10x smaller), everything else at lr.
 - Previews: a few held-out examples, driving | generated rows (DDIM with the EMA weights).
 - Export: a from_pretrained checkpoint (`checkpoint.py`), which `AnchorFacePipeline` loads.
+- Fine-tuning: `AnchoredRecipe.starting_from(checkpoint)` starts from a checkpoint's weights instead of a fresh
+  initialisation (`anchorface personalize`, from the demo checkpoint).
 """
 
 from __future__ import annotations
@@ -141,6 +143,13 @@ class AnchoredRecipe:
 
     log_terms = ("mse", "vb")  # besides "loss": the two halves of the hybrid loss
     read_config = staticmethod(read_config)  # the config that `export` stored (anchorface.json)
+    init_from: Path | None = None  # a checkpoint whose weights the model starts from (`starting_from`)
+
+    @classmethod
+    def starting_from(cls, checkpoint: str | Path) -> type["AnchoredRecipe"]:
+        """This recipe, fine-tuning: `build_model` loads `checkpoint`'s weights (same architecture: train with its
+        config, `read_config(checkpoint)`), so the EMA starts there too."""
+        return type(f"{cls.__name__}FromCheckpoint", (cls,), {"init_from": Path(checkpoint)})
 
     def __init__(self, cfg: Config, data_dir: str | Path, holdout_videos: int = 1):
         from anchorface.data.dataset import ClipDataset, check_compatible, load_index
@@ -169,7 +178,10 @@ class AnchoredRecipe:
                 f"{len(self.preview_set.clips)} for previews)")
 
     def build_model(self) -> Denoiser:
-        return build_denoiser(self.cfg, self.index["latent_shape"])
+        model = build_denoiser(self.cfg, self.index["latent_shape"])
+        if self.init_from is not None:
+            self.restore(model, self.init_from)
+        return model
 
     def param_groups(self, model: Denoiser) -> list[dict]:
         return param_groups(model, self.cfg.train.lr, self.cfg.train.mapping_lr_scale)
