@@ -161,7 +161,7 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
     jobs: dict[str, Job] = {}  # browser session -> its running job
 
     def reenact_job(photo, video, ckpt, method, merge, sampler, steps, seed, compare, request: gr.Request,
-            progress=gr.Progress()):
+            progress=gr.Progress()):  # noqa: B008  (how gradio marks the progress parameter)
         job = jobs[request.session_hash] = Job(progress)
         try:
             out = runner.run(photo, video, checkpoint=ckpt, method=method, merge=merge, sampler=sampler, steps=steps,
