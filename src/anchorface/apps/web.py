@@ -130,6 +130,12 @@ class Runner:
             raise AnchorfaceError(f"the seed must be an integer, got {seed!r}") from None
         if not 0 <= seed <= SEED_MAX:
             raise AnchorfaceError(f"the seed must be in 0..{SEED_MAX}, got {seed}")
+        try:
+            steps = None if steps is None else int(steps)
+        except (TypeError, ValueError, OverflowError):
+            raise AnchorfaceError(f"steps must be an integer, got {steps!r}") from None
+        for old in self.workdir.glob("job-*"):  # (gradio copied the earlier results into its cache when it sent them)
+            shutil.rmtree(old, ignore_errors=True)
         self._jobs += 1
         folder = self.workdir / f"job-{self._jobs:04d}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -139,7 +145,7 @@ class Runner:
         job = job or Job()
         with follow_progress(job):
             model = self.method(method, checkpoint)
-            given = {"merge": merge, "sampler": sampler, "steps": None if steps is None else int(steps)}
+            given = {"merge": merge, "sampler": sampler, "steps": steps}
             options = {k: v for k, v in given.items() if v not in (None, "") and k in getattr(model, "OPTIONS", ())}
             result = reenact(model, photo, video, output, seed=seed, compare_path=compare_path, progress=True,
                              **options)
