@@ -115,18 +115,25 @@ def browser_or_skip():
     must run every test; .ci/run installs Debian's chromium and chromium-driver and the dev extra)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
-    missing = [what for what, ok in (("chromium", chromium), ("chromium-driver", driver)) if not ok]
+    debs = [what for what, ok in (("chromium", chromium), ("chromium-driver", driver)) if not ok]
+    missing = [f"{' '.join(debs)} (apt-get install {' '.join(debs)})"] if debs else []
     try:
         from selenium import webdriver
         import gradio  # noqa: F401
     except ImportError as e:
-        missing.append(f"python package {e.name} (pip install -e '.[dev]')")
+        missing.append(f"the python package {e.name} (pip install -e '.[dev]')")
     if missing:
-        why = f"the browser test needs {', '.join(missing)} (apt-get install chromium chromium-driver)"
+        why = f"the browser test needs {' and '.join(missing)}"
         if in_ci():
             pytest.fail(f"{why}; CI=true runs every test", pytrace=False)
         pytest.skip(why)
     return chromium, driver, webdriver
+
+
+@pytest.fixture
+def browser_tools():
+    """(chromium, chromedriver, selenium.webdriver), checked before the server starts."""
+    return browser_or_skip()
 
 
 def free_port() -> int:
@@ -183,8 +190,8 @@ def wait_for(predicate, what: str, timeout: float = 120.0, page=None):
 
 
 @pytest.mark.browser
-def test_web_ui_in_headless_chromium(server, photo, driving, tmp_path):
-    chromium, chromedriver, webdriver = browser_or_skip()
+def test_web_ui_in_headless_chromium(browser_tools, server, photo, driving, tmp_path):
+    chromium, chromedriver, webdriver = browser_tools
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
