@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "anchorface.apps.train",
     "anchorface.apps.evaluate",
     "anchorface.apps.curate",
+    "anchorface.apps.web",
 ]
 
 

@@ -1,0 +1,262 @@
+"""`anchorface web`: a browser UI over the same video flow as `anchorface reenact` (`methods.flow.reenact`).
+
+Upload a face photo and a driving video (or record them with the webcam), choose the checkpoint, the method (the
+registry's), the merge strategy (Fig. 3), sampler, steps and seed, and get the reenacted video, the side-by-side
+comparison driving | anchored | multidiffusion (`reenact --compare`) and both files to download. The progress bar
+follows the pipeline's own progress bars (face boxes, landmarks, denoising, writing), and the cancel button stops
+the job at its next progress step; outputs are written atomically, so a cancelled or failed job leaves no file.
+Errors are the CLI's one-line messages (an `AnchorfaceError` becomes a `gr.Error` with that line); the page never
+shows a traceback. It binds to 127.0.0.1 unless told otherwise (`--host`, `--share`).
+
+gradio (the `web` extra) is imported here only, when the command runs (tests/test_layout.py).
+"""
+
+import argparse
+import shutil
+import sys
+import tempfile
+import threading
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+from anchorface.apps.arguments import int_range
+from anchorface.errors import AnchorfaceError, io_errors, one_line, require
+
+DEMO_CHOICE = "demo"  # the checkpoint field's value for the committed demo model
+MAX_STEPS = 100  # the steps slider's upper end (check_sampling bounds steps by the checkpoint's T)
+
+
+class Cancelled(AnchorfaceError):
+    """The user pressed Cancel: raised at the job's next progress step."""
+
+
+class Job:
+    """One running reenactment of a browser session: its cancel flag, and the gradio progress bar that the
+    pipeline's tqdm bars feed (`follow_progress`)."""
+
+    def __init__(self, progress=None):
+        self.cancel = threading.Event()
+        self.progress = progress
+
+    def step(self, bar, check: bool = True) -> None:
+        """Called on every update of a pipeline progress bar (and when it closes, `check=False`): stop if cancelled,
+        else show it."""
+        if check and self.cancel.is_set():
+            raise Cancelled("cancelled")
+        if self.progress is not None:
+            total = int(bar.total) if bar.total else None
+            self.progress((int(bar.n), total), desc=bar.desc or "working", unit=bar.unit or "steps")
+
+
+_follow_lock = threading.Lock()
+
+
+@contextmanager
+def follow_progress(job: Job):
+    """While inside, every tqdm bar's `update` and `close` (the bars the flow, the face tracker and the sampler already
+    show with progress=True; iterating a bar updates it at most every 0.1 s) also call `job.step(bar)`. One job at a
+    time."""
+    from tqdm import std
+
+    with _follow_lock:
+        update, close = std.tqdm.update, std.tqdm.close
+
+        def followed_update(bar, n=1):
+            out = update(bar, n)
+            job.step(bar)
+            return out
+
+        def followed_close(bar):  # (a short loop may end before its first update: show it full)
+            if not bar.disable:
+                job.step(bar, check=False)
+            return close(bar)
+
+        std.tqdm.update, std.tqdm.close = followed_update, followed_close
+        try:
+            yield job
+        finally:
+            std.tqdm.update, std.tqdm.close = update, close
+
+
+class Runner:
+    """Runs one job of the UI: validates the fields, loads the method (the last one stays loaded), and calls the
+    shared flow into a fresh folder under `workdir`. Raises AnchorfaceError (one line) for anything the user can fix."""
+
+    def __init__(self, workdir: str | Path, device: str = "cpu"):
+        self.workdir, self.device = Path(workdir), device
+        self._loaded: tuple[tuple, object] | None = None
+        self._jobs = 0
+
+    @staticmethod
+    def checkpoint_path(choice: str | None) -> Path:
+        from anchorface.apps.reenact import demo_checkpoint
+
+        text = (choice or "").strip()
+        if text in ("", DEMO_CHOICE):
+            path = demo_checkpoint()
+            if not (path / "anchorface.json").exists():
+                raise AnchorfaceError("no demo checkpoint installed; enter a checkpoint folder")
+            return path
+        path = Path(text).expanduser()
+        if not path.is_dir():
+            raise AnchorfaceError(f"checkpoint folder {path} does not exist")
+        return path
+
+    def method(self, name: str, checkpoint: str | None):
+        from anchorface.methods.registry import get_method
+
+        spec = get_method(name)
+        path = self.checkpoint_path(checkpoint) if spec.needs_checkpoint else None
+        key = (name, str(path), self.device)
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = None  # (free the previous model first)
+            self._loaded = (key, spec.from_pretrained(path, device=self.device))
+        return self._loaded[1]
+
+    def run(self, photo, video, *, checkpoint=None, method="anchored", merge=None, sampler=None, steps=None,
+            seed=0, compare=True, job: Job | None = None) -> dict:
+        """Reenact `photo` with `video`; returns {"output", "compare" (or None), "message"}."""
+        from anchorface.apps.arguments import SEED_MAX
+        from anchorface.methods.flow import check_inputs, reenact
+
+        if not photo:
+            raise AnchorfaceError("upload a face photo (or take one with the webcam)")
+        if not video:
+            raise AnchorfaceError("upload a driving video (or record one with the webcam)")
+        try:
+            seed = int(seed)
+        except (TypeError, ValueError):
+            raise AnchorfaceError(f"the seed must be an integer, got {seed!r}") from None
+        if not 0 <= seed <= SEED_MAX:
+            raise AnchorfaceError(f"the seed must be in 0..{SEED_MAX}, got {seed}")
+        try:
+            steps = None if steps is None else int(steps)
+        except (TypeError, ValueError, OverflowError):
+            raise AnchorfaceError(f"steps must be an integer, got {steps!r}") from None
+        for old in self.workdir.glob("job-*"):  # (gradio copied the earlier results into its cache when it sent them)
+            shutil.rmtree(old, ignore_errors=True)
+        self._jobs += 1
+        folder = self.workdir / f"job-{self._jobs:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        output = folder / "reenacted.mp4"
+        compare_path = folder / "compare.mp4" if compare else None
+        check_inputs(photo, video, output, compare_path)  # before loading any weights
+        job = job or Job()
+        with follow_progress(job):
+            model = self.method(method, checkpoint)
+            given = {"merge": merge, "sampler": sampler, "steps": steps}
+            options = {k: v for k, v in given.items() if v not in (None, "") and k in getattr(model, "OPTIONS", ())}
+            result = reenact(model, photo, video, output, seed=seed, compare_path=compare_path, progress=True,
+                             **options)
+        missing = f", {result.frames_without_face} frames without a face filled" if result.frames_without_face else ""
+        message = (f"{result.num_frames} frames at {float(result.fps):g} fps, {result.method}: {result.summary}"
+                   f"{missing} ({result.seconds:.1f} s)")
+        return {"output": result.output, "compare": result.compare, "message": message}
+
+
+def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str | Path | None = None):
+    """The gradio Blocks of the UI (not launched)."""
+    gr = require("gradio", "web", "anchorface web")
+    from anchorface.methods.anchored.checkpoint import read_config
+    from anchorface.methods.anchored.options import MERGES, SAMPLERS
+    from anchorface.methods.registry import get_method, method_names
+
+    runner = Runner(workdir or tempfile.mkdtemp(prefix="anchorface-web-"), device=device)
+    sample = read_config(runner.checkpoint_path(checkpoint)).sample  # the defaults shown; a bad --checkpoint: error
+    jobs: dict[str, Job] = {}  # browser session -> its running job
+
+    def reenact_job(photo, video, ckpt, method, merge, sampler, steps, seed, compare, request: gr.Request,
+            progress=gr.Progress()):  # noqa: B008  (how gradio marks the progress parameter)
+        job = jobs[request.session_hash] = Job(progress)
+        try:
+            out = runner.run(photo, video, checkpoint=ckpt, method=method, merge=merge, sampler=sampler, steps=steps,
+                             seed=seed, compare=compare, job=job)
+        except Cancelled:
+            return None, None, None, "Cancelled."
+        except (AnchorfaceError, *io_errors()) as e:
+            raise gr.Error(one_line(e), print_exception=False) from None
+        except Exception as e:  # a bug: one line in the page, the traceback on the server's console only
+            traceback.print_exc()
+            raise gr.Error(f"internal error: {one_line(e)} (details on the server console)",
+                           print_exception=False) from None
+        finally:
+            jobs.pop(request.session_hash, None)
+        files = [str(p) for p in (out["output"], out["compare"]) if p is not None]
+        return str(out["output"]), out["compare"] and str(out["compare"]), files, f"Done: {out['message']}"
+
+    def cancel(request: gr.Request):
+        job = jobs.get(request.session_hash)
+        if job is not None:
+            job.cancel.set()
+        return "Cancelling…" if job is not None else "Nothing is running."
+
+    def method_changed(name):
+        takes = get_method(name).needs_checkpoint  # the registry's models take the sampling options; baselines none
+        return [gr.update(interactive=takes) for _ in range(5)]
+
+    with gr.Blocks(title="anchorface", analytics_enabled=False, delete_cache=(3600, 86400)) as app:
+        gr.Markdown("# anchorface\nAnimate a face photo with the motion of a driving video (Anchored Diffusion).")
+        with gr.Row():
+            with gr.Column():
+                photo = gr.Image(label="face photo", type="filepath", sources=["upload", "webcam", "clipboard"],
+                                 elem_id="photo", height=300)
+                video = gr.Video(label="driving video", sources=["upload", "webcam"], elem_id="driving", height=340)
+                with gr.Row():
+                    ckpt = gr.Dropdown([(f"demo model ({DEMO_CHOICE})", DEMO_CHOICE)],
+                                       value=checkpoint or DEMO_CHOICE, allow_custom_value=True,
+                                       label="checkpoint", info="the demo model, or a local checkpoint folder",
+                                       elem_id="checkpoint")
+                    method = gr.Dropdown(list(method_names()), value="anchored", label="method", elem_id="method")
+                with gr.Row():
+                    merge = gr.Dropdown(list(MERGES), value=sample.merge, label="merge strategy", elem_id="merge")
+                    sampler = gr.Dropdown(list(SAMPLERS), value=sample.sampler, label="sampler", elem_id="sampler")
+                with gr.Row():
+                    steps = gr.Slider(1, MAX_STEPS, value=sample.steps, step=1, label="steps", elem_id="steps")
+                    seed = gr.Number(0, precision=0, minimum=0, label="seed", elem_id="seed")
+                compare = gr.Checkbox(True, label="comparison video (driving | anchored | multidiffusion)",
+                                      elem_id="compare")
+                with gr.Row():
+                    go = gr.Button("Reenact", variant="primary", elem_id="run")
+                    stop = gr.Button("Cancel", variant="stop", elem_id="cancel")
+            with gr.Column():
+                status = gr.Markdown("", elem_id="status")
+                result = gr.Video(label="result", interactive=False, elem_id="result", height=280)
+                comparison = gr.Video(label="comparison", interactive=False, elem_id="comparison", height=280)
+                files = gr.File(label="download", file_count="multiple", interactive=False, elem_id="download")
+        method.change(method_changed, method, [ckpt, merge, sampler, steps, compare])
+        go.click(reenact_job, [photo, video, ckpt, method, merge, sampler, steps, seed, compare],
+                         [result, comparison, files, status], concurrency_limit=1)
+        stop.click(cancel, None, status, queue=False)
+        app.queue(default_concurrency_limit=1)
+    return app
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "web", help="a web UI in the browser (needs the 'web' extra)",
+        description="Start the web UI: upload (or record) a face photo and a driving video, choose checkpoint, "
+                    "method, merge strategy, sampler, steps and seed, and get the video and the comparison. "
+                    "Binds to 127.0.0.1 unless --host is given.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int_range(1, 65535, name="a port in 1..65535"), default=7860,
+                   help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    p.add_argument("--checkpoint", help="the checkpoint selected at start (default: the installed demo model)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from anchorface.devices import resolve_device
+
+    require("gradio", "web", "anchorface web")  # before anything else: the one-line hint when it is missing
+    workdir = tempfile.mkdtemp(prefix="anchorface-web-")
+    try:
+        app = build_app(args.checkpoint, device=str(resolve_device(args.device)), workdir=workdir)
+        print(f"anchorface web: http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
+        app.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=False, quiet=True,
+                   inbrowser=False, ssr_mode=False, footer_links=[])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0

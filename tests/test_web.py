@@ -1,0 +1,280 @@
+"""`anchorface web`: the job runner (progress from the pipeline's bars, cancel, one-line errors) and the whole UI in
+a real headless Chromium: upload a photo and a real driving clip, a bad checkpoint (one-line error), a cancelled job,
+then a tiny job with the demo model whose videos play in the page and decode to every frame."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from anchorface.apps import web
+from anchorface.apps.cli import main
+from anchorface.errors import AnchorfaceError
+from anchorface.io.video import VideoWriter, iter_frames, probe_video
+from anchorface.methods.anchored.checkpoint import read_config
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+CLIP_FRAMES = 20  # the first 0.8 s of d20 (480x480, 25 fps, with audio)
+SCREENSHOT_ENV = "ANCHORFACE_WEB_SCREENSHOT"  # set to a .png path: the browser test saves the page after its run
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+@pytest.fixture(scope="module")
+def driving(tmp_path_factory, face_corpus):
+    """A short real driving clip: the first frames of d20 with its audio (built in tmp, never committed)."""
+    src = face_corpus / "driving/d20.mp4"
+    out = tmp_path_factory.mktemp("clip") / "d20_short.mp4"
+    with VideoWriter(out, probe_video(src).fps, audio_from=src) as w:
+        for frame in iter_frames(src, max_frames=CLIP_FRAMES):
+            w.write(frame)
+    return out
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    """scikit-image's astronaut, framed as the demo model's training portrait."""
+    from anchorface.data.synthetic import astronaut, head_and_shoulders
+    from anchorface.io.images import save_image
+
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    save_image(path, head_and_shoulders(astronaut())[0])
+    return path
+
+
+def test_web_without_gradio_is_one_line(monkeypatch, capsys):
+    for mod in [m for m in sys.modules if m == "gradio" or m.startswith("gradio.")] or ["gradio"]:
+        monkeypatch.setitem(sys.modules, mod, None)  # as if not installed
+    assert main(["web", "--port", "7999"]) == 1
+    assert capsys.readouterr().err == ("anchorface: error: anchorface web needs the 'web' extra: "
+                                       "pip install 'anchorface[web]'\n")
+
+
+class Recorder:
+    """A stand-in for gr.Progress: records every (n, total, desc) it is shown."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, progress, desc=None, unit="steps"):
+        self.calls.append((*progress, desc))
+
+
+def test_runner_progress_follows_the_pipeline_bars(tiny_checkpoint, driving, face_corpus, tmp_path):
+    from tqdm import std
+
+    original = std.tqdm.update
+    runner, rec = web.Runner(tmp_path / "work"), Recorder()
+    out = runner.run(face_corpus / "source/s1.jpg", driving, checkpoint=str(tiny_checkpoint), steps=2,
+                     compare=True, job=web.Job(rec))
+    assert std.tqdm.update is original  # the hook is gone after the job
+    assert probe_video(out["output"]).num_frames == probe_video(out["compare"]).num_frames == CLIP_FRAMES
+    descs = {d for _, _, d in rec.calls}
+    assert {"face boxes", "landmarks", "denoising", "writing"} <= descs
+    assert (CLIP_FRAMES, CLIP_FRAMES, "writing") == rec.calls[-1]  # the last bar ends full
+    assert all(t is None or 0 <= n <= t for n, t, _ in rec.calls)
+    assert f"{CLIP_FRAMES} frames" in out["message"]
+
+
+def test_runner_cancel_stops_at_the_next_step_and_leaves_no_file(tiny_checkpoint, driving, face_corpus, tmp_path):
+    job = web.Job()
+    job.cancel.set()
+    with pytest.raises(web.Cancelled):
+        web.Runner(tmp_path).run(face_corpus / "source/s1.jpg", driving, checkpoint=str(tiny_checkpoint), job=job)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_runner_errors_are_one_line(tmp_path, driving, face_corpus):
+    runner = web.Runner(tmp_path)
+    not_an_image = tmp_path / "photo.jpg"
+    not_an_image.write_text("not an image")
+    cases = [((None, driving), {}, "upload a face photo"),
+             ((not_an_image, driving), {}, "photo.jpg"),
+             ((face_corpus / "source/s1.jpg", driving), {"checkpoint": str(tmp_path / "nope")}, "does not exist"),
+             ((face_corpus / "source/s1.jpg", driving), {"seed": -1}, "seed"),
+             ((face_corpus / "source/s1.jpg", driving), {"steps": float("nan")}, "steps"),
+             ((face_corpus / "source/s1.jpg", driving), {"method": "nope"}, "unknown method")]
+    for args, kwargs, expected in cases:
+        with pytest.raises(AnchorfaceError) as e:
+            runner.run(*args, **kwargs)
+        assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------ in a real browser
+
+def browser_or_skip():
+    """(chromium, chromedriver, selenium.webdriver): skipped with the reason when one is missing, failed in CI (CI=true
+    must run every test; .ci/run installs Debian's chromium and chromium-driver and the dev extra)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    debs = [what for what, ok in (("chromium", chromium), ("chromium-driver", driver)) if not ok]
+    missing = [f"{' '.join(debs)} (apt-get install {' '.join(debs)})"] if debs else []
+    try:
+        from selenium import webdriver
+        import gradio  # noqa: F401
+    except ImportError as e:
+        missing.append(f"the python package {e.name} (pip install -e '.[dev]')")
+    if missing:
+        why = f"the browser test needs {' and '.join(missing)}"
+        if in_ci():
+            pytest.fail(f"{why}; CI=true runs every test", pytrace=False)
+        pytest.skip(why)
+    return chromium, driver, webdriver
+
+
+@pytest.fixture
+def browser_tools():
+    """(chromium, chromedriver, selenium.webdriver), checked before the server starts."""
+    return browser_or_skip()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`anchorface web` in a subprocess on a free port of 127.0.0.1; yields its URL."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(SRC), "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(tmp_path / "server.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "anchorface", "web", "--port", str(port), "--device", "cpu"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"anchorface web exited with {proc.returncode}:\n{log.read()}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "anchorface web did not answer within 180 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def wait_for(predicate, what: str, timeout: float = 120.0, page=None):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            shown = page() if page else ""
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}; the page shows: {shown!r}", pytrace=False)
+        time.sleep(0.2)
+
+
+@pytest.mark.browser
+def test_web_ui_in_headless_chromium(browser_tools, server, photo, driving, tmp_path):
+    chromium, chromedriver, webdriver = browser_tools
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                "--mute-audio"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(chromedriver), options=options)
+    css = lambda sel: browser.find_elements(By.CSS_SELECTOR, sel)  # noqa: E731
+    text = lambda sel: " ".join(e.text for e in css(sel))  # noqa: E731
+
+    def type_into(sel: str, value: str) -> None:
+        box = css(sel)[0]
+        box.click()
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(value, Keys.TAB)
+
+    def reenact() -> None:
+        css("#run")[0].click()
+
+    def body() -> str:
+        return browser.find_element(By.TAG_NAME, "body").text
+
+    def wait(predicate, what: str, timeout: float = 120.0):
+        return wait_for(predicate, what, timeout, page=body)
+
+    try:
+        browser.get(server)
+        wait(lambda: css("#photo input[type=file]") and css("#driving input[type=file]"), "the page")
+        css("#photo input[type=file]")[0].send_keys(str(photo))
+        css("#driving input[type=file]")[0].send_keys(str(driving))
+        wait(lambda: css("#photo img") and css("#driving video"), "the uploads to show")
+
+        # a checkpoint folder that does not exist: the one-line error, no traceback in the page
+        type_into("#checkpoint input", str(tmp_path / "no-such-checkpoint"))
+        reenact()
+        msg = wait(lambda: "does not exist" in body() and body(), "the error message")
+        assert f"checkpoint folder {tmp_path / 'no-such-checkpoint'} does not exist" in msg
+        assert "Traceback" not in browser.page_source and "File \"" not in browser.page_source
+        for close in css(".toast-close"):
+            close.click()
+
+        # many steps, then Cancel once the denoising bar shows: "Cancelled.", no video
+        type_into("#checkpoint input", web.DEMO_CHOICE)
+        type_into("#steps input[type=number]", str(web.MAX_STEPS))
+        reenact()
+        wait(lambda: "denoising" in text("#result"), "the denoising progress", timeout=180)
+        css("#cancel")[0].click()
+        wait(lambda: "Cancelled." in text("#status"), "the job to stop")
+        assert not [v for v in css("#result video") if v.get_attribute("src")]
+
+        # a tiny job with the demo model: both videos play in the page, and the result decodes to every frame
+        type_into("#steps input[type=number]", str(read_config(web.Runner.checkpoint_path(None)).sample.steps))
+        reenact()
+        wait(lambda: "Done:" in text("#status"), "the result", timeout=300)
+        for sel in ("#result video", "#comparison video"):
+            state = wait(lambda sel=sel: browser.execute_script(
+                f"const v = document.querySelector('{sel}');"
+                "return v && v.readyState >= 1 && v.duration > 0 ? [v.readyState, v.duration] : null"),
+                f"{sel} to load")
+            assert state[1] == pytest.approx(CLIP_FRAMES / 25, abs=0.1)
+        listed = text("#download").replace("\n", "")  # (the page breaks a name before its suffix)
+        assert "reenacted.mp4" in listed and "compare.mp4" in listed
+        assert f"{CLIP_FRAMES} frames at 25 fps" in text("#status")
+        src = css("#result video")[0].get_attribute("src")
+        assert src.startswith(server)
+        downloaded = tmp_path / "downloaded.mp4"
+        with urllib.request.urlopen(src, timeout=30) as r:
+            downloaded.write_bytes(r.read())
+        assert len(list(iter_frames(downloaded))) == CLIP_FRAMES
+        if os.environ.get(SCREENSHOT_ENV):  # docs/images/web-ui.png: the whole page, 1280 px wide
+            css("#checkpoint input")[0].send_keys(Keys.ESCAPE)  # (closes the dropdown list typed into)
+            browser.execute_script("document.activeElement.blur()")
+            browser.execute_script("document.querySelectorAll('video').forEach(v => v.currentTime = 0.4)")
+            for _ in range(3):  # (the page may grow once the viewport does)
+                height = browser.execute_script("return document.documentElement.scrollHeight")
+                browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                        {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False})
+                time.sleep(0.5)
+            browser.execute_script("window.scrollTo(0, 0)")
+            time.sleep(1.0)
+            browser.save_screenshot(os.environ[SCREENSHOT_ENV])
+    finally:
+        browser.quit()
