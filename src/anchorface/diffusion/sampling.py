@@ -86,7 +86,7 @@ def is_multistep(scheduler) -> bool:
 def predicted_x0(scheduler, pred: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
     """The x0 implied by the model's prediction (eps, v or x0) at x_t, clipped to the scheduler's `anchorface_clip`
     range when set (float32; the input of the multistep solvers)."""
-    a = scheduler.alphas_cumprod[int(t)].to(device=x.device, dtype=torch.float32)
+    a = scheduler.alphas_cumprod[int(t)].to(torch.float32)  # a 0-dim host tensor: no copy to the device
     pred, x = pred.float(), x.float()
     kind = scheduler.anchorface_prediction
     if kind == "epsilon":

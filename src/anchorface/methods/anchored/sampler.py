@@ -72,13 +72,13 @@ def frame_generators(seed: int, step: int, frames) -> list[torch.Generator]:
 def initial_noise(seed: int, num_frames: int, latent_shape, scale: float = 1.0, device=None,
                   frame_offset: int = 0) -> torch.Tensor:
     """Q_K: one noise tensor per timeline frame [N, C, h, w] (the anchor's noise is shared by every sequence),
-    times `scale`; filled frame by frame in place (no second O(N) copy). Frame f is seeded as timeline frame
-    `frame_offset + f` (a shot of a multi-shot video draws the noise its frames have in the whole video)."""
-    z = torch.empty((num_frames, *latent_shape), device=device)
+    times `scale`; drawn frame by frame on the host (CPU generators) and moved to `device` in one copy, not one
+    synchronising copy per frame. Frame f is seeded as timeline frame `frame_offset + f` (a shot of a multi-shot
+    video draws the noise its frames have in the whole video)."""
+    z = torch.empty((num_frames, *latent_shape))
     for f in range(num_frames):
-        z[f] = torch.randn(tuple(latent_shape),
-                           generator=frame_generators(seed, 0, [frame_offset + f])[0]).mul_(scale)
-    return z
+        torch.randn(tuple(latent_shape), generator=frame_generators(seed, 0, [frame_offset + f])[0], out=z[f])
+    return z.mul_(scale).to(device)
 
 
 def micro_batches(num_sequences: int, micro_batch: int) -> list[np.ndarray]:
@@ -102,7 +102,8 @@ class FrameConditions:
         self.enabled = callable(getattr(model, "condition", None)) and g is not None
         self.cache: dict[tuple, torch.Tensor] = {}
 
-    def reuse(self, rows: np.ndarray, kwargs: dict) -> dict:
+    def reuse(self, index: torch.Tensor, kwargs: dict) -> dict:
+        """`index`: the timeline frames of the micro-batch's slots [b, T], on the model's device."""
         if not self.enabled or "g" not in kwargs or any(k not in self._SIGNALS for k in kwargs):
             return kwargs
         key = tuple(sorted(k for k, v in kwargs.items() if k.startswith("drop") and v is not None))
@@ -111,7 +112,7 @@ class FrameConditions:
             flags = {k: torch.ones(1, dtype=torch.bool, device=device) for k in key}
             self.cache[key] = self.model.condition(self.g[:1], self.lmk[None].to(device), **flags)[0]  # [N, D]
         c = self.cache[key]
-        return dict(cond=c[torch.as_tensor(self.plan.slots[rows], device=c.device)])
+        return dict(cond=c[index])
 
 
 class _FrameMerge:
@@ -248,21 +249,23 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
         dropped = dropped_signals(conditions, guidance if uncond else None)
         flags[uncond] = ["drop"] if dropped == SIGNALS else [f"drop_{s}" for s in dropped]
 
-    def sdit(x, t, rows, uncond: bool, donor):
-        """One forward pass over sequences `rows`, with the anchoring hook (record when donor is None)."""
+    def sdit(x, t, rows, index, uncond: bool, donor):
+        """One forward pass over sequences `rows` (their slots' frames: `index`, on the device), with the anchoring
+        hook (record when donor is None). Everything per pass stays on the device: no host synchronisation."""
         b = len(rows)
         kwargs = {}
         if conditional:
-            kwargs = dict(g=None if g is None else g.expand(b, -1), lmk=lmk[plan.slots[rows]].to(device, dtype))
+            kwargs = dict(g=None if g is None else g.expand(b, -1), lmk=lmk_device[index])
         for name in flags[uncond]:
             kwargs[name] = torch.ones(b, dtype=torch.bool, device=device)
-        kwargs = cond_cache.reuse(rows, kwargs)  # C = Mapping(G, L) from the per-video cache
+        kwargs = cond_cache.reuse(index, kwargs)  # C = Mapping(G, L) from the per-video cache
         hook = None
         if plan.anchor is not None:  # positions stay on the host: the hook resolves them without a device sync
             hook = AnchorOverride(positions=torch.as_tensor(plan.anchor_positions[rows]), donor=donor)
         out = model(x.to(dtype), torch.full((b,), int(t), device=device), anchor=hook, **kwargs)
         return out.float(), hook
 
+    lmk_device = lmk.to(device, dtype)  # [N, Dl]: moved once, gathered per pass on the device
     cond_cache = FrameConditions(model, plan, g, lmk)
     scheduler = diffusion.make_scheduler(sampler, int(steps), learned_sigma=learns_sigma(model))
     if rows is None:
@@ -285,10 +288,10 @@ def anchored_diffusion(model, diffusion, plan: SequencePlan, g, landmark_vectors
                 donor = donor_uncond = None  # sequence 0's anchor tokens at this step (cond / uncond pass)
                 for m, rows in enumerate(batches):
                     x = scheduler.scale_model_input(z[gathers[m]], t)  # gather Q_k: [b, T, C, h, w]
-                    out, hook = sdit(x, t, rows, False, donor)  # Q'_{k-1}, anchor overridden in all layers
+                    out, hook = sdit(x, t, rows, gathers[m], False, donor)  # Q'_{k-1}, anchor overridden in all layers
                     hook_u = None
                     if cfg:
-                        out_u, hook_u = sdit(x, t, rows, True, donor_uncond)
+                        out_u, hook_u = sdit(x, t, rows, gathers[m], True, donor_uncond)
                         out = guided(out, out_u, guidance_scale, z.shape[1])
                     if hook is not None and donor is None:
                         donor = hook.recorded
