@@ -213,6 +213,27 @@ def test_ddpm_learned_range_step_is_p_mean_variance(diffusion, t):
         assert (other - prev).abs().max() > 3e-4
 
 
+@pytest.mark.parametrize("steps", [1000, 250, 50])
+def test_ddpm_learned_variance_stays_between_its_bounds(diffusion, steps):
+    """v outside [-1, 1] (a briefly trained model predicts up to ~14 at small t) is clamped: the step's noise
+    variance stays in [posterior variance, beta] of the (respaced) schedule instead of extrapolating past beta."""
+    sched = diffusion.make_scheduler("ddpm", steps)
+    B, T, C, H, W = SHAPE
+    x, eps = rand(*SHAPE, seed=0), rand(*SHAPE, seed=1)
+    t = int(sched.timesteps[-2])  # the last step that draws noise: the widest range
+    lo = scheduler_step(sched, torch.cat([eps, torch.full(SHAPE, -1.0)], dim=2), t, x,
+                        generator=torch.Generator().manual_seed(7))
+    hi = scheduler_step(sched, torch.cat([eps, torch.full(SHAPE, 1.0)], dim=2), t, x,
+                        generator=torch.Generator().manual_seed(7))
+    far = scheduler_step(sched, torch.cat([eps, torch.full(SHAPE, 14.0)], dim=2), t, x,
+                         generator=torch.Generator().manual_seed(7))
+    assert torch.equal(far, hi)  # clamped to v = 1 (frac = 1: beta_t)
+    below = scheduler_step(sched, torch.cat([eps, torch.full(SHAPE, -9.0)], dim=2), t, x,
+                           generator=torch.Generator().manual_seed(7))
+    assert torch.equal(below, lo)  # clamped to v = -1 (frac = 0: the posterior variance)
+    assert (hi - lo).abs().max() > 1e-4  # control: v moves the sample within its range
+
+
 def test_learns_sigma_reads_the_model_config():
     cfg = dict(input_size=4, in_channels=4, patch_size=2, hidden_size=32, depth=1, num_heads=2, num_frames=2,
                global_dim=0, landmark_dim=6)

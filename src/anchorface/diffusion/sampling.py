@@ -116,8 +116,19 @@ def scheduler_step(scheduler, model_out, t, x, generator=None, eta: float = 0.0)
     elif isinstance(scheduler, DDIMScheduler):  # DDIM takes the prediction only (no variance channels)
         prev = scheduler.step(out[:, :C], t, flat, eta=eta, generator=gen).prev_sample
     else:
+        if out.shape[1] == 2 * C:  # learned sigma: keep v in [-1, 1] (see `clamp_variance`)
+            out = clamp_variance(out, C)
         prev = scheduler.step(out, t, flat, generator=gen).prev_sample
     return prev.reshape(B, T, C, H, W)
+
+
+def clamp_variance(out: torch.Tensor, channels: int) -> torch.Tensor:
+    """[prediction, v] with v clamped to [-1, 1]. The learned log variance interpolates between log β̃_t and
+    log β_t with frac = (v + 1) / 2 (improved DDPM, eq. 15), and nothing in training keeps v in range: a small or
+    briefly trained model predicts v far outside it at small t (up to 14 measured on the tiny corpus model), which
+    is harmless with all 1000 steps (β̃_t ≈ β_t) but extrapolates to exploding variances on respaced schedules
+    (DDPM at 250 steps then draws noise patches, not faces). Clamped, the variance stays between the two bounds."""
+    return torch.cat([out[:, :channels], out[:, channels:].clamp(-1.0, 1.0)], dim=1)
 
 
 def sample_loop(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_T: torch.Tensor, scheduler,
