@@ -6,7 +6,7 @@ t_1 < ... < t_S spread evenly over [0, T - 1] (`ddim_timesteps`). Decoding (Eq. 
     eps = eps_theta(x_j, t_j, z),  f = (x_j - sqrt(1 - a_j) eps) / sqrt(a_j),  x_{j-1} = sqrt(a_{j-1}) f + sqrt(1 - a_{j-1}) eps
 
 and inversion (Eq. 3) walks the same levels upwards, j = 0 .. S - 1, with eps evaluated where it stands
-(t_j, or t_1 for the clean image). Both are deterministic (eta = 0), so with an eps that is the same along the
+(at t_j, and at t = 0 for the clean image, as DiffAE does). Both are deterministic (eta = 0), so with an eps that is the same along the
 path (an oracle that knows x_0) decoding the inverted x_T gives x_0 back exactly.
 """
 
@@ -64,5 +64,5 @@ def ddim_invert(eps_fn: EpsFn, x_0: torch.Tensor, alphas_cumprod: torch.Tensor, 
     ts, a = _levels(alphas_cumprod, steps)
     x = x_0
     for j in range(len(ts)):
-        x = _step(eps_fn, x, ts[max(j - 1, 0)], a[j], a[j + 1])
+        x = _step(eps_fn, x, ts[j - 1] if j else 0, a[j], a[j + 1])
     return x
