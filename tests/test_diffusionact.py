@@ -262,7 +262,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = DiffusionActModel(cfg)
     with torch.no_grad():  # the zero-initialised layers made random (the others keep PyTorch's scaled init)
-        for name, p in model.diffae.named_parameters():
+        for p in model.diffae.parameters():
             if not p.any():
                 p.normal_(0.0, 0.05)
     randomise(model.zero_conv, 1.0, seed=1)
