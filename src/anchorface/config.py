@@ -2,7 +2,8 @@
 
 Presets live in `anchorface/configs/*.yaml`: `paper-t4`, `paper-t8` (the paper's settings, App. D / §4.1),
 `tiny` (a CPU-sized model on 64x64 crops with the weight-free pixel codec and a jointly trained global encoder) and
-`demo` (`tiny` made narrower: the committed demo checkpoint's setting).
+`demo` (`tiny` made narrower: the committed demo checkpoint's setting); `diffusionact-paper` and
+`diffusionact-tiny` train the DiffusionAct method (paper 003; the `diffusionact` section).
 """
 
 from __future__ import annotations

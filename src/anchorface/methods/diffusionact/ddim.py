@@ -44,25 +44,30 @@ def _levels(alphas_cumprod: torch.Tensor, steps: int) -> tuple[list[int], list[f
     return ts, [1.0] + [float(alphas_cumprod[t]) for t in ts]
 
 
-def _step(eps_fn: EpsFn, x: torch.Tensor, t: int, a_from: float, a_to: float) -> torch.Tensor:
+def _step(eps_fn: EpsFn, x: torch.Tensor, t: int, a_from: float, a_to: float, clip: bool) -> torch.Tensor:
     eps = eps_fn(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
     f = (x - (1.0 - a_from) ** 0.5 * eps) / a_from ** 0.5  # Eq. 2: the predicted x_0
+    if clip and a_from < 1.0:  # x_0 kept in the pixel range, eps made consistent with it (DiffAE's clip_denoised)
+        f = f.clamp(-1.0, 1.0)
+        eps = (x - a_from ** 0.5 * f) / (1.0 - a_from) ** 0.5
     return a_to ** 0.5 * f + (1.0 - a_to) ** 0.5 * eps  # Eq. 1 (a_to < a_from) / Eq. 3 (a_to > a_from)
 
 
-def ddim_decode(eps_fn: EpsFn, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int) -> torch.Tensor:
-    """x_0 from x_T by S deterministic DDIM steps (Eq. 1-2)."""
+def ddim_decode(eps_fn: EpsFn, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int,
+                clip: bool = False) -> torch.Tensor:
+    """x_0 from x_T by S deterministic DDIM steps (Eq. 1-2); `clip`: predicted x_0 clipped to [-1, 1]."""
     ts, a = _levels(alphas_cumprod, steps)
     x = x_T
     for j in range(len(ts), 0, -1):
-        x = _step(eps_fn, x, ts[j - 1], a[j], a[j - 1])
+        x = _step(eps_fn, x, ts[j - 1], a[j], a[j - 1], clip)
     return x
 
 
-def ddim_invert(eps_fn: EpsFn, x_0: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int) -> torch.Tensor:
+def ddim_invert(eps_fn: EpsFn, x_0: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int,
+                clip: bool = False) -> torch.Tensor:
     """The stochastic subcode x_T of x_0 by S deterministic DDIM inversion steps (Eq. 3)."""
     ts, a = _levels(alphas_cumprod, steps)
     x = x_0
     for j in range(len(ts)):
-        x = _step(eps_fn, x, ts[j - 1] if j else 0, a[j], a[j + 1])
+        x = _step(eps_fn, x, ts[j - 1] if j else 0, a[j], a[j + 1], clip)
     return x

@@ -232,6 +232,7 @@ class DiffAE(nn.Module):
 
         super().__init__()
         self.encoder, self.unet = encoder, unet
+        self.clip = True  # DDIM keeps the predicted x_0 in [-1, 1] (DiffAE samples with clip_denoised)
         self.register_buffer("alphas_cumprod", linear_alphas_cumprod(num_timesteps, beta_start, beta_end),
                              persistent=False)
 
@@ -262,12 +263,12 @@ class DiffAE(nn.Module):
     def invert(self, x0: torch.Tensor, z: torch.Tensor, steps: int) -> torch.Tensor:
         from anchorface.methods.diffusionact.ddim import ddim_invert
 
-        return ddim_invert(self.eps_fn(z), x0, self.alphas_cumprod, steps)
+        return ddim_invert(self.eps_fn(z), x0, self.alphas_cumprod, steps, clip=self.clip)
 
     def decode(self, x_T: torch.Tensor, z: torch.Tensor, steps: int) -> torch.Tensor:
         from anchorface.methods.diffusionact.ddim import ddim_decode
 
-        return ddim_decode(self.eps_fn(z), x_T, self.alphas_cumprod, steps)
+        return ddim_decode(self.eps_fn(z), x_T, self.alphas_cumprod, steps, clip=self.clip)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
