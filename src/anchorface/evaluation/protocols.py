@@ -395,8 +395,17 @@ def _check_options(o: Options) -> None:
 
 
 def selected_methods(o: Options) -> list[MethodSpec]:
-    """The registry's specs of `o.methods` (all when None), without the baselines when `o.baselines` is False."""
-    specs = [get_method(n) for n in dict.fromkeys(o.methods or method_names())]
+    """The registry's specs of `o.methods`, without the baselines when `o.baselines` is False. When None: the
+    methods the `--checkpoint`s were trained for (`config.method`; the first checkpointed method of the registry,
+    Anchored Diffusion, when no checkpoint is given) and the baselines."""
+    if o.methods:
+        names = list(dict.fromkeys(o.methods))
+    else:
+        owned = {checkpoint_method(p) for p in o.checkpoints}
+        models = [n for n in method_names(baselines=False) if get_method(n).needs_checkpoint]
+        names = [n for n in method_names() if not get_method(n).needs_checkpoint or n in owned
+                 or (not owned - {None} and n == models[0])]
+    specs = [get_method(n) for n in names]
     specs = [s for s in specs if o.baselines or not s.baseline]
     if not specs:
         raise AnchorfaceError("no method to evaluate (--no-baselines left none of --methods)")
