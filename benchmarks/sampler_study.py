@@ -8,8 +8,8 @@ initial noise Q_K) and the same conditions. Per run:
   1000-step sample);
 - LMSE (§4.2): MediaPipe landmarks of the generated crops against the landmarks the model was driven with
   (relative motion), pixels^2 of a 256-px crop, frames without a detected face excluded;
-- identity distance: 1 - cosine between the source photo's and the generated frames' identity embeddings, from
-  `anchorface.faces.identity` when it exists, else the checkpoint's learned global encoder (printed);
+- identity distance: mean Euclidean distance between the dlib face-recognition embeddings of the source photo
+  and of the generated frames (`anchorface.faces.identity`; < 0.6 is dlib's same-person threshold);
 - faces found: the fraction of generated frames in which MediaPipe finds a face (LMSE is over those only);
 - denoising seconds.
 
@@ -64,24 +64,21 @@ def newest_checkpoint(path: Path) -> Path:
     return found[-1]
 
 
-def identity_embedder(pipe):
-    """(name, fn: uint8 frames [N, H, W, 3] -> [N, d] embeddings)."""
-    try:
-        from anchorface.faces import identity  # dlib face recognition, when present
+def identity_embedder():
+    """(name, fn: uint8 frames [N, H, W, 3] -> [N, 128]): dlib's face-recognition embedding (`faces.identity`, the
+    `curate` extra's dlib-bin); identity distance = mean Euclidean distance to the source's (dlib: < 0.6 = same
+    person)."""
+    from anchorface.faces.identity import IdentityEmbedder
 
-        return "dlib face recognition", identity.embed_faces
-    except (ImportError, AttributeError):
-        from anchorface.evaluation.metrics import embed_frames
-
-        return "the checkpoint's learned encoder (no faces/identity.py)", lambda frames: embed_frames(pipe.encoder,
-                                                                                                       frames)
+    return "dlib face recognition, Euclidean distance", IdentityEmbedder().embed
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from anchorface.errors import NoFaceError
-    from anchorface.evaluation.metrics import csim, lmse, psnr
+    from anchorface.evaluation.metrics import lmse, psnr
+    from anchorface.faces.identity import distance
     from anchorface.faces import detect as faces, landmarks
     from anchorface.io.images import load_image
     from anchorface.io.video import iter_frames
@@ -95,7 +92,7 @@ def main(argv=None) -> int:
         write_summary(rows, out, ckpt, "see the run's log", args)
         return 0
     pipe = AnchorFacePipeline.from_pretrained(ckpt)
-    id_name, embed = identity_embedder(pipe)
+    id_name, embed = identity_embedder()
     out.mkdir(parents=True, exist_ok=True)
     print(f"checkpoint {ckpt}; identity: {id_name}; load {os.getloadavg()[0]:.2f}", flush=True)
 
@@ -139,7 +136,7 @@ def main(argv=None) -> int:
                         gl, found = generated_landmarks(gen)
                         row = dict(clip=Path(clip).stem, seed=seed, sampler=sampler, steps=steps, seconds=sec,
                                    psnr_vs_ref=psnr(gen, ref), lmse=lmse(gl, motion, valid=found) if found.any()
-                                   else float("nan"), id_distance=1.0 - csim(src_emb[0], embed(gen)),
+                                   else float("nan"), id_distance=float(distance(src_emb[0], embed(gen)).mean()),
                                    faces_found=float(found.mean()))
                         rows.append(row)
                         writer.writerow(row)

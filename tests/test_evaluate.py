@@ -155,7 +155,7 @@ def test_bad_options_raise_one_line_errors(tmp_path):
             evaluate._check_options(evaluate.Options(**base, protocols=("self",), guidance_scale=scale))
         with pytest.raises(AnchorfaceError, match="guidance scale must be"):
             evaluate._check_options(evaluate.Options(**base, protocols=("self",), ablation_scales=(1.0, scale)))
-    with pytest.raises(AnchorfaceError, match="unknown method 'nope'; choose one of anchored, copy-driving"):
+    with pytest.raises(AnchorfaceError, match="unknown method 'nope'; choose one of anchored, diffusionact, copy-driving"):
         evaluate._check_options(evaluate.Options(**base, protocols=("self",), methods=("nope",)))
     with pytest.raises(AnchorfaceError, match="method anchored needs --checkpoint DIR"):
         evaluate._check_options(evaluate.Options(**{**base, "checkpoints": []}, protocols=("self",)))
@@ -174,7 +174,7 @@ def test_table1_columns_come_from_the_registry(tmp_path, tiny_checkpoint):
     o = evaluate.Options(checkpoints=[ckpt], driving=[], output=tmp_path / "o", merges=("independent", "anchored"),
                          steps=1)
     specs = evaluate.selected_methods(o)
-    assert [s.name for s in specs] == list(method_names())
+    assert [s.name for s in specs] == [n for n in method_names() if n != "diffusionact"]  # (the checkpoint's)
     models, columns, baselines = evaluate.load_columns(o, specs)
     assert list(models) == ["ckpt"]
     assert [(c.group, c.label, c.options) for c in columns] == [

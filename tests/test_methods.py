@@ -20,8 +20,8 @@ needs_faces = pytest.mark.skipif(not FACES.is_dir(), reason=f"real face data not
 
 
 def test_registry_names_specs_and_recipe():
-    assert method_names() == ("anchored", "copy-driving", "still-source")
-    assert method_names(baselines=False) == ("anchored",)
+    assert method_names() == ("anchored", "diffusionact", "copy-driving", "still-source")
+    assert method_names(baselines=False) == ("anchored", "diffusionact")
     spec = get_method("anchored")
     assert spec.needs_checkpoint and not spec.baseline and spec.variant_option == "merge"
     assert spec.variants == ("anchored", "multidiffusion", "independent", "anchored-sorted")
@@ -37,8 +37,8 @@ def test_registry_names_specs_and_recipe():
 
 
 def test_unknown_method_is_a_one_line_error(capsys, tmp_path):
-    with pytest.raises(AnchorfaceError, match="unknown method 'nope'; choose one of anchored, copy-driving, "
-                                              "still-source") as e:
+    with pytest.raises(AnchorfaceError, match="unknown method 'nope'; choose one of anchored, diffusionact, "
+                                              "copy-driving, still-source") as e:
         get_method("nope")
     assert "\n" not in str(e.value)
     with pytest.raises(AnchorfaceError, match="already registered"):

@@ -2,7 +2,8 @@
 
 Presets live in `anchorface/configs/*.yaml`: `paper-t4`, `paper-t8` (the paper's settings, App. D / §4.1),
 `tiny` (a CPU-sized model on 64x64 crops with the weight-free pixel codec and a jointly trained global encoder) and
-`demo` (`tiny` made narrower: the committed demo checkpoint's setting).
+`demo` (`tiny` made narrower: the committed demo checkpoint's setting); `diffusionact-paper` and
+`diffusionact-tiny` train the DiffusionAct method (paper 003; the `diffusionact` section).
 """
 
 from __future__ import annotations
@@ -128,6 +129,48 @@ class SampleConfig:
 
 
 @dataclass
+class DiffusionActConfig:
+    """DiffusionAct (paper 003: §3, §4.1, supp. C): the DiffAE (semantic encoder E + conditional UNet), the
+    reenactment encoder E_r and the staged training protocol; used when `method: diffusionact`.
+
+    One run trains the stages in turn: `diffae_steps` steps of the DiffAE's diffusion loss (0 when starting from
+    `diffae_checkpoint`), `pretrain_steps` of stage 1 (||z_r - z_t||_1, §3.3) and the rest of `train.max_steps`
+    in stage 2 (DDIM in the loop, `train_steps` = T_tr)."""
+
+    semantic_dim: int = 512  # z (DiffAE: 512)
+    unet_channels: int = 64  # UNet base width; level widths are base x unet_mults
+    unet_mults: str = "1,2,2,4"  # one entry per resolution level ("1,2,2,4": 64 -> 8 px at 64 px)
+    unet_blocks: int = 2  # residual blocks per level
+    attention_res: str = "16"  # resolutions (px) with self-attention, comma separated ("" = none)
+    encoder_channels: int = 64  # semantic encoder base width (doubling per stage, at most 4x)
+    landmark_channels: int = 3  # channels of the landmark image (contours | eyes and lips | irises)
+    num_timesteps: int = 1000  # DDPM training steps (DiffAE: linear betas 1e-4 .. 0.02)
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    diffae_checkpoint: str | None = None  # a DiffusionAct checkpoint (or DiffAE folder) to start stage 1 from
+    diffae_steps: int = 0  # DiffAE training steps before stage 1 (lr `diffae_lr`)
+    diffae_lr: float = 1e-4
+    pretrain_steps: int = 1000  # stage 1 (§3.3 pre-training; §4.1: lr 1e-3, batch 32)
+    pretrain_lr: float = 1e-3
+    reenact_lr: float = 1e-4  # stage 2 (§4.1: lr 1e-4, batch 4)
+    finetune_lr: float = 1e-5  # joint DDIM fine-tune in stage 2 (§4.1: 1e-5); 0 = DDIM frozen
+    reenact_batch: int = 4  # examples per step in stage 2 (the first ones of the loaded batch; even)
+    train_steps: int = 8  # T_tr: DDIM steps in the loop (inversion and decoding) in stage 2 (§4.1)
+    batch_split: bool = True  # stage 2: half self-reenactment, half reconstruction (§3.3)
+    lambda_pix: float = 20.0  # supp. C / §4.1 weights
+    lambda_bg: float = 10.0
+    pixel_loss: str = "l1"  # "l1" | "l2": L_pix (and L_bg) distance (supp. Eq. 10 writes an l2 distance)
+    # terms needing networks not shipped here (perceptual VGG19, ArcFace identity, FaRL style, gaze, EMOCA
+    # shape / head pose): a TorchScript file per term (image [-1, 1] -> features) or null = left out
+    perceptual_net: str | None = None
+    identity_net: str | None = None
+    lambda_per: float = 20.0
+    lambda_id: float = 20.0
+    inversion_steps: int = 50  # inference: T_xT (supp. D)
+    steps: int = 20  # inference: decoding steps T (supp. D)
+
+
+@dataclass
 class Config:
     name: str = "custom"
     method: str = "anchored"  # the reenactment method (`anchorface.methods`); picks the training recipe
@@ -136,6 +179,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    diffusionact: DiffusionActConfig = field(default_factory=DiffusionActConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -204,7 +248,8 @@ def _coerce(value, kind, where: str):
 
 
 _SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "data": DataConfig, "train": TrainConfig,
-             "sample": SampleConfig}
+             "sample": SampleConfig,
+             "diffusionact": DiffusionActConfig}
 
 
 def presets() -> list[str]:

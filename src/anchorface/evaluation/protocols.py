@@ -394,8 +394,17 @@ def _check_options(o: Options) -> None:
 
 
 def selected_methods(o: Options) -> list[MethodSpec]:
-    """The registry's specs of `o.methods` (all when None), without the baselines when `o.baselines` is False."""
-    specs = [get_method(n) for n in dict.fromkeys(o.methods or method_names())]
+    """The registry's specs of `o.methods`, without the baselines when `o.baselines` is False. When None: the
+    methods the `--checkpoint`s were trained for (`config.method`; the first checkpointed method of the registry,
+    Anchored Diffusion, when no checkpoint is given) and the baselines."""
+    if o.methods:
+        names = list(dict.fromkeys(o.methods))
+    else:
+        owned = {checkpoint_method(p) for p in o.checkpoints}
+        models = [n for n in method_names(baselines=False) if get_method(n).needs_checkpoint]
+        names = [n for n in method_names() if not get_method(n).needs_checkpoint or n in owned
+                 or (not owned - {None} and n == models[0])]
+    specs = [get_method(n) for n in names]
     specs = [s for s in specs if o.baselines or not s.baseline]
     if not specs:
         raise AnchorfaceError("no method to evaluate (--no-baselines left none of --methods)")
@@ -494,6 +503,39 @@ class Column:
     options: dict
 
 
+def checkpoint_method(path: Path) -> str | None:
+    """The method a checkpoint was trained for (`config.method` of its anchorface.json), or None when unreadable."""
+    from anchorface.io.manifest import read_json_object
+
+    try:
+        meta = read_json_object(Path(path) / "anchorface.json")
+    except AnchorfaceError:
+        return None
+    cfg = meta.get("config")
+    return cfg.get("method", "anchored") if isinstance(cfg, dict) else None
+
+
+def checkpoint_owners(paths: list[Path], specs: list[MethodSpec]) -> dict[Path, str]:
+    """Which selected checkpointed method loads each checkpoint: the one it was trained for (`config.method`), or
+    with a single such method, that one. AnchorfaceError for a checkpoint no selected method can load, or a
+    selected method left without a checkpoint."""
+    names = [s.name for s in specs]
+    owners = {}
+    for p in paths:
+        m = checkpoint_method(p)
+        if len(names) == 1 and (m is None or m == names[0]):
+            owners[p] = names[0]
+        elif m in names:
+            owners[p] = m
+        else:
+            raise AnchorfaceError(f"--checkpoint {p}: a checkpoint of method {m or 'unknown'}, not of "
+                                  f"--methods {' '.join(names)}")
+    missing = [n for n in names if n not in owners.values()]
+    if missing:
+        raise AnchorfaceError(f"no --checkpoint of method {', '.join(missing)} (each checkpointed method needs one)")
+    return owners
+
+
 def load_columns(o: Options, specs: list[MethodSpec]) -> tuple[dict[str, object], list[Column], list[Column]]:
     """Load every selected method and lay out Table 1's columns from the registry: each checkpointed method x
     checkpoint x variant (the merge strategies `o.merges` for Anchored Diffusion), then one column per baseline
@@ -503,8 +545,11 @@ def load_columns(o: Options, specs: list[MethodSpec]) -> tuple[dict[str, object]
     columns: list[Column] = []
     checkpointed = [s for s in specs if s.needs_checkpoint]
     names = _unique_names(o.checkpoints)
+    owners = checkpoint_owners(o.checkpoints, checkpointed)
     for spec in checkpointed:
         for name, path in zip(names, o.checkpoints):
+            if owners[path] != spec.name:
+                continue
             group = name if len(checkpointed) == 1 else f"{spec.name}:{name}"
             method = models[group] = spec.from_pretrained(path, device=o.device)
             shared = {k: v for k, v in (("sampler", o.sampler), ("steps", o.steps), ("guidance_scale", o.guidance_scale))
@@ -620,7 +665,7 @@ class Evaluation:
 
 def reenactment_protocol(ev: Evaluation, proto: str, cases: list[Case]) -> tuple[dict, dict | None]:
     """§4.3.1 (`self`, with the driving frames as ground truth) or §4.3.2 (`cross`): every column on every case.
-    Returns (results[group][label], the frame grid of the first case for the first model's variants)."""
+    Returns (results[group][label], the frame grid of the first case for every model column)."""
     results: dict = {}
     grid = None
     first = ev.columns[0].group if ev.columns else None
@@ -629,9 +674,10 @@ def reenactment_protocol(ev: Evaluation, proto: str, cases: list[Case]) -> tuple
         for ci, c in enumerate(cases):
             sc, gen = ev.score(col, c, ev.o.seed + ci, with_reference=proto == "self")
             scored.append(sc)
-            if ci == 0 and col.group == first:
+            if ci == 0:
                 grid = grid or {"case": c, "gen": {}}
-                grid["gen"][col.label] = gen
+                label = col.label if col.group == first or col.label not in grid["gen"] else f"{col.group}/{col.label}"
+                grid["gen"][label] = gen
             ev.tick()
         if scored:
             results.setdefault(col.group, {})[col.label] = aggregate(scored, ev.notes, f"{proto}/{col.group}/{col.label}")
@@ -664,8 +710,11 @@ def consistency_protocol(ev: Evaluation) -> tuple[list[dict], dict]:
                     for col in ev.columns:
                         if c is None:
                             continue
+                        takes = "conditions" in getattr(col.method, "OPTIONS", ())
+                        if not takes and cond != "both":
+                            continue  # (a method without condition subsets, e.g. DiffusionAct: full conditions)
                         sc, gen = ev.score(col, c, o.seed + k, with_reference=True, consistency=True,
-                                           conditions=cond)
+                                           **({"conditions": cond} if takes else {}))
                         scored.setdefault((cond, L, col.group, col.label), []).append(sc)
                         strip = strips.setdefault(cond, {"video": c.name, "length": L, "frames": {}}) \
                             if L == longest and k == 0 else None

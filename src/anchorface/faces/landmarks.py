@@ -325,3 +325,53 @@ def relative_motion(driving: np.ndarray, source: np.ndarray, reference: int = 0)
     linear[:2, :2] = s * rot
     linear[2, 2] = s
     return (source + (driving - ref) @ linear.T).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Landmark images and face masks (DiffusionAct, paper 003: the landmark condition y_t and the background loss)
+# --------------------------------------------------------------------------------------------------------------
+
+# Channels of `landmark_image`: the face outline with brows and nose | eyes and lips | the irises (where the paper
+# adds a gaze point from a gaze network, supp. B, MediaPipe's iris points carry the gaze).
+LANDMARK_IMAGE_SETS = (
+    (_conn.FACEMESH_FACE_OVAL, _conn.FACEMESH_LEFT_EYEBROW, _conn.FACEMESH_RIGHT_EYEBROW, _conn.FACEMESH_NOSE),
+    (_conn.FACEMESH_LEFT_EYE, _conn.FACEMESH_RIGHT_EYE, _conn.FACEMESH_LIPS),
+    (_conn.FACEMESH_LEFT_IRIS, _conn.FACEMESH_RIGHT_IRIS),
+)
+_FACE_OVAL = next(chain for chain, closed in _chains(_conn.FACEMESH_FACE_OVAL) if closed)
+
+
+def landmark_image(lmk: np.ndarray, size: int) -> np.ndarray:
+    """float32 ``[3, size, size]`` in [0, 1]: the face mesh's connection sets drawn as lines, one channel per group
+    of `LANDMARK_IMAGE_SETS` (irises filled). Drawn at ``RASTER_UPSAMPLE * size`` and area-averaged down."""
+    lmk = np.asarray(lmk, dtype=np.float64)
+    if lmk.shape != (NUM_LANDMARKS, 3):
+        raise ValueError(f"expected landmarks [{NUM_LANDMARKS}, 3], got {lmk.shape}")
+    res = size * RASTER_UPSAMPLE
+    out = np.zeros((len(LANDMARK_IMAGE_SETS), size, size), np.float32)
+    xy = lmk[:, :2]
+    thickness = max(1, RASTER_UPSAMPLE // 2)
+    for c, sets in enumerate(LANDMARK_IMAGE_SETS):
+        canvas = np.zeros((res, res), np.uint8)
+        for edges in sets:
+            for a, b in edges:
+                pa, pb = _to_fixed(xy, res, [a, b]).reshape(2, 2)
+                cv2.line(canvas, tuple(int(v) for v in pa), tuple(int(v) for v in pb), 255, thickness,
+                         cv2.LINE_AA, shift=_SHIFT)
+            if sets is LANDMARK_IMAGE_SETS[2]:
+                for chain, _ in _chains(edges):
+                    cv2.fillPoly(canvas, [_to_fixed(xy, res, chain)], 255, cv2.LINE_AA, shift=_SHIFT)
+        out[c] = canvas.reshape(size, RASTER_UPSAMPLE, size, RASTER_UPSAMPLE).mean(axis=(1, 3)) / 255.0
+    return out
+
+
+def face_mask(lmk: np.ndarray, size: int) -> np.ndarray:
+    """float32 ``[size, size]``: 1 inside the face oval of MediaPipe's mesh (the face area), 0 outside (the
+    background and hair that DiffusionAct's background loss keeps; the paper uses a face-parsing network)."""
+    lmk = np.asarray(lmk, dtype=np.float64)
+    if lmk.shape != (NUM_LANDMARKS, 3):
+        raise ValueError(f"expected landmarks [{NUM_LANDMARKS}, 3], got {lmk.shape}")
+    res = size * RASTER_UPSAMPLE
+    canvas = np.zeros((res, res), np.uint8)
+    cv2.fillPoly(canvas, [_to_fixed(lmk[:, :2], res, _FACE_OVAL)], 255, cv2.LINE_AA, shift=_SHIFT)
+    return canvas.reshape(size, RASTER_UPSAMPLE, size, RASTER_UPSAMPLE).mean(axis=(1, 3)).astype(np.float32) / 255.0

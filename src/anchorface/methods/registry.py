@@ -85,6 +85,10 @@ def method_names(baselines: bool = True) -> tuple[str, ...]:
 register("anchored", "anchorface.methods.anchored.pipeline:AnchoredDiffusion",
          summary="Anchored Diffusion (§3.2): the sDiT over anchored sequences", title="anchored",
          variant_option="merge", variants=KINDS, recipe="anchorface.methods.anchored.training:AnchoredRecipe")
+register("diffusionact", "anchorface.methods.diffusionact.pipeline:DiffusionAct",
+         summary="DiffusionAct (paper 003): a diffusion autoencoder steered frame by frame by a landmark-conditioned "
+                 "reenactment encoder", title="diffusionact",
+         recipe="anchorface.methods.diffusionact.training:DiffusionActRecipe")
 register("copy-driving", "anchorface.methods.baselines:CopyDriving",
          summary="baseline: the driving face crops (perfect motion, the driving identity)", title="copy driving",
          needs_checkpoint=False, baseline=True)

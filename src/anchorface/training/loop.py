@@ -7,8 +7,10 @@ The loop owns the rest:
 
 - Data: the recipe's dataset read by `StepSampler`: example k is a pure function of (seed, k), so `--resume`
   continues exactly: same step count and, with deterministic kernels, the same losses.
-- Optimiser: AdamW (default betas/eps) on the recipe's parameter groups, cosine schedule with optional warmup.
-- EMA of all trainable weights (DiT: updated after every step); checkpoints hold the EMA weights.
+- Optimiser: AdamW (default betas/eps) on the recipe's parameter groups, cosine schedule with optional warmup
+  (or the recipe's own `scheduler(optimizer)`, e.g. per-stage rates).
+- EMA of all trainable weights (DiT: updated after every step; a recipe's `ema_updates(step)` may restart its
+  warm-up, e.g. at each training stage); checkpoints hold the EMA weights.
 - Bounds: `max_steps`, and optionally a time budget (`max_seconds`, e.g. `anchorface personalize --minutes`): the
   run then stops after the step that reaches it, with a checkpoint there.
 
@@ -337,7 +339,10 @@ def build_run(cfg: Config, recipe, accelerator, local_batch: int) -> Run:
     torch.manual_seed(tc.seed)
     model = recipe.build_model()
     optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.max_steps)
+    if hasattr(recipe, "scheduler"):  # a recipe with its own rates (e.g. DiffusionAct's stages)
+        scheduler = recipe.scheduler(optimizer)
+    else:
+        scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.max_steps)
     ema = EMA(model, tc.ema_decay)
     ema.model.to(accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -396,7 +401,8 @@ def train_step(run: Run, batches, meter: Meter) -> dict:
         meter.add(losses, tc.grad_accum)
     lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(run.optimizer.param_groups)}
     run.scheduler.step()
-    run.ema.update(acc.unwrap_model(model), run.step)
+    ema_updates = getattr(run.recipe, "ema_updates", None)  # a recipe may restart the EMA's warm-up (stages)
+    run.ema.update(acc.unwrap_model(model), ema_updates(run.step) if ema_updates else run.step)
     run.step += 1
     meter.count += 1
     return lrs

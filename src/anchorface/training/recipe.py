@@ -54,6 +54,10 @@ class Recipe(Protocol):
     def restore(self, model: nn.Module, directory: Path) -> None:
         """Load the weights that `export` wrote to `directory` into `model` (the EMA, on resume)."""
 
+    # Optional (looked up with hasattr; DiffusionAct's staged protocol uses both):
+    #   scheduler(optimizer) -> a torch LR scheduler stepped once per optimizer step, instead of the loop's cosine
+    #   ema_updates(step) -> int: the update count the EMA's decay warm-up uses at `step` (default: step)
+
 
 # Config.method -> "module:Class" of its recipe (imported on first use)
 def recipe_class(method: str) -> type:

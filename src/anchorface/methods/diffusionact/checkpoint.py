@@ -1,0 +1,84 @@
+"""DiffusionAct checkpoints as `from_pretrained` directories (config JSON + safetensors per component):
+
+    CKPT/anchorface.json                  {"format": "anchorface", "version": 1, "config": Config.to_dict()}
+                                          (config.method == "diffusionact")
+    CKPT/semantic_encoder/                E of the DiffAE (§3.1)
+    CKPT/unet/                            the conditional UNet eps_theta(x_t, t, z) (§3.1)
+    CKPT/reenactment_encoder/             E_r with its zero convolution (§3.2); absent in a DiffAE-only folder
+
+Written atomically (`io.atomic`): a temporary sibling directory is filled, then renamed into place.
+
+The official DiffAE FFHQ-256 checkpoint (`ffhq256_autoenc/last.ckpt`) is a pickled PyTorch Lightning file of the
+authors' `BeatGANsAutoencModel` (a guided-diffusion UNet plus a half-UNet encoder, both with attention at 16 px);
+its weights only fit a copy of that architecture, which this module does not reproduce (`load_official_diffae`
+says so in one line).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from anchorface.config import Config
+from anchorface.errors import AnchorfaceError, CheckpointError
+from anchorface.io.atomic import atomic_output
+from anchorface.io.manifest import manifest_in, read_manifest, write_manifest
+
+FORMAT, VERSION = "anchorface", 1
+MANIFEST = "anchorface.json"
+METHOD = "diffusionact"
+
+
+def save_checkpoint(directory: str | Path, cfg: Config, encoder, unet, reenactment_encoder=None) -> Path:
+    """Write E, the UNet and (when given) E_r with the run's config; replaces `directory` atomically."""
+    directory = Path(directory)
+    with atomic_output(directory, CheckpointError, what="checkpoint ") as tmp:
+        encoder.save_pretrained(tmp / "semantic_encoder")
+        unet.save_pretrained(tmp / "unet")
+        if reenactment_encoder is not None:
+            reenactment_encoder.save_pretrained(tmp / "reenactment_encoder")
+        write_manifest(tmp / MANIFEST, FORMAT, VERSION, {"config": cfg.to_dict()}, CheckpointError)
+    return directory
+
+
+def read_config(directory: str | Path) -> Config:
+    """The run config stored in a DiffusionAct checkpoint; CheckpointError for anything else."""
+    manifest = manifest_in(directory, MANIFEST, "checkpoint", f"an anchorface checkpoint (no {MANIFEST}; pass the "
+                           "directory written by `anchorface train`, e.g. runs/x/checkpoint-0001000)", CheckpointError)
+    meta = read_manifest(manifest, FORMAT, VERSION, error=CheckpointError, what="checkpoint")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{manifest}: no \"config\" object (the run's configuration)")
+    try:
+        cfg = Config.from_dict(meta["config"])
+    except CheckpointError:
+        raise
+    except AnchorfaceError as e:
+        raise CheckpointError(f"{manifest}: {e}") from None
+    if cfg.method != METHOD:
+        raise CheckpointError(f"{Path(directory)} is a checkpoint of method {cfg.method}, not {METHOD}")
+    return cfg
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", reenactment: bool = True):
+    """(config, E, UNet, E_r or None); CheckpointError when a component is missing (E_r only if `reenactment`)."""
+    from anchorface.methods.diffusionact.diffae import ConditionalUNet, SemanticEncoder
+    from anchorface.methods.diffusionact.reenactment_encoder import ReenactmentEncoder
+
+    directory = Path(directory)
+    cfg = read_config(directory)
+    encoder = SemanticEncoder.from_pretrained(directory / "semantic_encoder", device)
+    unet = ConditionalUNet.from_pretrained(directory / "unet", device)
+    er = None
+    if (directory / "reenactment_encoder").is_dir():
+        er = ReenactmentEncoder.from_pretrained(directory / "reenactment_encoder", device)
+    elif reenactment:
+        raise CheckpointError(f"{directory} holds a DiffAE only (no reenactment_encoder/): train stages 1-2 first")
+    return cfg, encoder, unet, er
+
+
+def load_official_diffae(path: str | Path):
+    """The authors' DiffAE FFHQ-256 checkpoint: not loadable here (see the module docstring)."""
+    raise CheckpointError(f"{path}: the official DiffAE checkpoint is a Lightning pickle of the authors' "
+                          "BeatGANsAutoencModel, whose layout this project's DiffAE does not reproduce; train the "
+                          "DiffAE stage instead (diffusionact.diffae_steps)")
