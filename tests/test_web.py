@@ -30,7 +30,16 @@ def in_ci() -> bool:
 
 @pytest.fixture(scope="module")
 def driving(tmp_path_factory, face_corpus):
-    """A short real driving clip: the first frames of d20 with its audio (built in tmp, never committed)."""
+    """A short real driving clip: the first frames of d20 with its audio (built in tmp, never committed). For the
+    committed screenshot (SCREENSHOT_ENV set) a synthetic clip of the astronaut instead (`anchorface demo`'s kind):
+    no frame of the corpus may land in the repository."""
+    if os.environ.get(SCREENSHOT_ENV):
+        from anchorface.data.synthetic import astronaut, head_and_shoulders, random_motion, write_pseudo_clip
+
+        out = tmp_path_factory.mktemp("clip") / "synthetic.mp4"
+        image, geo = head_and_shoulders(astronaut())
+        write_pseudo_clip(out, image, geo, random_motion(CLIP_FRAMES, 9_000_001))
+        return out
     src = face_corpus / "driving/d20.mp4"
     out = tmp_path_factory.mktemp("clip") / "d20_short.mp4"
     with VideoWriter(out, probe_video(src).fps, audio_from=src) as w:
