@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         anchored_diffusion(model, diffusion, plan, g, lmk, steps=2, **run)  # warm-up
         sites: collections.Counter = collections.Counter()
 
-        def record(message, category, filename, lineno, file=None, line=None):
+        def record(message, category, filename, lineno, file=None, line=None, sites=sites):
             stack = [f for f in traceback.extract_stack() if "anchorface" in f.filename or "diffusers" in f.filename]
             sites[" <- ".join(f"{f.filename.split('/')[-1]}:{f.lineno}" for f in stack[::-1][:3])] += 1
 
