@@ -15,7 +15,7 @@ from anchorface.methods.diffusionact.ddim import ddim_decode, ddim_invert, ddim_
 from anchorface.methods.diffusionact.diffae import (ConditionalUNet, DiffAE, SemanticEncoder, psnr,
                                                     reconstruction_psnr)
 from anchorface.methods.diffusionact.reenactment_encoder import ReenactmentEncoder
-from helpers import one_line
+from helpers import one_line, short_clip
 
 RES = 16  # test crops: 16 px
 
@@ -272,14 +272,9 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def driving(tmp_path_factory, face_corpus):
-    from anchorface.io.video import VideoWriter, iter_frames, probe_video
-
     src = face_corpus / "driving/d20.mp4"
     out = tmp_path_factory.mktemp("clip") / "d20_short.mp4"
-    with VideoWriter(out, probe_video(src).fps, audio_from=src) as w:
-        for frame in iter_frames(src, max_frames=CLIP_FRAMES):
-            w.write(frame)
-    return out
+    return short_clip(src, out, CLIP_FRAMES)
 
 
 def run_reenact(capsys, *args):

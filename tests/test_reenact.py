@@ -6,7 +6,8 @@ import pytest
 from anchorface.apps import reenact as reenact_cmd
 from anchorface.apps.cli import main
 from anchorface.methods.anchored.checkpoint import read_config
-from anchorface.io.video import VideoWriter, iter_frames, probe_video
+from anchorface.io.video import iter_frames, probe_video
+from helpers import short_clip
 
 pytestmark = pytest.mark.usefixtures("face_corpus")  # every test here reads the real corpus
 CLIP_FRAMES = 30  # the first second of d20 (a 480x480, 25 fps clip with AAC audio)
@@ -23,10 +24,7 @@ def driving(tmp_path_factory, face_corpus):
     """A short real driving clip: the first frames of d20 with its audio (not committed, built in tmp)."""
     src = face_corpus / "driving/d20.mp4"
     out = tmp_path_factory.mktemp("clip") / "d20_short.mp4"
-    with VideoWriter(out, probe_video(src).fps, audio_from=src) as w:
-        for frame in iter_frames(src, max_frames=CLIP_FRAMES):
-            w.write(frame)
-    return out
+    return short_clip(src, out, CLIP_FRAMES)
 
 
 def reenact(capsys, *args):

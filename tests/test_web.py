@@ -16,8 +16,9 @@ import pytest
 from anchorface.apps import web
 from anchorface.apps.cli import main
 from anchorface.errors import AnchorfaceError
-from anchorface.io.video import VideoWriter, iter_frames, probe_video
+from anchorface.io.video import iter_frames, probe_video
 from anchorface.methods.anchored.checkpoint import read_config
+from helpers import short_clip
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CLIP_FRAMES = 20  # the first 0.8 s of d20 (480x480, 25 fps, with audio)
@@ -42,10 +43,7 @@ def driving(tmp_path_factory, face_corpus):
         return out
     src = face_corpus / "driving/d20.mp4"
     out = tmp_path_factory.mktemp("clip") / "d20_short.mp4"
-    with VideoWriter(out, probe_video(src).fps, audio_from=src) as w:
-        for frame in iter_frames(src, max_frames=CLIP_FRAMES):
-            w.write(frame)
-    return out
+    return short_clip(src, out, CLIP_FRAMES)
 
 
 @pytest.fixture(scope="module")
