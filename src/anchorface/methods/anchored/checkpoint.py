@@ -18,24 +18,22 @@ from pathlib import Path
 import torch
 
 from anchorface.config import Config
-from anchorface.errors import AnchorfaceError, CheckpointError
+from anchorface.errors import CheckpointError
 from anchorface.io.atomic import atomic_output
-from anchorface.io.manifest import existing_directory, manifest_in, read_manifest, write_manifest
-
-FORMAT, VERSION = "anchorface", 1
-MANIFEST = "anchorface.json"
+from anchorface.io.manifest import existing_directory, read_manifest
+from anchorface.methods.checkpoints import FORMAT, MANIFEST, VERSION, read_config, write_config  # noqa: F401
 
 
 def save_checkpoint(directory: str | Path, cfg: Config, sdit, encoder=None, trained_on: dict | None = None) -> Path:
     """Write `sdit` (and a `learned` global encoder) with the run's config (and `trained_on`, see the module doc);
     replaces `directory` atomically."""
     directory = Path(directory)
-    body = {"config": cfg.to_dict()} | ({"trained_on": trained_on} if trained_on is not None else {})
+    extra = {"trained_on": trained_on} if trained_on is not None else {}
     with atomic_output(directory, CheckpointError, what="checkpoint ") as tmp:
         sdit.save_pretrained(tmp / "sdit")
         if encoder is not None and cfg.data.encoder == "learned":
             encoder.save_pretrained(tmp / "global_encoder")
-        write_manifest(tmp / MANIFEST, FORMAT, VERSION, body, CheckpointError)
+        write_config(tmp, cfg, **extra)
     return directory
 
 
@@ -47,21 +45,6 @@ def read_trained_on(directory: str | Path) -> dict | None:
     if not (isinstance(rec, dict) and isinstance(rec.get("what"), str) and isinstance(rec.get("signatures"), list)):
         return None
     return rec
-
-
-def read_config(directory: str | Path) -> Config:
-    """The run config stored in a checkpoint; CheckpointError if `directory` is not an anchorface checkpoint."""
-    manifest = manifest_in(directory, MANIFEST, "checkpoint", f"an anchorface checkpoint (no {MANIFEST}; pass the "
-                           "directory written by `anchorface train`, e.g. runs/x/checkpoint-0001000)", CheckpointError)
-    meta = read_manifest(manifest, FORMAT, VERSION, error=CheckpointError, what="checkpoint")
-    if not isinstance(meta.get("config"), dict):
-        raise CheckpointError(f"{manifest}: no \"config\" object (the run's configuration)")
-    try:
-        return Config.from_dict(meta["config"])
-    except CheckpointError:
-        raise
-    except AnchorfaceError as e:
-        raise CheckpointError(f"{manifest}: {e}") from None
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):

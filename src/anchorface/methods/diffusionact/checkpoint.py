@@ -21,12 +21,10 @@ from pathlib import Path
 import torch
 
 from anchorface.config import Config
-from anchorface.errors import AnchorfaceError, CheckpointError
+from anchorface.errors import CheckpointError
 from anchorface.io.atomic import atomic_output
-from anchorface.io.manifest import manifest_in, read_manifest, write_manifest
+from anchorface.methods.checkpoints import read_config as read_any_config, write_config
 
-FORMAT, VERSION = "anchorface", 1
-MANIFEST = "anchorface.json"
 METHOD = "diffusionact"
 
 
@@ -38,27 +36,13 @@ def save_checkpoint(directory: str | Path, cfg: Config, encoder, unet, reenactme
         unet.save_pretrained(tmp / "unet")
         if reenactment_encoder is not None:
             reenactment_encoder.save_pretrained(tmp / "reenactment_encoder")
-        write_manifest(tmp / MANIFEST, FORMAT, VERSION, {"config": cfg.to_dict()}, CheckpointError)
+        write_config(tmp, cfg)
     return directory
 
 
 def read_config(directory: str | Path) -> Config:
     """The run config stored in a DiffusionAct checkpoint; CheckpointError for anything else."""
-    manifest = manifest_in(directory, MANIFEST, "checkpoint", f"an anchorface checkpoint (no {MANIFEST}; pass the "
-                           "directory written by `anchorface train`, e.g. runs/x/checkpoint-0001000)", CheckpointError)
-    meta = read_manifest(manifest, FORMAT, VERSION, error=CheckpointError, what="checkpoint")
-    if not isinstance(meta.get("config"), dict):
-        raise CheckpointError(f"{manifest}: no \"config\" object (the run's configuration)")
-    try:
-        cfg = Config.from_dict(meta["config"])
-    except CheckpointError:
-        raise
-    except AnchorfaceError as e:
-        raise CheckpointError(f"{manifest}: {e}") from None
-    if cfg.method != METHOD:
-        raise CheckpointError(f"{Path(directory)} is a checkpoint of method {cfg.method}, not {METHOD}")
-    return cfg
-
+    return read_any_config(directory, METHOD)
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", reenactment: bool = True):
     """(config, E, UNet, E_r or None); CheckpointError when a component is missing (E_r only if `reenactment`)."""

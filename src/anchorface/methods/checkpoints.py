@@ -1,0 +1,38 @@
+"""What every method's checkpoint folder shares: `CKPT/anchorface.json`, the manifest holding the run's `Config`
+(whose `method` names the method that wrote it). Each method's own `checkpoint.py` writes its components beside it
+and reads the config through `read_config`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anchorface.config import Config
+from anchorface.errors import AnchorfaceError, CheckpointError
+from anchorface.io.manifest import manifest_in, read_manifest, write_manifest
+
+FORMAT, VERSION = "anchorface", 1
+MANIFEST = "anchorface.json"
+
+
+def write_config(folder: Path, cfg: Config, **extra) -> None:
+    """The manifest of a checkpoint being written into `folder` (the temporary sibling of `io.atomic`)."""
+    write_manifest(folder / MANIFEST, FORMAT, VERSION, {"config": cfg.to_dict(), **extra}, CheckpointError)
+
+
+def read_config(directory: str | Path, method: str | None = None) -> Config:
+    """The run config stored in a checkpoint; CheckpointError if `directory` is not an anchorface checkpoint, or
+    (with `method`) one written by another method."""
+    manifest = manifest_in(directory, MANIFEST, "checkpoint", f"an anchorface checkpoint (no {MANIFEST}; pass the "
+                           "directory written by `anchorface train`, e.g. runs/x/checkpoint-0001000)", CheckpointError)
+    meta = read_manifest(manifest, FORMAT, VERSION, error=CheckpointError, what="checkpoint")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{manifest}: no \"config\" object (the run's configuration)")
+    try:
+        cfg = Config.from_dict(meta["config"])
+    except CheckpointError:
+        raise
+    except AnchorfaceError as e:
+        raise CheckpointError(f"{manifest}: {e}") from None
+    if method is not None and cfg.method != method:
+        raise CheckpointError(f"{Path(directory)} is a checkpoint of method {cfg.method}, not {method}")
+    return cfg
