@@ -351,7 +351,27 @@ class SequenceSampler:
         return Example(clip, frames, source, drop, drop_global, drop_landmarks)
 
 
-class ClipDataset(torch.utils.data.Dataset):
+class ShardFiles:
+    """Lazily opened, per-process shard handles of a prepared dataset in `self.dir` (memory-mapped with
+    safetensors): a DataLoader worker opens its own, and pickling (to start one) carries none."""
+
+    _files: dict | None = None
+    _pid: int | None = None
+
+    def _file(self, shard: str):
+        if self._pid != os.getpid() or self._files is None:  # a fresh process: open our own handles
+            self._files, self._pid = {}, os.getpid()
+        if shard not in self._files:
+            self._files[shard] = open_shard(self.dir / shard)
+        return self._files[shard]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_files"], state["_pid"] = None, None
+        return state
+
+
+class ClipDataset(ShardFiles, torch.utils.data.Dataset):
     """Training examples read from the shards (memory-mapped with safetensors, opened lazily per process).
 
     `dataset[k]` is example k of `SequenceSampler` (k is a global sample counter, not bounded by the data size):
@@ -377,20 +397,6 @@ class ClipDataset(torch.utils.data.Dataset):
                                        signal_dropout)
         self.lambda_ex = float(lambda_ex)
         self.latent_shape = tuple(self.index["latent_shape"])
-        self._files: dict[str, object] = {}
-        self._pid = None
-
-    def _file(self, shard: str):
-        if self._pid != os.getpid():  # a fresh process (DataLoader worker): open our own handles
-            self._files, self._pid = {}, os.getpid()
-        if shard not in self._files:
-            self._files[shard] = open_shard(self.dir / shard)
-        return self._files[shard]
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_files"], state["_pid"] = {}, None
-        return state
 
     def load(self, clip: int, frames, source: int, drop: bool, drop_global: bool = False,
              drop_landmarks: bool = False) -> dict:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anchorface.config import Config
+from anchorface.data.dataset import ShardFiles
 from anchorface.errors import AnchorfaceError
 from anchorface.methods.diffusionact.checkpoint import load_checkpoint, read_config, save_checkpoint
 
@@ -93,7 +94,7 @@ def check_config(cfg: Config) -> None:
 # Data: (source, target) frame pairs of one clip
 # ----------------------------------------------------------------------------------------------------------------
 
-class PairDataset(torch.utils.data.Dataset):
+class PairDataset(ShardFiles, torch.utils.data.Dataset):
     """Example k (a pure function of (seed, k)): a clip drawn uniformly, two distinct frames of it drawn uniformly
     as source and target, their landmark images and face masks, a timestep and noise for the DiffAE loss, and
     `recon` = k odd (stage 2's batch split: those examples reconstruct their source). Pixels are the prepared
@@ -108,27 +109,9 @@ class PairDataset(torch.utils.data.Dataset):
             raise AnchorfaceError(f"{self.dir}: no clip has two frames")
         self.codec = PixelCodec(int(index["data"]["pixel_factor"]))
         self.resolution = int(index["data"]["resolution"])
-        self._files: dict = {}
-        self._pid = None
 
     def __len__(self) -> int:  # (read by StepSampler-driven loaders only through indices)
         return sum(c["num_frames"] for c in self.clips)
-
-    def _file(self, shard: str):
-        import os
-
-        from anchorface.data.dataset import open_shard
-
-        if self._pid != os.getpid():
-            self._files, self._pid = {}, os.getpid()
-        if shard not in self._files:
-            self._files[shard] = open_shard(self.dir / shard)
-        return self._files[shard]
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_files"], state["_pid"] = {}, None
-        return state
 
     def frame(self, clip: int, i: int) -> tuple[torch.Tensor, np.ndarray]:
         """Pixels [3, R, R] in [-1, 1] and landmarks [478, 3] of frame i of clip `clip`."""
