@@ -151,8 +151,6 @@ def paper_scale(args) -> dict:
     real one), a learned G, over a `--mfu-video-frames` video. Per step count: G, denoising (with its MFU) and
     decoding (uint8 through pinned memory) seconds, and the frames/s of the three together. Also the host
     synchronisations one sampling step makes (torch.cuda sync debug mode), against its forward passes x blocks."""
-    import warnings
-
     from diffusers import AutoencoderKL
 
     from anchorface.config import DataConfig, DiffusionConfig
@@ -198,15 +196,12 @@ def paper_scale(args) -> dict:
     sync(device)
     out["warmup_s"] = time.perf_counter() - t0
     if cuda:  # host synchronisations in one sampling step, with the anchoring hook (1 step = 1 pass per sequence)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                anchored_diffusion(model, diffusion, plan, g, lmk, steps=1, **run)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
+        from sync_sites import sync_sites  # benchmarks/sync_sites.py (this script's folder is on sys.path)
+
+        sites = sync_sites(lambda: anchored_diffusion(model, diffusion, plan, g, lmk, steps=1, **run))
         forwards = -(-plan.num_sequences // run["micro_batch"])
-        out["host_syncs_one_step"] = sum("synchroniz" in str(w.message) for w in caught)
+        out["host_syncs_one_step"] = sum(sites.values())
+        out["host_sync_sites"] = dict(sites.most_common(10))
         out["forwards_one_step"], out["blocks"] = forwards, cfg.depth
     rows = []
     for steps in args.mfu_steps:

@@ -24,6 +24,26 @@ from anchorface.methods.anchored.sampler import anchored_diffusion
 from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
 
 
+def sync_sites(fn) -> collections.Counter:
+    """Run `fn()` under `torch.cuda.set_sync_debug_mode("warn")`; the host synchronisations it made, counted by
+    the last three anchorface/diffusers lines on their stacks."""
+    sites: collections.Counter = collections.Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        stack = [f for f in traceback.extract_stack() if "anchorface" in f.filename or "diffusers" in f.filename]
+        sites[" <- ".join(f"{f.filename.split('/')[-1]}:{f.lineno}" for f in stack[::-1][:3])] += 1
+
+    with warnings.catch_warnings():
+        warnings.showwarning = record
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sites
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=64)
@@ -41,20 +61,7 @@ def main(argv=None) -> int:
     for sampler in args.samplers:
         run = dict(sampler=sampler, micro_batch=args.micro_batch, latent_shape=(4, 32, 32), progress=False)
         anchored_diffusion(model, diffusion, plan, g, lmk, steps=2, **run)  # warm-up
-        sites: collections.Counter = collections.Counter()
-
-        def record(message, category, filename, lineno, file=None, line=None, sites=sites):
-            stack = [f for f in traceback.extract_stack() if "anchorface" in f.filename or "diffusers" in f.filename]
-            sites[" <- ".join(f"{f.filename.split('/')[-1]}:{f.lineno}" for f in stack[::-1][:3])] += 1
-
-        with warnings.catch_warnings():
-            warnings.showwarning = record
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                anchored_diffusion(model, diffusion, plan, g, lmk, steps=1, **run)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
+        sites = sync_sites(lambda run=run: anchored_diffusion(model, diffusion, plan, g, lmk, steps=1, **run))
         forwards = -(-plan.num_sequences // args.micro_batch)
         print(f"{sampler}: {plan.num_sequences} sequences, {forwards} forward passes x {cfg.depth} blocks; "
               f"{sum(sites.values())} host synchronisations (setup + one step)")
