@@ -5,15 +5,15 @@ which picks G from the config (`clip`, frozen, from `frozen/encoders.py`, or `le
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anchorface.errors import AnchorfaceError, CheckpointError, one_line
+from anchorface.errors import AnchorfaceError
 from anchorface.frozen.encoders import GlobalEncoder, _check_pixels, load_clip
+from anchorface.io.weights import load_module, save_module
 
 
 class LearnedGlobalEncoder(GlobalEncoder):
@@ -56,37 +56,11 @@ class LearnedGlobalEncoder(GlobalEncoder):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """`config.json` + `model.safetensors`, each written atomically."""
-        from anchorface.io.atomic import write_safetensors
-        from anchorface.io.manifest import write_json
-
-        directory = Path(directory)
-        write_json(directory / "config.json", self.config, CheckpointError)
-        write_safetensors(directory / "model.safetensors", {k: v.detach().cpu().contiguous()
-                                                            for k, v in self.state_dict().items()}, CheckpointError)
+        save_module(directory, self.config, self)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "LearnedGlobalEncoder":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        from anchorface.io.manifest import read_json_object
-
-        directory = Path(directory)
-        cfg_path, weights = directory / "config.json", directory / "model.safetensors"
-        for p in (cfg_path, weights):
-            if not p.is_file():
-                raise CheckpointError(f"learned global encoder: missing {p}")
-        try:
-            cfg = read_json_object(cfg_path, CheckpointError)
-            if cfg.pop("type", "learned") != "learned":
-                raise ValueError("config.json is not a learned global encoder's")
-            enc = cls(**cfg)
-            enc.load_state_dict(load_file(str(weights)))
-        except (ValueError, TypeError, KeyError, RuntimeError, OSError, SafetensorError) as e:
-            if isinstance(e, AnchorfaceError):
-                raise
-            raise CheckpointError(f"learned global encoder at {directory} cannot be loaded: {one_line(e)}") from None
-        return enc
+        return load_module(cls, directory, "learned", "learned global encoder", default_kind="learned")
 
 
 def load_encoder(data_cfg, global_dim: int, dtype: torch.dtype = torch.float32) -> GlobalEncoder | None:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anchorface.errors import AnchorfaceError, CheckpointError, one_line
+from anchorface.errors import AnchorfaceError
+from anchorface.io.weights import load_module, save_module
 
 GROUPS = 8  # GroupNorm groups (every width is a multiple)
 
@@ -87,35 +87,11 @@ class _Persist:
     KIND = "module"
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        from anchorface.io.atomic import write_safetensors
-        from anchorface.io.manifest import write_json
-
-        directory = Path(directory)
-        write_json(directory / "config.json", {"type": self.KIND, **self.config}, CheckpointError)
-        write_safetensors(directory / "model.safetensors", {k: v.detach().cpu().contiguous()
-                                                            for k, v in self.state_dict().items()}, CheckpointError)
+        save_module(directory, {"type": self.KIND, **self.config}, self)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        from anchorface.io.manifest import read_json_object
-
-        directory = Path(directory)
-        cfg_path, weights = directory / "config.json", directory / "model.safetensors"
-        for p in (cfg_path, weights):
-            if not p.is_file():
-                raise CheckpointError(f"{cls.KIND} checkpoint incomplete: {p} not found")
-        try:
-            cfg = read_json_object(cfg_path, CheckpointError)
-            if cfg.pop("type", None) != cls.KIND:
-                raise ValueError(f"{cfg_path} is not a {cls.KIND} config")
-            module = cls(**cfg)
-            module.load_state_dict(load_file(str(weights)))
-        except (ValueError, TypeError, KeyError, RuntimeError, OSError, SafetensorError) as e:
-            raise CheckpointError(f"{cls.KIND} at {directory} cannot be loaded: {one_line(e)}") from None
-        return module.to(device).eval()
+        return load_module(cls, directory, cls.KIND, cls.KIND).to(device).eval()
 
 
 class SemanticEncoder(_Persist, nn.Module):
