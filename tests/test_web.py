@@ -107,6 +107,7 @@ def test_runner_errors_are_one_line(tmp_path, driving, face_corpus):
              ((not_an_image, driving), {}, "photo.jpg"),
              ((face_corpus / "source/s1.jpg", driving), {"checkpoint": str(tmp_path / "nope")}, "does not exist"),
              ((face_corpus / "source/s1.jpg", driving), {"seed": -1}, "seed"),
+             ((face_corpus / "source/s1.jpg", driving), {"seed": float("inf")}, "seed"),
              ((face_corpus / "source/s1.jpg", driving), {"steps": float("nan")}, "steps"),
              ((face_corpus / "source/s1.jpg", driving), {"method": "nope"}, "unknown method")]
     for args, kwargs, expected in cases:

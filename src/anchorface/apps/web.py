@@ -126,7 +126,7 @@ class Runner:
             raise AnchorfaceError("upload a driving video (or record one with the webcam)")
         try:
             seed = int(seed)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise AnchorfaceError(f"the seed must be an integer, got {seed!r}") from None
         if not 0 <= seed <= SEED_MAX:
             raise AnchorfaceError(f"the seed must be in 0..{SEED_MAX}, got {seed}")
