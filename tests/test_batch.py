@@ -2,7 +2,7 @@
 
 import pytest
 
-from anchorface.apps.batch import read_jobs
+from anchorface.apps.batch import read_jobs, run_jobs
 from anchorface.apps.cli import main
 from anchorface.errors import AnchorfaceError
 from anchorface.io.video import VideoWriter, iter_frames, probe_video
@@ -77,3 +77,29 @@ def test_batch_usage_errors(tiny_checkpoint, tmp_path, capsys, clip):
         read_jobs(empty)
     code, err = batch(capsys, empty, tiny_checkpoint, "-o", str(tmp_path / "x.mp4"))
     assert code == 1 and "--batch takes" in err
+
+
+def test_batch_rows_that_overwrite_an_input_or_another_rows_output_are_bad_rows(tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"video")
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("p.jpg,clip.mp4,a.mp4\n"
+                   "p.jpg,clip.mp4,./a.mp4\n"  # the same output again: would overwrite row 1's video
+                   f"p.jpg,clip.mp4,{tmp_path / 'clip.mp4'}\n"  # the output is the driving video
+                   "p.mp4,clip.mp4,p.mp4\n"  # the output is the photo
+                   "p.jpg,clip.mp4,b.mp4\n")
+    jobs = read_jobs(csv)
+    assert [j.error is None for j in jobs] == [True, False, False, False, True]
+    assert "row 1" in jobs[1].error and "driving" in jobs[2].error and "photo" in jobs[3].error
+    rendered = []
+    failed = run_jobs(jobs, lambda job: rendered.append(job.line) or "ok", report=lambda msg: None)
+    assert failed == 3 and rendered == [1, 5]  # (an existing driving video as output is not "already done")
+
+
+def test_batch_rows_with_unresolvable_paths_are_bad_rows(tmp_path):
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("p.jpg,clip.mp4,a\x00b.mp4\np.jpg,clip.mp4,loop1/x.mp4\np.jpg,clip.mp4,ok.mp4\n")
+    jobs = read_jobs(csv)
+    assert [j.error is None for j in jobs] == [False, False, True]
+    assert all("\n" not in j.error for j in jobs[:2])

@@ -1,7 +1,8 @@
 """`anchorface reenact --batch pairs.csv`: many reenactments with one model load, resumable.
 
 The CSV has one row per job, `photo,driving,output` (a header row with those names is allowed; relative paths are
-taken from the CSV's folder; blank lines and lines starting with # are ignored). Rows whose output already exists
+taken from the CSV's folder; blank lines and lines starting with # are ignored). A row whose output is its own photo
+or driving video, or the output of an earlier row, is a bad row. Rows whose output already exists
 are skipped, so running the same command again resumes an interrupted batch; every output is written atomically
 (`io.video.VideoWriter`), so an interrupted row leaves nothing behind and is redone. A bad row (missing file, no
 face, corrupt video, ...) is reported in one line and skipped; the others still run. The exit status is 1 when any
@@ -38,7 +39,7 @@ def read_jobs(path: str | Path) -> list[Job]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise AnchorfaceError(f"cannot read the batch file {path}: {one_line(e)}") from None
-    base, jobs = path.parent, []
+    base, jobs, outputs = path.parent, [], {}  # outputs: resolved path -> the line of the row that writes it
     for i, row in enumerate(csv.reader(text.splitlines()), start=1):
         cells = [c.strip() for c in row]
         if not any(cells) or cells[0].startswith("#"):
@@ -49,7 +50,17 @@ def read_jobs(path: str | Path) -> list[Job]:
             jobs.append(Job(i, None, None, None, f"expected 3 columns {','.join(COLUMNS)}, got {len(cells)}"))
             continue
         photo, driving, output = (Path(c) if Path(c).is_absolute() else base / c for c in cells)
-        jobs.append(Job(i, photo, driving, output))
+        try:
+            target, sources, error = output.resolve(), (photo.resolve(), driving.resolve()), None
+        except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a NUL byte...
+            jobs.append(Job(i, None, None, None, f"a path cannot be used: {one_line(e)}"))
+            continue
+        if target in sources:
+            error = f"the output {output} would overwrite the {'photo' if target == sources[0] else 'driving video'}"
+        elif target in outputs:
+            error = f"the output {output} is already the output of row {outputs[target]}"
+        outputs.setdefault(target, i)
+        jobs.append(Job(i, photo, driving, output, error))
     if not jobs:
         raise AnchorfaceError(f"the batch file {path} has no rows (columns {','.join(COLUMNS)})")
     return jobs
