@@ -9,6 +9,7 @@ from torch.distributions import Normal, kl_divergence
 
 from anchorface.config import DiffusionConfig
 from anchorface.diffusion.gaussian import GaussianDiffusion, discretized_gaussian_log_likelihood
+from anchorface.errors import AnchorfaceError
 from anchorface.diffusion.sampling import (SAMPLERS, FrameSolver, guided, learns_sigma, predicted_x0, sample_loop,
                                            scheduler_step)
 from anchorface.methods.anchored.sdit import SDiT, SDiTConfig
@@ -135,6 +136,13 @@ def test_v_prediction_loss_targets_v_and_its_vb_equals_the_eps_models():
         GaussianDiffusion(DiffusionConfig(prediction="sample"))
     with pytest.raises(Exception, match="x0_loss_snr_cap"):  # a negative weight would train the error up
         GaussianDiffusion(DiffusionConfig(prediction="x0", x0_loss_snr_cap=-1.0))
+
+
+@pytest.mark.parametrize("bad", [dict(beta_end=2.0), dict(beta_start=0.0), dict(beta_start=0.03), dict(num_timesteps=0),
+                                 dict(num_timesteps=10**12)])
+def test_a_schedule_from_a_corrupt_checkpoint_is_a_one_line_error(bad):
+    with pytest.raises(AnchorfaceError, match="diffusion"):  # not NaN videos, nor a 7 TiB allocation
+        GaussianDiffusion(DiffusionConfig(**bad))
 
 
 @pytest.mark.parametrize("cap", [5.0, 1e9])

@@ -102,6 +102,9 @@ def test_ddim_timesteps_and_errors():
     with pytest.raises(AnchorfaceError) as e:
         ddim_timesteps(1000, 0)
     assert "DDIM steps" in one_line(e)
+    for bad in ((1000, 1e-4, 2.0), (10**12, 1e-4, 0.02), (1000, -1e-4, 0.02)):  # a corrupt checkpoint's schedule
+        with pytest.raises(AnchorfaceError, match="diffusion"):
+            linear_alphas_cumprod(*bad)
 
 
 # ------------------------------------------------------------------------------------------------- training signals

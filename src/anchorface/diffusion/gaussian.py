@@ -29,6 +29,17 @@ from anchorface.errors import AnchorfaceError
 CHANNEL_DIM = 2  # [B, T, C, H, W]
 PREDICTIONS = ("epsilon", "v", "x0")
 _DIFFUSERS_PREDICTION = {"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}
+MAX_TIMESTEPS = 100_000  # far above any schedule used (1000); a checkpoint asking for more is corrupt
+
+
+def check_linear_betas(num_timesteps: int, beta_start: float, beta_end: float, where: str = "diffusion") -> None:
+    """AnchorfaceError (one line) unless 0 < beta_start <= beta_end < 1 and 1 <= num_timesteps <= MAX_TIMESTEPS:
+    the linear schedule of App. D that a hand-edited or corrupt checkpoint config could break (NaN frames, or an
+    allocation of terabytes)."""
+    if not 1 <= num_timesteps <= MAX_TIMESTEPS:
+        raise AnchorfaceError(f"{where}.num_timesteps must be in 1..{MAX_TIMESTEPS}, got {num_timesteps}")
+    if not 0 < beta_start <= beta_end < 1:
+        raise AnchorfaceError(f"{where}: need 0 < beta_start <= beta_end < 1, got {beta_start} and {beta_end}")
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
@@ -64,6 +75,7 @@ class GaussianDiffusion:
         self.prediction = cfg.prediction
         if cfg.x0_loss_snr_cap < 0:
             raise AnchorfaceError(f"diffusion.x0_loss_snr_cap must be >= 0, got {cfg.x0_loss_snr_cap}")
+        check_linear_betas(cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
         self.num_timesteps = cfg.num_timesteps
         self.betas = np.linspace(cfg.beta_start, cfg.beta_end, cfg.num_timesteps, dtype=np.float64)
         alphas = 1.0 - self.betas

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from anchorface.diffusion.gaussian import check_linear_betas
 from anchorface.errors import AnchorfaceError
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x [B, C, H, W], t [B] long) -> eps
@@ -24,8 +25,7 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x [B, C, H, W],
 def linear_alphas_cumprod(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
                           ) -> torch.Tensor:
     """alphā_t = prod_{s <= t} (1 - beta_s) for DDPM's linear betas (DiffAE's schedule), float64 [T]."""
-    if num_timesteps < 1:
-        raise AnchorfaceError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    check_linear_betas(num_timesteps, beta_start, beta_end, "diffusionact")
     betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
     return torch.cumprod(1.0 - betas, 0)
 
