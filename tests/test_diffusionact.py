@@ -378,3 +378,28 @@ def test_presets_load():
         (1e-3, 1e-4, 1e-5, 4, 8)
     assert load_config("diffusionact-paper").train.batch_size == 32 and paper.semantic_dim == 512
     assert yaml.safe_load  # (presets are YAML)
+
+
+def test_a_checkpoint_whose_parts_disagree_is_a_one_line_error(checkpoint, tmp_path):
+    """A hand-edited or mixed-up checkpoint (the config's resolution, or E_r from another run) fails on loading, not
+    with a tensor-shape traceback in the middle of a video."""
+    import json
+    import shutil
+
+    from anchorface.methods.diffusionact.checkpoint import load_checkpoint
+    from anchorface.methods.diffusionact.reenactment_encoder import ReenactmentEncoder
+
+    edited = tmp_path / "edited"
+    shutil.copytree(checkpoint, edited)
+    d = json.loads((edited / "anchorface.json").read_text())
+    d["config"]["data"]["resolution"] = 64  # the weights are 32 px
+    (edited / "anchorface.json").write_text(json.dumps(d))
+    mixed = tmp_path / "mixed"
+    shutil.copytree(checkpoint, mixed)
+    config = json.loads((mixed / "reenactment_encoder/config.json").read_text())
+    ReenactmentEncoder(**{k: v for k, v in config.items() if k != "type"} | {"z_dim": 3}).save_pretrained(
+        mixed / "reenactment_encoder")
+    for bad, key in ((edited, "resolution"), (mixed, "z_dim")):
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(bad)
+        assert f"disagree on {key}" in one_line(e), one_line(e)

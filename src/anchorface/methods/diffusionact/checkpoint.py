@@ -58,6 +58,13 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", r
         er = ReenactmentEncoder.from_pretrained(directory / "reenactment_encoder", device)
     elif reenactment:
         raise CheckpointError(f"{directory} holds a DiffAE only (no reenactment_encoder/): train stages 1-2 first")
+    parts = {"anchorface.json": {"resolution": cfg.data.resolution}, "semantic_encoder": encoder.config,
+             "unet": unet.config, **({"reenactment_encoder": er.config} if er is not None else {})}
+    for key in ("resolution", "z_dim"):  # the components must fit together (a mixed-up or hand-edited folder)
+        values = {name: part[key] for name, part in parts.items() if key in part}
+        if len(set(values.values())) > 1:
+            raise CheckpointError(f"{directory}: its parts disagree on {key} "
+                                  f"({', '.join(f'{n} {v}' for n, v in values.items())})")
     return cfg, encoder, unet, er
 
 
