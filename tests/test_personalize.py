@@ -262,3 +262,29 @@ def test_a_time_budget_stops_the_loop_with_a_checkpoint(tiny_config, write_synth
     assert np.isfinite(run["last_loss"])
     with pytest.raises(AnchorfaceError, match="time budget must be a positive"):
         train(cfg, tmp_path / "data", tmp_path / "run2", progress=False, max_seconds=float("nan"))
+
+
+def test_the_output_may_not_be_the_base_and_the_base_must_be_anchored(photo, tmp_path):
+    """-o the base checkpoint (by default the installed demo model) would replace it; a base of another method is
+    named as such, before the long preparation."""
+    import json
+    import shutil
+
+    from anchorface.training.personalize import personalize
+
+    base = tmp_path / "base"
+    shutil.copytree(DEMO_CHECKPOINT, base)
+    stamp = (base / "anchorface.json").read_bytes()
+    for output in (base, tmp_path / "." / "base"):
+        with pytest.raises(AnchorfaceError, match="the base checkpoint") as e:
+            personalize(photo, output, base, steps=1, progress=False)
+        one_line(e)
+    assert (base / "anchorface.json").read_bytes() == stamp
+    other = tmp_path / "other"
+    shutil.copytree(DEMO_CHECKPOINT, other)
+    meta = json.loads((other / "anchorface.json").read_text())
+    meta["config"]["method"] = "diffusionact"
+    (other / "anchorface.json").write_text(json.dumps(meta))
+    with pytest.raises(AnchorfaceError, match="method diffusionact, not anchored"):
+        personalize(photo, tmp_path / "ckpt", other, steps=1, progress=False)
+    assert leftovers(tmp_path) == ["base", "other"]

@@ -95,7 +95,9 @@ def personalize(photos: str | Path, output: str | Path, base: str | Path, *, min
     require("tensorboard", "train", "personalize")
     output = Path(output)
     check_output(output)
-    cfg = read_config(base)  # CheckpointError: not a checkpoint
+    if output.resolve() == Path(base).resolve():
+        raise AnchorfaceError(f"-o {output} is the base checkpoint; choose a new path (the base stays as it is)")
+    cfg = read_config(base, "anchored")  # CheckpointError: not a checkpoint, or one of another method
     if frames < cfg.model.num_frames:
         raise AnchorfaceError(f"--frames must be >= the model's {cfg.model.num_frames} frames per sequence")
     work = work_folder(output)  # (a read-only folder fails here, before any work)
