@@ -103,3 +103,18 @@ def test_batch_rows_with_unresolvable_paths_are_bad_rows(tmp_path):
     jobs = read_jobs(csv)
     assert [j.error is None for j in jobs] == [False, False, True]
     assert all("\n" not in j.error for j in jobs[:2])
+
+
+def test_an_existing_output_that_is_not_a_video_is_a_bad_row_not_done(tmp_path):
+    """Only a finished video counts as done (resume): a folder, or a file that is no video output, is reported."""
+    (tmp_path / "folder.mp4").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "done.mp4").write_bytes(b"video")
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("p.jpg,clip.mp4,folder.mp4\np.jpg,clip.mp4,notes.txt\np.jpg,clip.mp4,done.mp4\n")
+    messages = []
+    failed = run_jobs(read_jobs(csv), lambda job: (_ for _ in ()).throw(AnchorfaceError(f"{job.output} is bad")),
+                      report=messages.append)
+    assert failed == 2 and messages[-1] == "batch: 0 written, 1 skipped (output exists), 2 failed of 3 rows"
+    assert "row 2" in messages[1] and ".txt" in messages[1]
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -2,7 +2,7 @@
 
 The CSV has one row per job, `photo,driving,output` (a header row with those names is allowed; relative paths are
 taken from the CSV's folder; blank lines and lines starting with # are ignored). A row whose output is its own photo
-or driving video, or the output of an earlier row, is a bad row. Rows whose output already exists
+or driving video, or the output of an earlier row, or not a video file, is a bad row. Rows whose output video exists
 are skipped, so running the same command again resumes an interrupted batch; every output is written atomically
 (`io.video.VideoWriter`), so an interrupted row leaves nothing behind and is redone. A bad row (missing file, no
 face, corrupt video, ...) is reported in one line and skipped; the others still run. The exit status is 1 when any
@@ -34,6 +34,8 @@ class Job:
 def read_jobs(path: str | Path) -> list[Job]:
     """The jobs of a batch CSV (module docstring). AnchorfaceError when the file cannot be read at all; a malformed
     row becomes a `Job` with `error` set (reported and skipped like any bad row)."""
+    from anchorface.methods.flow import OUTPUT_SUFFIXES
+
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -55,7 +57,9 @@ def read_jobs(path: str | Path) -> list[Job]:
         except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a NUL byte...
             jobs.append(Job(i, None, None, None, f"a path cannot be used: {one_line(e)}"))
             continue
-        if target in sources:
+        if output.suffix.lower() not in OUTPUT_SUFFIXES:
+            error = f"the output {output} is not a video ({', '.join(OUTPUT_SUFFIXES)})"
+        elif target in sources:
             error = f"the output {output} would overwrite the {'photo' if target == sources[0] else 'driving video'}"
         elif target in outputs:
             error = f"the output {output} is already the output of row {outputs[target]}"
@@ -72,7 +76,7 @@ def run_jobs(jobs: list[Job], render: Callable[[Job], str], *, is_main: bool = T
     decided before any work, so every process of a multi-process launch runs the same rows."""
     report = report or (lambda msg: print(msg, file=sys.stderr, flush=True))
     say = report if is_main else (lambda msg: None)
-    todo = [j for j in jobs if j.error is not None or not j.output.exists()]
+    todo = [j for j in jobs if j.error is not None or not j.output.is_file()]  # (a folder in the way: reported)
     skipped, done, failed = len(jobs) - len(todo), 0, 0
     for k, job in enumerate(todo, start=1):
         where = f"row {job.line}" + (f" ({job.output.name})" if job.output is not None else "")
