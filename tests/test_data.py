@@ -105,6 +105,7 @@ def test_segment_bounds():
     b = segment_bounds(101, 25.0, 2.0)  # 3 equal segments, none longer than 50
     assert len(b) == 3 and b[0][0] == 0 and b[-1][1] == 101 and all(0 < e - s <= 50 for s, e in b)
     assert segment_bounds(10, 25.0, 5.0) == [(0, 10)]
+    assert segment_bounds(10, 25.0, 1e308) == [(0, 10)]  # prepare --max-seconds 1e308: one segment, no overflow
 
 
 # --------------------------------------------------------------------------------------------------------------

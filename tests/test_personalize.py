@@ -196,7 +196,8 @@ def test_the_bounds_are_checked(photo, tmp_path):
     from anchorface.training.personalize import personalize
 
     for kwargs, message in ((dict(), "give a bound"), (dict(minutes=float("nan")), "--minutes must be"),
-                            (dict(steps=2, lr=float("inf")), "--lr must be"), (dict(steps=2, frames=2), "frames")):
+                            (dict(steps=2, lr=float("inf")), "--lr must be"),
+                            (dict(minutes=1e308), "--minutes must be"), (dict(steps=2, frames=2), "frames")):
         with pytest.raises(AnchorfaceError, match=message) as e:
             personalize(photo, tmp_path / "ckpt", DEMO_CHECKPOINT, progress=False, **kwargs)
         one_line(e)
@@ -262,6 +263,8 @@ def test_a_time_budget_stops_the_loop_with_a_checkpoint(tiny_config, write_synth
     assert np.isfinite(run["last_loss"])
     with pytest.raises(AnchorfaceError, match="time budget must be a positive"):
         train(cfg, tmp_path / "data", tmp_path / "run2", progress=False, max_seconds=float("nan"))
+    with pytest.raises(AnchorfaceError, match="time budget must be a positive"):  # (not an OverflowError)
+        train(cfg, tmp_path / "data", tmp_path / "run3", progress=False, max_seconds=float("inf"))
 
 
 def test_the_output_may_not_be_the_base_and_the_base_must_be_anchored(photo, tmp_path):

@@ -457,7 +457,7 @@ class StepSampler(torch.utils.data.Sampler):
 
 def segment_bounds(num_frames: int, fps: float, max_seconds: float) -> list[tuple[int, int]]:
     """Cut [0, num_frames) into the fewest equal-length segments of at most `max_seconds`."""
-    max_len = max(1, int(math.floor(max_seconds * fps + 1e-6)))
+    max_len = max(1, int(math.floor(min(max_seconds * fps + 1e-6, num_frames))))  # (min: no overflow at 1e308 s)
     n = max(1, math.ceil(num_frames / max_len))
     edges = np.linspace(0, num_frames, n + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]

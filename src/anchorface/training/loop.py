@@ -445,7 +445,7 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     require("accelerate", "train", "training")
     require("tensorboard", "train", "training")  # (torch.utils.tensorboard imports it)
     output = Path(output)
-    if max_seconds is not None and not max_seconds > 0:  # (also NaN)
+    if max_seconds is not None and not 0 < max_seconds < math.inf:  # (also NaN)
         raise AnchorfaceError(f"the time budget must be a positive number of seconds, got {max_seconds}")
     resume_from = check_output(output, resume, keep_states)
     cfg, recipe_cls = run_config(cfg, resume_from, recipe)

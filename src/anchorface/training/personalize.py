@@ -83,8 +83,8 @@ def personalize(photos: str | Path, output: str | Path, base: str | Path, *, min
     start = time.perf_counter()
     if minutes is None and steps is None:
         raise AnchorfaceError("give a bound: --minutes and/or --steps")
-    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
-        raise AnchorfaceError(f"--minutes must be a positive number, got {minutes}")
+    if minutes is not None and not (math.isfinite(minutes * 60.0) and minutes > 0):  # (1e308 minutes: inf seconds)
+        raise AnchorfaceError(f"--minutes must be a positive number (in range), got {minutes}")
     if steps is not None and steps < 1:
         raise AnchorfaceError(f"--steps must be >= 1, got {steps}")
     if clips < 1 or frames < 4:
