@@ -109,6 +109,8 @@ def test_runner_errors_are_one_line(tmp_path, driving, face_corpus):
              ((face_corpus / "source/s1.jpg", driving), {"seed": -1}, "seed"),
              ((face_corpus / "source/s1.jpg", driving), {"seed": float("inf")}, "seed"),
              ((face_corpus / "source/s1.jpg", driving), {"steps": float("nan")}, "steps"),
+             ((face_corpus / "source/s1.jpg", driving), {"steps": 2.7}, "steps"),
+             ((face_corpus / "source/s1.jpg", driving), {"seed": 1.5}, "seed"),
              ((face_corpus / "source/s1.jpg", driving), {"method": "nope"}, "unknown method")]
     for args, kwargs, expected in cases:
         with pytest.raises(AnchorfaceError) as e:

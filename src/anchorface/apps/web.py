@@ -79,6 +79,18 @@ def follow_progress(job: Job):
             std.tqdm.update, std.tqdm.close = update, close
 
 
+def _whole(value, what: str) -> int:
+    """An integer from a form field (gradio sends numbers as floats): 3.0 is 3, 2.7 / inf / nan / text are a
+    one-line error rather than silently truncated."""
+    try:
+        number = float(value)
+        if number != int(number):
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise AnchorfaceError(f"{what} must be a whole number, got {value!r}") from None
+
+
 class Runner:
     """Runs one job of the UI: validates the fields, loads the method (the last one stays loaded), and calls the
     shared flow into a fresh folder under `workdir`. Raises AnchorfaceError (one line) for anything the user can fix."""
@@ -124,16 +136,10 @@ class Runner:
             raise AnchorfaceError("upload a face photo (or take one with the webcam)")
         if not video:
             raise AnchorfaceError("upload a driving video (or record one with the webcam)")
-        try:
-            seed = int(seed)
-        except (TypeError, ValueError, OverflowError):
-            raise AnchorfaceError(f"the seed must be an integer, got {seed!r}") from None
+        seed = _whole(seed, "the seed")
         if not 0 <= seed <= SEED_MAX:
             raise AnchorfaceError(f"the seed must be in 0..{SEED_MAX}, got {seed}")
-        try:
-            steps = None if steps is None else int(steps)
-        except (TypeError, ValueError, OverflowError):
-            raise AnchorfaceError(f"steps must be an integer, got {steps!r}") from None
+        steps = None if steps is None else _whole(steps, "steps")
         for old in self.workdir.glob("job-*"):  # (gradio copied the earlier results into its cache when it sent them)
             shutil.rmtree(old, ignore_errors=True)
         self._jobs += 1
