@@ -48,3 +48,18 @@ def test_learned_encoder_required_only_with_a_global_signal(tmp_path):
     (path / "global_encoder").rmdir()
     with pytest.raises(CheckpointError, match="global_encoder/ is missing"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_a_one_line_checkpoint_error(tmp_path, bad):
+    """A corrupt or diverged checkpoint (a NaN / inf weight) is refused at loading, not rendered into a video of
+    NaNs; the error names the component and the weight."""
+    cfg, sdit = tiny()
+    save_checkpoint(tmp_path / "ok", cfg, sdit, LearnedGlobalEncoder(cfg.model.global_dim, cfg.data.resolution))
+    load_checkpoint(tmp_path / "ok")  # control: the same checkpoint with finite weights loads
+    with torch.no_grad():
+        next(sdit.parameters()).view(-1)[3] = bad
+    save_checkpoint(tmp_path / "bad", cfg, sdit, LearnedGlobalEncoder(cfg.model.global_dim, cfg.data.resolution))
+    with pytest.raises(CheckpointError, match="sdit weight .* NaN or infinite") as e:
+        load_checkpoint(tmp_path / "bad")
+    assert "\n" not in str(e.value)

@@ -36,3 +36,17 @@ def read_config(directory: str | Path, method: str | None = None) -> Config:
     if method is not None and cfg.method != method:
         raise CheckpointError(f"{Path(directory)} is a checkpoint of method {cfg.method}, not {method}")
     return cfg
+
+
+def check_finite(directory: str | Path, **modules) -> None:
+    """CheckpointError naming the first component (keyword name) with a NaN or infinite weight: a corrupt or
+    diverged checkpoint must not render a video of NaNs and exit 0. None entries are skipped."""
+    import torch
+
+    for name, module in modules.items():
+        if module is None:
+            continue
+        for key, tensor in module.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(f"{Path(directory)}: {name} weight {key} holds NaN or infinite values "
+                                      "(a corrupt or diverged checkpoint)")

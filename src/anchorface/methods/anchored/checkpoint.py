@@ -21,7 +21,7 @@ from anchorface.config import Config
 from anchorface.errors import CheckpointError
 from anchorface.io.atomic import atomic_output
 from anchorface.io.manifest import existing_directory, read_manifest
-from anchorface.methods.checkpoints import FORMAT, MANIFEST, VERSION, read_config, write_config  # noqa: F401
+from anchorface.methods.checkpoints import FORMAT, MANIFEST, VERSION, check_finite, read_config, write_config  # noqa: F401
 
 
 def save_checkpoint(directory: str | Path, cfg: Config, sdit, encoder=None, trained_on: dict | None = None) -> Path:
@@ -61,6 +61,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", d
             raise CheckpointError(f"{directory}: config uses the learned global encoder but global_encoder/ is missing")
         encoder = LearnedGlobalEncoder.from_pretrained(directory / "global_encoder").to(device=device, dtype=dtype)
         encoder.eval()
+    check_finite(directory, sdit=sdit, global_encoder=encoder)
     return cfg, sdit, encoder
 
 

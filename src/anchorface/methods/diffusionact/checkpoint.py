@@ -23,7 +23,7 @@ import torch
 from anchorface.config import Config
 from anchorface.errors import CheckpointError
 from anchorface.io.atomic import atomic_output
-from anchorface.methods.checkpoints import read_config as read_any_config, write_config
+from anchorface.methods.checkpoints import check_finite, read_config as read_any_config, write_config
 
 METHOD = "diffusionact"
 
@@ -65,6 +65,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", r
         if len(set(values.values())) > 1:
             raise CheckpointError(f"{directory}: its parts disagree on {key} "
                                   f"({', '.join(f'{n} {v}' for n, v in values.items())})")
+    check_finite(directory, semantic_encoder=encoder, unet=unet, reenactment_encoder=er)
     return cfg, encoder, unet, er
 
 
