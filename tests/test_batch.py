@@ -118,3 +118,18 @@ def test_an_existing_output_that_is_not_a_video_is_a_bad_row_not_done(tmp_path):
     assert failed == 2 and messages[-1] == "batch: 0 written, 1 skipped (output exists), 2 failed of 3 rows"
     assert "row 2" in messages[1] and ".txt" in messages[1]
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_batch_csv_as_spreadsheets_write_it(tmp_path):
+    """A quoted cell may hold a comma or a newline (one record over two lines; later rows keep their line
+    numbers), and Excel's "Unicode text" CSV is UTF-16 with a BOM."""
+    (tmp_path / "a\nb.jpg").write_bytes(b"x")
+    text = 'photo,driving,output\n"a\nb.jpg",clip.mp4,"out, 1.mp4"\np.jpg,clip.mp4,x.txt\n'
+    for name, data in (("utf8.csv", text.encode("utf-8-sig")), ("utf16.csv", text.encode("utf-16"))):
+        (tmp_path / name).write_bytes(data)
+        jobs = read_jobs(tmp_path / name)
+        assert [(j.line, j.error is None) for j in jobs] == [(2, True), (4, False)], name
+        assert jobs[0].photo == tmp_path / "a\nb.jpg" and jobs[0].output == tmp_path / "out, 1.mp4"
+    (tmp_path / "latin1.csv").write_bytes("é.jpg,clip.mp4,o.mp4\n".encode("latin-1"))
+    with pytest.raises(AnchorfaceError, match="cannot read the batch file .*latin1.csv: .*codec"):
+        read_jobs(tmp_path / "latin1.csv")

@@ -12,6 +12,7 @@ row failed, after a summary line.
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +39,18 @@ def read_jobs(path: str | Path) -> list[Job]:
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
+        data = path.read_bytes()
+        # UTF-8 (with or without a BOM, as spreadsheets save it) or UTF-16 with its BOM ("Unicode text" in Excel)
+        text = data.decode("utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
+        rows, line = [], 1  # (first line of the record, cells): a quoted cell may span lines
+        reader = csv.reader(io.StringIO(text, newline=""))
+        for row in reader:
+            rows.append((line, row))
+            line = reader.line_num + 1
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise AnchorfaceError(f"cannot read the batch file {path}: {one_line(e)}") from None
     base, jobs, outputs = path.parent, [], {}  # outputs: resolved path -> the line of the row that writes it
-    for i, row in enumerate(csv.reader(text.splitlines()), start=1):
+    for i, row in rows:
         cells = [c.strip() for c in row]
         if not any(cells) or cells[0].startswith("#"):
             continue
