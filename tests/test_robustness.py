@@ -447,3 +447,17 @@ def test_hostile_command_lines(tmp_path):
         line = assert_one_error_line(cli(*argv, cwd=tmp_path))
         assert expected in line, (argv, line)
     assert not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_state_dict_mismatch_reads_as_one_line_naming_the_parameter():
+    """PyTorch's message starts with a heading line ("Error(s) in loading state_dict for Linear:"); the one-line
+    reason keeps the first item under it, which names the parameter and both shapes."""
+    import torch
+
+    from anchorface.errors import one_line
+
+    with pytest.raises(RuntimeError) as e:
+        torch.nn.Linear(3, 2).load_state_dict(torch.nn.Linear(4, 2).state_dict())
+    line = one_line(e.value)
+    assert "\n" not in line and line.startswith("Error(s) in loading state_dict for Linear:")
+    assert "size mismatch for weight" in line and "torch.Size([2, 4])" in line and "(and 0 more)" not in line

@@ -32,14 +32,20 @@ class AnchorfaceWarning(UserWarning):
 
 def one_line(e: BaseException) -> str:
     """A one-line reason for an exception: `strerror: filename` for OS errors (disk full, permission denied, ...),
-    else the first line of its message."""
+    else the first line of its message (with the next one when the first is a heading ending in a colon, as
+    PyTorch's state-dict errors are)."""
     import errno
 
     if isinstance(e, OSError) and e.strerror:
         reason = "disk full (no space left on device)" if e.errno == errno.ENOSPC else e.strerror
         return f"{reason}: {e.filename}" if e.filename else reason
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if len(lines) > 1 and lines[0].endswith(":"):  # a heading ("Error(s) in loading state_dict for X:"): + the first item
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        return f"{lines[0]} {lines[1]}{more}"
+    return lines[0]
 
 
 def io_errors() -> tuple[type[BaseException], ...]:
