@@ -291,3 +291,16 @@ def test_the_output_may_not_be_the_base_and_the_base_must_be_anchored(photo, tmp
     with pytest.raises(AnchorfaceError, match="method diffusionact, not anchored"):
         personalize(photo, tmp_path / "ckpt", other, steps=1, progress=False)
     assert leftovers(tmp_path) == ["base", "other"]
+
+
+def test_a_short_budget_makes_fewer_pseudo_clips(tmp_path):
+    """--minutes bounds the preparation too: past the deadline no clip is started, once each portrait has one."""
+    import time
+
+    portraits = [synthetic.astronaut_portrait()] * 2
+    paths = synthetic.make_pseudo_clips(tmp_path / "late", 5, 4, size=32, progress=False, portraits=portraits,
+                                        deadline=time.perf_counter() - 1.0)
+    assert len(paths) == 2
+    paths = synthetic.make_pseudo_clips(tmp_path / "open", 3, 4, size=32, progress=False,
+                                        deadline=time.perf_counter() + 600.0)
+    assert len(paths) == 3

@@ -278,9 +278,13 @@ DEMO_TRAINED_ON = "one portrait (scikit-image's astronaut)"
 
 
 def make_pseudo_clips(out_dir: str | Path, num_clips: int, num_frames: int, seed: int = 0, size: int = 256,
-                      progress: bool = True, portraits: list[Portrait] | None = None) -> list[Path]:
+                      progress: bool = True, portraits: list[Portrait] | None = None,
+                      deadline: float | None = None) -> list[Path]:
     """Generate `num_clips` pseudo-clips (supp. §3), each with its own random motion, of the `portraits` in turn
-    (at least one clip each; default: the astronaut). Clip k of portrait P is `P.name-SEED-K.mp4`."""
+    (at least one clip each; default: the astronaut). Clip k of portrait P is `P.name-SEED-K.mp4`. With a
+    `deadline` (a `time.perf_counter()` value), no clip is started after it once every portrait has one."""
+    import time
+
     from tqdm import tqdm
 
     out = Path(out_dir)
@@ -288,6 +292,8 @@ def make_pseudo_clips(out_dir: str | Path, num_clips: int, num_frames: int, seed
     portraits = portraits or [astronaut_portrait()]
     paths = []
     for k in tqdm(range(max(num_clips, len(portraits))), desc="pseudo-clips", disable=not progress):
+        if deadline is not None and k >= len(portraits) and time.perf_counter() > deadline:
+            break
         p = portraits[k % len(portraits)]
         path = out / f"{p.name}-{seed:03d}-{k:04d}.mp4"
         write_pseudo_clip(path, p.image, p.geometry, random_motion(num_frames, seed * 100_003 + k), size)
