@@ -234,6 +234,29 @@ def test_train_all_stages_through_the_loop(pairs, tmp_path):
     assert not torch.allclose(Er(x, y), E(x))  # stages 1-2 moved E_r away from E
 
 
+def test_stages_train_under_ddp(pairs, tmp_path):
+    """2 processes (torchrun, gloo): every stage leaves some parameters without a gradient (stage 1 E_r, stage 2
+    the DiffAE), which DDP refuses unless told to look for them; the run crosses both stage boundaries."""
+    import os
+    import subprocess
+    import sys
+
+    from anchorface.config import save_config
+    from anchorface.training.loop import read_log
+
+    cfg = micro_config(diffae_steps=2, pretrain_steps=2)
+    cfg.train.max_steps, cfg.train.log_every, cfg.train.ckpt_every, cfg.train.sample_every = 6, 1, 6, 0
+    save_config(cfg, tmp_path / "micro.yaml")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "anchorface.apps.cli",
+           "train", "--config", str(tmp_path / "micro.yaml"), "--data", str(pairs), "--output",
+           str(tmp_path / "run"), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = read_log(tmp_path / "run" / "log.csv")
+    assert len(log) == 6 and log[0]["diffusion"] > 0 and log[2]["latent_l1"] > 0 and log[5]["pix"] > 0
+
+
 def test_config_errors(pairs):
     from anchorface.methods.diffusionact.training import DiffusionActRecipe
 

@@ -293,9 +293,10 @@ def run_config(cfg: Config, resume_from: Path | None, recipe: type | None) -> tu
     return cfg, recipe or recipe_class(cfg.method)
 
 
-def make_accelerator(tc, deterministic: bool):
-    """The Accelerator (bf16 autocast on GPU only; CPU runs in fp32) and the per-process micro-batch."""
-    from accelerate import Accelerator
+def make_accelerator(tc, deterministic: bool, unused_parameters: bool = False):
+    """The Accelerator (bf16 autocast on GPU only; CPU runs in fp32) and the per-process micro-batch.
+    `unused_parameters`: some parameters get no gradient in a step (a staged recipe), so DDP must look for them."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -303,7 +304,9 @@ def make_accelerator(tc, deterministic: bool):
         torch.backends.cudnn.benchmark = False
     gpu = torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=tc.mixed_precision if gpu else "no",
-                              gradient_accumulation_steps=tc.grad_accum, cpu=not gpu)
+                              gradient_accumulation_steps=tc.grad_accum, cpu=not gpu,
+                              kwargs_handlers=[DistributedDataParallelKwargs(
+                                  find_unused_parameters=unused_parameters)])
     P = accelerator.num_processes
     if tc.batch_size % (P * tc.grad_accum):
         raise AnchorfaceError(f"batch_size {tc.batch_size} is not divisible by processes ({P}) x grad_accum "
@@ -452,7 +455,8 @@ def train(cfg: Config, data_dir: str | Path, output: str | Path, resume: str | N
     if max_steps is not None:
         cfg.train.max_steps = max_steps
     check_train_config(cfg.train)
-    accelerator, local_batch = make_accelerator(cfg.train, deterministic)
+    accelerator, local_batch = make_accelerator(cfg.train, deterministic,
+                                                getattr(recipe_cls, "unused_parameters", False))
     run = build_run(cfg, recipe_cls(cfg, Path(data_dir), holdout_videos=holdout_videos), accelerator, local_batch)
     if resume_from is not None:
         resume_run(run, resume_from)

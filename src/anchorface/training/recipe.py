@@ -54,7 +54,8 @@ class Recipe(Protocol):
     def restore(self, model: nn.Module, directory: Path) -> None:
         """Load the weights that `export` wrote to `directory` into `model` (the EMA, on resume)."""
 
-    # Optional (looked up with hasattr; DiffusionAct's staged protocol uses both):
+    # Optional (looked up with hasattr / getattr; DiffusionAct's staged protocol uses them):
+    #   unused_parameters = True: some parameters get no gradient in some steps (DDP must search for them)
     #   scheduler(optimizer) -> a torch LR scheduler stepped once per optimizer step, instead of the loop's cosine
     #   ema_updates(step) -> int: the update count the EMA's decay warm-up uses at `step` (default: step)
 

@@ -259,6 +259,7 @@ class DiffusionActRecipe:
     pixel-codec dataset in `data_dir` (`anchorface prepare`)."""
 
     log_terms = ("diffusion", "latent_l1", "pix", "bg", "per", "id")
+    unused_parameters = True  # each stage trains a part (stage 1 the DiffAE, then E_r): DDP must allow the rest
     read_config = staticmethod(read_config)
 
     def __init__(self, cfg: Config, data_dir: str | Path, holdout_videos: int = 1):
