@@ -99,6 +99,29 @@ def test_runner_cancel_stops_at_the_next_step_and_leaves_no_file(tiny_checkpoint
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
+def test_controls_show_each_models_own_defaults(tiny_checkpoint, tmp_path):
+    """The merge / sampler / steps controls show the chosen model's defaults (a run sends what they show), and a
+    checkpoint whose default is more steps than the slider's usual end (a paper preset's 1000) widens it."""
+    import json
+
+    pytest.importorskip("gradio")
+    runner = web.Runner(tmp_path / "work")
+    sample = read_config(tiny_checkpoint).sample
+    takes, defaults = runner.options("anchored", str(tiny_checkpoint))
+    assert {"merge", "sampler", "steps"} <= set(takes)
+    assert defaults == {"merge": sample.merge, "sampler": sample.sampler, "steps": sample.steps}
+    assert runner.options("still-source", None) == ((), {})
+    paper = tmp_path / "paper-steps"
+    shutil.copytree(tiny_checkpoint, paper)
+    manifest = json.loads((paper / "anchorface.json").read_text())
+    manifest["config"]["sample"].update(sampler="ddpm", steps=1000)
+    (paper / "anchorface.json").write_text(json.dumps(manifest))
+    assert runner.options("anchored", str(paper))[1]["steps"] == 1000
+    app = web.build_app(str(paper), workdir=tmp_path / "work")
+    slider = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "steps")
+    assert slider.value == 1000 and slider.maximum >= 1000
+
+
 def test_runner_errors_are_one_line(tmp_path, driving, face_corpus):
     runner = web.Runner(tmp_path)
     not_an_image = tmp_path / "photo.jpg"

@@ -126,6 +126,16 @@ class Runner:
             self._loaded = (key, spec.from_pretrained(path, device=self.device))
         return self._loaded[1]
 
+    def options(self, name: str, checkpoint: str | None) -> tuple[tuple[str, ...], dict]:
+        """(the options method `name` takes, their defaults for this checkpoint), loading the model (the run
+        reuses it); none for a baseline."""
+        from anchorface.methods.registry import get_method
+
+        if not get_method(name).needs_checkpoint:
+            return (), {}
+        model = self.method(name, checkpoint)
+        return tuple(model.OPTIONS), model.resolve_options({})
+
     def run(self, photo, video, *, checkpoint=None, method="anchored", merge=None, sampler=None, steps=None,
             seed=0, compare=True, job: Job | None = None) -> dict:
         """Reenact `photo` with `video`; returns {"output", "compare" (or None), "message"}."""
@@ -197,9 +207,19 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
             job.cancel.set()
         return "Cancelling…" if job is not None else "Nothing is running."
 
-    def method_changed(name):
-        takes = get_method(name).needs_checkpoint  # the registry's models take the sampling options; baselines none
-        return [gr.update(interactive=takes) for _ in range(5)]
+    def model_changed(name, ckpt):
+        """The controls of the method (and checkpoint) chosen: those it takes, showing its own defaults."""
+        try:
+            takes, defaults = runner.options(name, ckpt)
+        except (AnchorfaceError, *io_errors()):  # e.g. a folder being typed: unchanged (Reenact says what is wrong)
+            return [gr.update() for _ in range(4)]
+        controls = [gr.update(interactive=get_method(name).needs_checkpoint)]
+        for key in ("merge", "sampler"):
+            controls.append(gr.update(interactive=key in takes, value=defaults.get(key)))
+        n = defaults.get("steps")
+        controls.append(gr.update(interactive="steps" in takes, **({} if n is None else
+                                                                 dict(value=n, maximum=max(MAX_STEPS, n)))))
+        return controls
 
     with gr.Blocks(title="anchorface", analytics_enabled=False, delete_cache=(3600, 86400)) as app:
         gr.Markdown("# anchorface\nAnimate a face photo with the motion of a driving video (Anchored Diffusion).")
@@ -218,7 +238,8 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
                     merge = gr.Dropdown(list(MERGES), value=sample.merge, label="merge strategy", elem_id="merge")
                     sampler = gr.Dropdown(list(SAMPLERS), value=sample.sampler, label="sampler", elem_id="sampler")
                 with gr.Row():
-                    steps = gr.Slider(1, MAX_STEPS, value=sample.steps, step=1, label="steps", elem_id="steps")
+                    steps = gr.Slider(1, max(MAX_STEPS, sample.steps), value=sample.steps, step=1, label="steps",
+                                      elem_id="steps")
                     seed = gr.Number(0, precision=0, minimum=0, label="seed", elem_id="seed")
                 compare = gr.Checkbox(True, label="comparison video (driving | anchored | multidiffusion)",
                                       elem_id="compare")
@@ -230,7 +251,8 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
                 result = gr.Video(label="result", interactive=False, elem_id="result", height=280)
                 comparison = gr.Video(label="comparison", interactive=False, elem_id="comparison", height=280)
                 files = gr.File(label="download", file_count="multiple", interactive=False, elem_id="download")
-        method.change(method_changed, method, [ckpt, merge, sampler, steps, compare])
+        for control in (method, ckpt):
+            control.change(model_changed, [method, ckpt], [ckpt, merge, sampler, steps])
         go.click(reenact_job, [photo, video, ckpt, method, merge, sampler, steps, seed, compare],
                          [result, comparison, files, status], concurrency_limit=1)
         stop.click(cancel, None, status, queue=False)

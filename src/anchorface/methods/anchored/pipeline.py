@@ -230,7 +230,8 @@ class AnchoredDiffusion(Reenactor):
 
     def resolve_options(self, options: dict) -> dict:
         out = super().resolve_options(options)
-        out.setdefault("merge", self.config.sample.merge)
+        for key in ("merge", "sampler", "steps"):  # (the others' defaults depend on these: left to the sampler)
+            out.setdefault(key, getattr(self.config.sample, key))
         return out
 
     def check(self, *, text: str | None = None, edit: str | None = None, **options) -> None:
