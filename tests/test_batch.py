@@ -133,3 +133,16 @@ def test_batch_csv_as_spreadsheets_write_it(tmp_path):
     (tmp_path / "latin1.csv").write_bytes("é.jpg,clip.mp4,o.mp4\n".encode("latin-1"))
     with pytest.raises(AnchorfaceError, match="cannot read the batch file .*latin1.csv: .*codec"):
         read_jobs(tmp_path / "latin1.csv")
+
+
+def test_header_after_comments_and_rejected_rows_claim_no_output(tmp_path):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("# my jobs\n\nphoto,driving,output\n"
+                   "p.jpg,clip.mp4,p.jpg\n"  # bad: the output is no video, and would be the photo
+                   "p.jpg,clip.mp4,o.txt\n"  # bad: not a video
+                   "q.jpg,clip.mp4,o.mp4\n")
+    jobs = read_jobs(csv)
+    assert [(j.line, j.error is None) for j in jobs] == [(4, False), (5, False), (6, True)]
+    (tmp_path / "a.csv").write_text("p.jpg,clip.mp4,clip.mp4\n"  # bad: would overwrite its driving video
+                                    "p.jpg,other.mp4,clip.mp4\n")  # fine: row 1 writes nothing
+    assert [j.error is None for j in read_jobs(tmp_path / "a.csv")] == [False, True]

@@ -54,8 +54,8 @@ def read_jobs(path: str | Path) -> list[Job]:
         cells = [c.strip() for c in row]
         if not any(cells) or cells[0].startswith("#"):
             continue
-        if not jobs and i == 1 and [c.lower() for c in cells] == list(COLUMNS):
-            continue  # the header
+        if not jobs and [c.lower() for c in cells] == list(COLUMNS):
+            continue  # the header (maybe after comments or blank lines)
         if len(cells) != 3 or not all(cells):
             jobs.append(Job(i, None, None, None, f"expected 3 columns {','.join(COLUMNS)}, got {len(cells)}"))
             continue
@@ -71,7 +71,8 @@ def read_jobs(path: str | Path) -> list[Job]:
             error = f"the output {output} would overwrite the {'photo' if target == sources[0] else 'driving video'}"
         elif target in outputs:
             error = f"the output {output} is already the output of row {outputs[target]}"
-        outputs.setdefault(target, i)
+        if error is None:
+            outputs.setdefault(target, i)  # (a rejected row writes nothing, so claims no output)
         jobs.append(Job(i, photo, driving, output, error))
     if not jobs:
         raise AnchorfaceError(f"the batch file {path} has no rows (columns {','.join(COLUMNS)})")
