@@ -261,10 +261,23 @@ def test_config_errors(pairs):
     from anchorface.methods.diffusionact.training import DiffusionActRecipe
 
     for change, words in (({"reenact_batch": 3}, "reenact_batch"), ({"pixel_loss": "l3"}, "pixel_loss"),
-                          ({"diffae_steps": 0}, "diffae_checkpoint")):
+                          ({"diffae_steps": 0}, "diffae_checkpoint"), ({"encoder_channels": 12}, "multiple of 8"),
+                          ({"landmark_channels": 1}, "landmark_channels must be 3")):
         with pytest.raises(AnchorfaceError) as e:
             DiffusionActRecipe(micro_config(**change), pairs)
         assert words in one_line(e)
+    # widths the attention's 32-channel heads do not divide (104 -> 3 heads) build; another DiffAE is refused
+    DiffusionActRecipe(micro_config(unet_channels=104, unet_mults="1"), pairs).build_model()
+    other = pairs.parent / "other-diffae"
+    from anchorface.methods.diffusionact.checkpoint import save_checkpoint
+    from anchorface.methods.diffusionact.training import DiffusionActModel
+
+    small = micro_config()
+    model = DiffusionActModel(small)
+    save_checkpoint(other, small, model.diffae.encoder, model.diffae.unet, None)
+    with pytest.raises(AnchorfaceError) as e:
+        DiffusionActRecipe(micro_config(diffae_checkpoint=str(other), unet_channels=16), pairs).build_model()
+    assert "does not fit" in one_line(e) and "size mismatch" in one_line(e)
     cfg = micro_config(diffae_steps=1)
     cfg.data.codec = "sd-vae"
     with pytest.raises(AnchorfaceError) as e:
@@ -351,7 +364,7 @@ def _full_box(image):
 
 
 def test_bad_inputs_are_one_line_errors(checkpoint, driving, face_corpus, tmp_path, capsys, tiny_checkpoint):
-    from anchorface.methods.diffusionact.checkpoint import load_official_diffae, read_config
+    from anchorface.methods.diffusionact.checkpoint import load_checkpoint, read_config
     from anchorface.methods.diffusionact.pipeline import DiffusionAct
 
     out = tmp_path / "out.mp4"
@@ -371,8 +384,9 @@ def test_bad_inputs_are_one_line_errors(checkpoint, driving, face_corpus, tmp_pa
     with pytest.raises(CheckpointError) as e:
         read_config(tiny_checkpoint)
     assert "anchored" in one_line(e)
+    (tmp_path / "last.ckpt").write_bytes(b"a Lightning pickle")
     with pytest.raises(CheckpointError) as e:
-        load_official_diffae(tmp_path / "last.ckpt")
+        load_checkpoint(tmp_path / "last.ckpt")
     assert "BeatGANsAutoencModel" in one_line(e)
 
 

@@ -28,9 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
-from anchorface.errors import AnchorfaceError, one_line, require
+from anchorface.errors import AnchorfaceError, CheckpointError, one_line, require
 
 CLIPS, FRAMES = 24, 40  # pseudo-clips (over all stills) and frames per clip
 LR, WARMUP = 1e-4, 20  # fine-tuning: a third of the demo's rate, a short warmup
@@ -124,10 +123,13 @@ def personalize(photos: str | Path, output: str | Path, base: str | Path, *, min
             budget = max(minutes * 60.0 - (time.perf_counter() - start) - EXPORT_RESERVE_S, 1.0)
         run = train(cfg, work / "data", work / "run", holdout_videos=0, keep_states=1, progress=progress,
                     recipe=AnchoredRecipe.starting_from(base), max_seconds=budget)
-        cfg, sdit, encoder = load_checkpoint(run["checkpoint"])
-        weights = list(sdit.parameters()) + (list(encoder.parameters()) if encoder is not None else [])
-        if not math.isfinite(run["last_loss"]) or not all(torch.isfinite(p).all() for p in weights):
-            raise AnchorfaceError(f"fine-tuning diverged (loss {run['last_loss']}); try a smaller --lr")
+        diverged = AnchorfaceError(f"fine-tuning diverged (loss {run['last_loss']}); try a smaller --lr")
+        if not math.isfinite(run["last_loss"]):
+            raise diverged
+        try:
+            cfg, sdit, encoder = load_checkpoint(run["checkpoint"])
+        except CheckpointError:  # (its NaN / infinite weights: `check_finite`)
+            raise diverged from None
         save_checkpoint(output, cfg, sdit.half(), encoder.half() if encoder is not None else None,
                         trained_on=record)
     finally:

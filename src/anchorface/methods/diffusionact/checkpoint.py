@@ -10,7 +10,7 @@ Written atomically (`io.atomic`): a temporary sibling directory is filled, then 
 
 The official DiffAE FFHQ-256 checkpoint (`ffhq256_autoenc/last.ckpt`) is a pickled PyTorch Lightning file of the
 authors' `BeatGANsAutoencModel` (a guided-diffusion UNet plus a half-UNet encoder, both with attention at 16 px);
-its weights only fit a copy of that architecture, which this module does not reproduce (`load_official_diffae`
+its weights only fit a copy of that architecture, which this module does not reproduce (`load_checkpoint`
 says so in one line).
 """
 
@@ -50,6 +50,10 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", r
     from anchorface.methods.diffusionact.reenactment_encoder import ReenactmentEncoder
 
     directory = Path(directory)
+    if directory.is_file() and directory.suffix in (".ckpt", ".pt", ".pth"):  # e.g. the official ffhq256 last.ckpt
+        raise CheckpointError(f"{directory}: the official DiffAE checkpoint is a Lightning pickle of the authors' "
+                              "BeatGANsAutoencModel, whose layout this project's DiffAE does not reproduce; train "
+                              "the DiffAE stage instead (diffusionact.diffae_steps)")
     cfg = read_config(directory)
     encoder = SemanticEncoder.from_pretrained(directory / "semantic_encoder", device)
     unet = ConditionalUNet.from_pretrained(directory / "unet", device)
@@ -68,9 +72,3 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", r
     check_finite(directory, semantic_encoder=encoder, unet=unet, reenactment_encoder=er)
     return cfg, encoder, unet, er
 
-
-def load_official_diffae(path: str | Path):
-    """The authors' DiffAE FFHQ-256 checkpoint: not loadable here (see the module docstring)."""
-    raise CheckpointError(f"{path}: the official DiffAE checkpoint is a Lightning pickle of the authors' "
-                          "BeatGANsAutoencModel, whose layout this project's DiffAE does not reproduce; train the "
-                          "DiffAE stage instead (diffusionact.diffae_steps)")

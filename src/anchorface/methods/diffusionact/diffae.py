@@ -67,12 +67,14 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Self-attention over the pixels of a feature map (one head per 32 channels), residual."""
+    """Self-attention over the pixels of a feature map (one head per 32 channels, or one head where that does not
+    divide the width), residual."""
 
     def __init__(self, c: int):
         super().__init__()
         self.norm = nn.GroupNorm(GROUPS, c)
-        self.attn = nn.MultiheadAttention(c, max(1, c // 32), batch_first=True)
+        heads = max(1, c // 32)
+        self.attn = nn.MultiheadAttention(c, heads if c % heads == 0 else 1, batch_first=True)
 
     def forward(self, x, *_):
         B, C, H, W = x.shape

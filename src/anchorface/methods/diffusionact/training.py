@@ -38,11 +38,10 @@ from torch import nn
 
 from anchorface.config import Config
 from anchorface.data.dataset import ShardFiles
-from anchorface.errors import AnchorfaceError
+from anchorface.errors import AnchorfaceError, CheckpointError, one_line
 from anchorface.methods.diffusionact.checkpoint import load_checkpoint, read_config, save_checkpoint
 
 PREVIEW_PAIRS = 3  # held-out (source, target) pairs in the sample grid
-STAGES = ("diffae", "pretrain", "reenact")
 
 
 @dataclass(frozen=True)
@@ -85,6 +84,15 @@ def check_config(cfg: Config) -> None:
         raise AnchorfaceError(f"diffusionact.pixel_loss must be l1 or l2, got {d.pixel_loss!r}")
     if d.train_steps < 1:
         raise AnchorfaceError(f"diffusionact.train_steps (T_tr) must be >= 1, got {d.train_steps}")
+    from anchorface.methods.diffusionact.diffae import GROUPS
+
+    for name in ("unet_channels", "encoder_channels"):
+        if getattr(d, name) < GROUPS or getattr(d, name) % GROUPS:
+            raise AnchorfaceError(f"diffusionact.{name} must be a multiple of {GROUPS} (GroupNorm groups), "
+                                  f"got {getattr(d, name)}")
+    if d.landmark_channels != 3:
+        raise AnchorfaceError(f"diffusionact.landmark_channels must be 3 (the landmark image's contours, eyes and "
+                              f"lips, irises), got {d.landmark_channels}")
     if d.diffae_steps == 0 and not d.diffae_checkpoint:
         raise AnchorfaceError("diffusionact: set diffae_steps > 0 (train the DiffAE) or diffae_checkpoint (start "
                               "from a trained one)")
@@ -288,8 +296,12 @@ class DiffusionActRecipe:
         d = self.cfg.diffusionact
         if d.diffae_checkpoint:
             _, encoder, unet, _ = load_checkpoint(d.diffae_checkpoint, reenactment=False)
-            model.diffae.encoder.load_state_dict(encoder.state_dict())
-            model.diffae.unet.load_state_dict(unet.state_dict())
+            try:
+                model.diffae.encoder.load_state_dict(encoder.state_dict())
+                model.diffae.unet.load_state_dict(unet.state_dict())
+            except RuntimeError as e:  # another architecture than this config's
+                raise CheckpointError(f"diffae_checkpoint {d.diffae_checkpoint} does not fit this config's DiffAE: "
+                                      f"{one_line(e)}") from None
         model.perceptual = load_user_network(d.perceptual_net, "perceptual_net")
         model.identity = load_user_network(d.identity_net, "identity_net")
         return model
