@@ -266,6 +266,11 @@ def test_config_errors(pairs):
         with pytest.raises(AnchorfaceError) as e:
             DiffusionActRecipe(micro_config(**change), pairs)
         assert words in one_line(e)
+    cfg = micro_config()
+    cfg.train.grad_accum = 4  # reenact_batch 4 over 4 micro-batches: 1 example each, no pair
+    with pytest.raises(AnchorfaceError) as e:
+        DiffusionActRecipe(cfg, pairs)
+    assert "multiple of 2 x processes x grad_accum (8)" in one_line(e)
     # widths the attention's 32-channel heads do not divide (104 -> 3 heads) build; another DiffAE is refused
     DiffusionActRecipe(micro_config(unet_channels=104, unet_mults="1"), pairs).build_model()
     other = pairs.parent / "other-diffae"

@@ -28,6 +28,7 @@ at each stage, so the exported weights of a stage are not averaged with the prev
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,6 +276,11 @@ class DiffusionActRecipe:
         from anchorface.methods.anchored.training import split_clips
 
         check_config(cfg)
+        # stage 2 keeps reenact_batch of the global batch, in (source, target) pairs on every micro-batch
+        share = 2 * int(os.environ.get("WORLD_SIZE", "1")) * cfg.train.grad_accum
+        if cfg.diffusionact.reenact_batch % share:
+            raise AnchorfaceError(f"diffusionact.reenact_batch ({cfg.diffusionact.reenact_batch}) must be a multiple "
+                                  f"of 2 x processes x grad_accum ({share}): each micro-batch trains whole pairs")
         self.cfg, self.stages = cfg, Stages.from_config(cfg)
         self.index = load_index(data_dir)
         if self.index["data"].get("codec") != "pixel":
@@ -345,7 +351,7 @@ class DiffusionActRecipe:
         stage = self.stages.stage(step)
         if stage == "reenact":
             n = len(batch["index"])
-            keep = max(2, (n * self.cfg.diffusionact.reenact_batch) // self.cfg.train.batch_size)
+            keep = (n * self.cfg.diffusionact.reenact_batch) // self.cfg.train.batch_size  # (whole pairs: __init__)
             batch = {k: v[:keep] for k, v in batch.items()}
         return model(batch, stage)
 
