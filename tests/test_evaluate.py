@@ -321,6 +321,12 @@ def test_consistency_study_settings_seeds_and_long_windows(tmp_path, face_corpus
     assert rows[("both", L, "anchored")]["background_drift"] != rows[("landmarks", L, "anchored")]["background_drift"]
     md = (out / "report.md").read_text()
     assert "landmarks only (G dropped)" in md and "full conditions" in md
+    for cond in ("both", "landmarks"):  # multidiffusion's paired difference from anchored, per setting and length
+        a, m = rows[(cond, L, "anchored")], rows[(cond, L, "multidiffusion")]
+        d = m["vs_reference"]["background_drift"]
+        assert m["vs_reference"]["merge"] == "anchored" and "vs_reference" not in a
+        assert d[0] == pytest.approx(m["background_drift"] - a["background_drift"]) and d[1] is None  # 1 clip
+    assert md.count("Paired differences, strategy - anchored") == 2
 
 
 def test_identity_embedding_sees_people_apart_on_real_crops(face_corpus):

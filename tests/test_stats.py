@@ -30,3 +30,30 @@ def test_degenerate_inputs():
     assert np.isnan(bootstrap_ci([])[0])
     m, lo, hi = bootstrap_ci([1.0, float("nan")])
     assert m == 1.0 and np.isnan(lo) and np.isnan(hi)
+
+
+def test_paired_differences_remove_what_a_clip_shares():
+    """Strategies that differ by a constant 0.1 on clips whose levels vary widely: the two rows' intervals overlap,
+    the paired difference is 0.1 with an interval of width ~0 (closed form); the reference row and rows of other
+    videos get none."""
+    from anchorface.evaluation.stats import paired_differences
+
+    rng = np.random.default_rng(3)
+    level = rng.normal(0.5, 0.2, size=8)
+    noise = rng.normal(0, 0.01, size=16)
+
+    def row(merge, shift, videos=None):
+        videos = videos or [f"d{i // 2}" for i in range(16)]
+        vals = [level[i // 2] + shift + noise[i] for i in range(16)]
+        m, lo, hi = bootstrap_ci(vals, groups=videos)
+        return {"conditions": "landmarks", "length": 32, "checkpoint": "c", "merge": merge, "self_csim": m,
+                "ci": {"self_csim": [lo, hi]}, "per_video": [{"video": v, "self_csim": x} for v, x in zip(videos, vals)]}
+
+    ref, other = row("anchored", 0.0), row("multidiffusion", 0.1)
+    stranger = row("independent", 0.2, videos=[f"e{i}" for i in range(16)])
+    assert other["ci"]["self_csim"][0] < ref["ci"]["self_csim"][1]  # the unpaired intervals overlap
+    paired_differences([ref, other, stranger], ["self_csim", "absent"])
+    mean, lo, hi = other["vs_reference"]["self_csim"]
+    assert other["vs_reference"]["merge"] == "anchored" and "absent" not in other["vs_reference"]
+    assert abs(mean - 0.1) < 1e-12 and 0.1 - 1e-9 < lo and hi < 0.1 + 1e-9
+    assert "vs_reference" not in ref and "vs_reference" not in stranger

@@ -694,9 +694,10 @@ def consistency_protocol(ev: Evaluation) -> tuple[list[dict], dict]:
     strategy), `o.seeds` seeds, in each setting of `o.consistency_conditions` (the signals given: "both", or
     "landmarks" where G is dropped and only the merge strategy can hold the appearance). One length at a time (long
     windows are freed after use). Rows hold each measure's mean over clips x seeds and its 95% bootstrap interval
-    (clips resampled whole). Also returns Fig. 4's strips: for the longest length, the first clip and seed,
+    (clips resampled whole), and each strategy's paired difference from anchored (`stats.paired_differences`,
+    the same clips and seeds). Also returns Fig. 4's strips: for the longest length, the first clip and seed,
     `STRIP_FRAMES` frames of every strategy per setting."""
-    from anchorface.evaluation.stats import bootstrap_ci
+    from anchorface.evaluation.stats import bootstrap_ci, paired_differences
 
     o = ev.o
     scored: dict[tuple, list] = {}
@@ -735,6 +736,7 @@ def consistency_protocol(ev: Evaluation) -> tuple[list[dict], dict]:
                 mean, lo, hi = bootstrap_ci(vals, groups=clips, seed=o.seed)
                 row[key], row["ci"][key] = mean, [lo, hi]
         rows.append(row)
+    paired_differences(rows, CONSISTENCY_MEASURES, reference="anchored", seed=o.seed)
     return rows, strips
 
 

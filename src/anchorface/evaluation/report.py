@@ -280,6 +280,20 @@ def render_markdown(report: dict, columns: list[tuple[str, str]], baseline_notes
                 out.append(f"| {r['length']} | {r['checkpoint']} | {r['merge']} | {r['videos']} | "
                            + " | ".join(cells) + " |")
             out.append("")
+            paired = [r for r in rows if r.get("vs_reference")]
+            if paired:
+                ref = paired[0]["vs_reference"]["merge"]
+                out += [f"Paired differences, strategy - {ref} on the same clips and seeds (positive: {ref} "
+                        "drifts less), mean [95% bootstrap interval, clips resampled whole]; an interval above 0 "
+                        f"means {ref} is better on that measure:", "",
+                        "| length | checkpoint | merge | Δ Self-CSIM | Δ id drift, frame 0 | Δ id drift, anchor | "
+                        "Δ outside the face |", "|---|---|---|---|---|---|---|"]
+                for r in sorted(paired, key=lambda r: (r["length"], r["checkpoint"], _rank(order, r["merge"]))):
+                    d = r["vs_reference"]
+                    cells = [f"{fmt(d[k][0])} [{fmt(d[k][1])}, {fmt(d[k][2])}]" if k in d else "–"
+                             for k in ("self_csim", "id_drift_first", "id_drift_anchor", "background_drift")]
+                    out.append(f"| {r['length']} | {r['checkpoint']} | {r['merge']} | " + " | ".join(cells) + " |")
+                out.append("")
             if f"strip-{setting}.png" in report.get("images", []):
                 out += [f"![Fig. 4, {setting}](strip-{setting}.png)", ""]
         out += ["![consistency](consistency.png)", ""]

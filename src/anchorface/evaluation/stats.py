@@ -34,3 +34,25 @@ def bootstrap_ci(values, level: float = LEVEL, samples: int = BOOTSTRAP_SAMPLES,
     means = sums[draws].sum(1) / counts[draws].sum(1)
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return mean, float(low), float(high)
+
+
+def paired_differences(rows: list[dict], measures, reference: str = "anchored", seed: int = 0) -> None:
+    """Add to each consistency row (`consistency_protocol`'s, with `per_video` metrics) its paired difference from
+    the `reference` strategy's row of the same setting, length and checkpoint: row["vs_reference"] = {"merge":
+    reference, measure: [mean, low, high]} of (this strategy - reference) over the same clips and seeds, with the
+    clips resampled whole. Pairing removes what a clip and seed share (its motion, its noise), so the interval of a
+    difference is narrower than the two rows' intervals suggest. Rows whose videos do not pair are left as they are."""
+    refs = {(r.get("conditions"), r["length"], r["checkpoint"]): r for r in rows if r["merge"] == reference}
+    for r in rows:
+        ref = refs.get((r.get("conditions"), r["length"], r["checkpoint"]))
+        if ref is None or ref is r:
+            continue
+        mine, theirs = r.get("per_video") or [], ref.get("per_video") or []
+        if not mine or [m["video"] for m in mine] != [m["video"] for m in theirs]:
+            continue
+        out = {"merge": reference}
+        for key in measures:
+            diff = [a.get(key, float("nan")) - b.get(key, float("nan")) for a, b in zip(mine, theirs)]
+            if np.isfinite(diff).any():
+                out[key] = list(bootstrap_ci(diff, groups=[m["video"] for m in mine], seed=seed))
+        r["vs_reference"] = out
