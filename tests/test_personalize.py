@@ -304,3 +304,30 @@ def test_a_short_budget_makes_fewer_pseudo_clips(tmp_path):
     paths = synthetic.make_pseudo_clips(tmp_path / "open", 3, 4, size=32, progress=False,
                                         deadline=time.perf_counter() + 600.0)
     assert len(paths) == 3
+
+
+def test_a_diverged_fine_tuning_says_so_and_leaves_nothing(photo, tmp_path, monkeypatch):
+    """Weights that became NaN (a finite last loss) read as divergence with the remedy, not as a broken checkpoint
+    in a work folder that no longer exists."""
+    import anchorface.training.loop as loop
+
+    real = loop.train
+
+    def diverged(*args, **kwargs):
+        run = real(*args, **kwargs)
+        from safetensors.torch import load_file, save_file
+
+        path = next(run["checkpoint"].rglob("model.safetensors"))  # a weight of the trained checkpoint -> NaN
+        state = load_file(str(path))
+        name = next(iter(state))
+        state[name] = torch.full_like(state[name], float("nan"))
+        save_file(state, str(path))
+        return run
+
+    monkeypatch.setattr(loop, "train", diverged)
+    from anchorface.training.personalize import personalize
+
+    with pytest.raises(AnchorfaceError) as e:
+        personalize(photo, tmp_path / "ckpt", DEMO_CHECKPOINT, steps=1, clips=1, frames=6, progress=False)
+    assert "fine-tuning diverged" in one_line(e) and "smaller --lr" in one_line(e)
+    assert leftovers(tmp_path) == []
