@@ -81,12 +81,9 @@ def main() -> None:
     if not (work / "data").is_dir():
         sh(sys.executable, "-m", "anchorface", "prepare", str(work / "clips"), str(work / "data"), "--config",
            str(work / "config.yaml"))
-    if not (work / "run" / "latest").is_file():  # fine-tuning the demo's weights (as `anchorface personalize`)
-        from anchorface.methods.anchored.training import AnchoredRecipe
-        from anchorface.training.loop import train
-
-        train(load_config(work / "config.yaml"), work / "data", work / "run", holdout_videos=0,
-              recipe=AnchoredRecipe.starting_from(demo))
+    if not (work / "run" / "latest").is_file():  # fine-tuning the demo's weights
+        sh(sys.executable, "-m", "anchorface", "train", "--config", str(work / "config.yaml"), "--data",
+           str(work / "data"), "--output", str(work / "run"), "--init-from", str(demo), "--holdout-videos", "0")
     checkpoint = work / "run" / (work / "run" / "latest").read_text().strip()
     driving = work / "driving"
     if not driving.is_dir():  # the original astronaut with a motion none of the training clips has

@@ -335,3 +335,29 @@ def test_bad_config_values_are_one_line_errors(tmp_path, field, value, message):
     setattr(cfg.train, field, value)
     with pytest.raises(AnchorfaceError, match=message):
         check_train_config(cfg.train)
+
+
+def test_init_from_fine_tunes_a_checkpoint(micro, reference, tmp_path, capsys):
+    """`train --init-from CKPT`: a new run whose model starts from CKPT's weights (with a vanishing rate its export
+    is CKPT's weights, a fresh run's is not); a checkpoint of another architecture, or with --resume, is one line."""
+    from anchorface.apps.cli import main
+
+    root, _ = micro
+    ckpt = reference / (reference / "latest").read_text().strip()
+    common = ["train", "--config", str(root / "micro.yaml"), "--data", str(root / "data"), "--max-steps", "1",
+              "--lr", "1e-12", "--sample-every", "0", "--ckpt-every", "1", "--quiet"]
+    assert main([*common, "--output", str(tmp_path / "tuned"), "--init-from", str(ckpt)]) == 0
+    assert main([*common, "--output", str(tmp_path / "fresh")]) == 0
+    _, start, _ = load_checkpoint(ckpt)
+    (_, tuned, _), (_, fresh, _) = (load_checkpoint(tmp_path / run / "checkpoint-0000001") for run in ("tuned", "fresh"))
+    w = lambda m: torch.cat([p.float().flatten() for p in m.parameters()])  # noqa: E731
+    assert torch.allclose(w(tuned), w(start), atol=1e-3) and not torch.allclose(w(fresh), w(start), atol=1e-3)
+    capsys.readouterr()
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**MICRO, "model": {**MICRO["model"], "hidden_size": 64}}))
+    assert main(["train", "--config", str(other), "--data", str(root / "data"), "--output", str(tmp_path / "x"),
+                 "--init-from", str(ckpt), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "do not fit the model of this config" in err and "size mismatch" in err and len(err.splitlines()) == 1
+    assert main([*common, "--output", str(tmp_path / "y"), "--init-from", str(ckpt), "--resume"]) == 1
+    assert "give one of them" in capsys.readouterr().err

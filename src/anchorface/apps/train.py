@@ -27,9 +27,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None and (any(getattr(args, f) is not None for f in _OVERRIDES)
                                     or args.gradient_checkpointing):
         print("anchorface: warning: a resumed run keeps its saved config (only --max-steps applies)", file=sys.stderr)
+    recipe = None
+    if args.init_from is not None:  # fine-tuning: the model (and its EMA) starts from a checkpoint's weights
+        from anchorface.errors import AnchorfaceError
+        from anchorface.methods.registry import get_method
+
+        if args.resume is not None:
+            raise AnchorfaceError("--init-from starts a new run from a checkpoint's weights, --resume continues a "
+                                  "run: give one of them")
+        recipe_cls = get_method(cfg.method).load_recipe()
+        if not hasattr(recipe_cls, "starting_from"):
+            raise AnchorfaceError(f"method {cfg.method} cannot start from a checkpoint's weights (--init-from)")
+        recipe = recipe_cls.starting_from(args.init_from)
     out = train(cfg, args.data, args.output, resume=args.resume, max_steps=args.max_steps,
                 holdout_videos=args.holdout_videos, keep_states=args.keep_states, deterministic=args.deterministic,
-                progress=not args.quiet)
+                progress=not args.quiet, recipe=recipe)
     if out["main"]:
         print(f"step {out['step']}, loss {out['last_loss']:.4f}; checkpoint {out['checkpoint']}", file=sys.stderr)
     return 0
@@ -47,6 +59,9 @@ def register(subparsers) -> None:
     p.add_argument("--output", required=True, help="run directory (checkpoints, logs, sample grids)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue a run: a checkpoint directory, or (no value) the latest one in --output")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="fine-tune: start from this checkpoint's weights (same architecture as --config; a new run, "
+                        "fresh optimizer and schedule)")
     p.add_argument("--max-steps", type=positive_int, help="optimizer steps in total (config: train.max_steps)")
     p.add_argument("--batch-size", type=positive_int, help="global batch (config: train.batch_size)")
     p.add_argument("--lr", type=positive_float, help="base learning rate (config: train.lr)")

@@ -180,7 +180,13 @@ class AnchoredRecipe:
     def build_model(self) -> Denoiser:
         model = build_denoiser(self.cfg, self.index["latent_shape"])
         if self.init_from is not None:
-            self.restore(model, self.init_from)
+            try:
+                self.restore(model, self.init_from)
+            except (RuntimeError, AttributeError) as e:  # another architecture, or a G of another kind
+                from anchorface.errors import CheckpointError, one_line
+
+                raise CheckpointError(f"{self.init_from}: its weights do not fit the model of this config "
+                                      f"({one_line(e)})") from None
         return model
 
     def param_groups(self, model: Denoiser) -> list[dict]:
