@@ -121,18 +121,22 @@ def test_an_existing_output_that_is_not_a_video_is_a_bad_row_not_done(tmp_path):
 
 
 def test_batch_csv_as_spreadsheets_write_it(tmp_path):
-    """A quoted cell may hold a comma or a newline (one record over two lines; later rows keep their line
-    numbers), and Excel's "Unicode text" CSV is UTF-16 with a BOM."""
-    (tmp_path / "a\nb.jpg").write_bytes(b"x")
-    text = 'photo,driving,output\n"a\nb.jpg",clip.mp4,"out, 1.mp4"\np.jpg,clip.mp4,x.txt\n'
-    for name, data in (("utf8.csv", text.encode("utf-8-sig")), ("utf16.csv", text.encode("utf-16"))):
+    """A quoted cell may hold a comma; one holding a line break is a record over two lines (later rows keep their
+    line numbers) and a bad row, not a file name printed over two lines. Excel's "Unicode text" CSV is UTF-16 with
+    a BOM, UTF-32 has one too; without a BOM they are one file-level error, as Latin-1 is."""
+    text = ('photo,driving,output\np.jpg,clip.mp4,"out, 1.mp4"\n"a\nb.jpg",clip.mp4,o.mp4\n'
+            'p.jpg,clip.mp4,x.txt\n')
+    for name, data in (("utf8.csv", text.encode("utf-8-sig")), ("utf16.csv", text.encode("utf-16")),
+                       ("utf32.csv", text.encode("utf-32"))):
         (tmp_path / name).write_bytes(data)
         jobs = read_jobs(tmp_path / name)
-        assert [(j.line, j.error is None) for j in jobs] == [(2, True), (4, False)], name
-        assert jobs[0].photo == tmp_path / "a\nb.jpg" and jobs[0].output == tmp_path / "out, 1.mp4"
-    (tmp_path / "latin1.csv").write_bytes("é.jpg,clip.mp4,o.mp4\n".encode("latin-1"))
-    with pytest.raises(AnchorfaceError, match="cannot read the batch file .*latin1.csv: .*codec"):
-        read_jobs(tmp_path / "latin1.csv")
+        assert [(j.line, j.error is None) for j in jobs] == [(2, True), (3, False), (5, False)], name
+        assert jobs[0].output == tmp_path / "out, 1.mp4" and "line break" in jobs[1].error
+    for name, data in (("latin1.csv", "é.jpg,clip.mp4,o.mp4\n".encode("latin-1")),
+                       ("utf16le.csv", text.encode("utf-16-le")), ("utf32be.csv", text.encode("utf-32-be"))):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(AnchorfaceError, match=f"cannot read the batch file .*{name}: .*(codec|byte-order)"):
+            read_jobs(tmp_path / name)
 
 
 def test_header_after_comments_and_rejected_rows_claim_no_output(tmp_path):

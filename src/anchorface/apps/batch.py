@@ -40,14 +40,23 @@ def read_jobs(path: str | Path) -> list[Job]:
     path = Path(path)
     try:
         data = path.read_bytes()
-        # UTF-8 (with or without a BOM, as spreadsheets save it) or UTF-16 with its BOM ("Unicode text" in Excel)
-        text = data.decode("utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
+        # UTF-8 (with or without a BOM, as spreadsheets save it), or UTF-16 / UTF-32 with a BOM (Excel's "Unicode
+        # text" is UTF-16); NUL bytes in a quarter of the file: UTF-16 / 32 without a BOM, which cannot be told apart
+        if data[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+            encoding = "utf-32"
+        elif data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            encoding = "utf-16"
+        elif data.count(0) * 4 > len(data):
+            raise UnicodeError("it looks like UTF-16 or UTF-32 without a byte-order mark; save it as UTF-8")
+        else:
+            encoding = "utf-8-sig"
+        text = data.decode(encoding)
         rows, line = [], 1  # (first line of the record, cells): a quoted cell may span lines
         reader = csv.reader(io.StringIO(text, newline=""))
         for row in reader:
             rows.append((line, row))
             line = reader.line_num + 1
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except (OSError, UnicodeError, csv.Error) as e:
         raise AnchorfaceError(f"cannot read the batch file {path}: {one_line(e)}") from None
     base, jobs, outputs = path.parent, [], {}  # outputs: resolved path -> the line of the row that writes it
     for i, row in rows:
@@ -58,6 +67,9 @@ def read_jobs(path: str | Path) -> list[Job]:
             continue  # the header (maybe after comments or blank lines)
         if len(cells) != 3 or not all(cells):
             jobs.append(Job(i, None, None, None, f"expected 3 columns {','.join(COLUMNS)}, got {len(cells)}"))
+            continue
+        if any("\n" in c or "\r" in c for c in cells):  # (a quoted cell over two lines: surely not a file name)
+            jobs.append(Job(i, None, None, None, "a cell holds a line break (a quote left open?)"))
             continue
         photo, driving, output = (Path(c) if Path(c).is_absolute() else base / c for c in cells)
         try:
