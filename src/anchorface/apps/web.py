@@ -207,18 +207,21 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
             job.cancel.set()
         return "Cancelling…" if job is not None else "Nothing is running."
 
-    def model_changed(name, ckpt):
-        """The controls of the method (and checkpoint) chosen: those it takes, showing its own defaults."""
+    def model_changed(name, ckpt, show_defaults: bool):
+        """The controls of the method (and checkpoint) chosen: those it takes, the steps slider long enough for its
+        default; with `show_defaults` (a new method) set to its defaults too. A new checkpoint leaves the values as
+        the user set them (an update arriving after the user's next edit would silently undo it)."""
         try:
             takes, defaults = runner.options(name, ckpt)
         except (AnchorfaceError, *io_errors()):  # e.g. a folder being typed: unchanged (Reenact says what is wrong)
             return [gr.update() for _ in range(4)]
+        value = (lambda key: dict(value=defaults.get(key))) if show_defaults else (lambda key: {})  # noqa: E731
         controls = [gr.update(interactive=get_method(name).needs_checkpoint)]
         for key in ("merge", "sampler"):
-            controls.append(gr.update(interactive=key in takes, value=defaults.get(key)))
+            controls.append(gr.update(interactive=key in takes, **value(key)))
         n = defaults.get("steps")
-        controls.append(gr.update(interactive="steps" in takes, **({} if n is None else
-                                                                 dict(value=n, maximum=max(MAX_STEPS, n)))))
+        controls.append(gr.update(interactive="steps" in takes,
+                                  **({} if n is None else dict(maximum=max(MAX_STEPS, n), **value("steps")))))
         return controls
 
     with gr.Blocks(title="anchorface", analytics_enabled=False, delete_cache=(3600, 86400)) as app:
@@ -251,8 +254,8 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
                 result = gr.Video(label="result", interactive=False, elem_id="result", height=280)
                 comparison = gr.Video(label="comparison", interactive=False, elem_id="comparison", height=280)
                 files = gr.File(label="download", file_count="multiple", interactive=False, elem_id="download")
-        for control in (method, ckpt):
-            control.change(model_changed, [method, ckpt], [ckpt, merge, sampler, steps])
+        method.change(lambda name, ck: model_changed(name, ck, True), [method, ckpt], [ckpt, merge, sampler, steps])
+        ckpt.change(lambda name, ck: model_changed(name, ck, False), [method, ckpt], [ckpt, merge, sampler, steps])
         go.click(reenact_job, [photo, video, ckpt, method, merge, sampler, steps, seed, compare],
                          [result, comparison, files, status], concurrency_limit=1)
         stop.click(cancel, None, status, queue=False)
