@@ -358,10 +358,10 @@ def test_init_from_fine_tunes_a_checkpoint(micro, reference, tmp_path, capsys):
     assert main(["train", "--config", str(other), "--data", str(root / "data"), "--output", str(tmp_path / "x"),
                  "--init-from", str(ckpt), "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert "its sDiT is another architecture than this config's" in err and "in the checkpoint, " in err
+    assert "its sDiT does not fit the model of this config" in err and "in the checkpoint, " in err
     assert len(err.splitlines()) == 1 and len(err) < 400
     assert main([*common, "--output", str(tmp_path / "z"), "--init-from", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
-    assert "not found" in err and "architecture" not in err
+    assert "not found" in err and "does not fit" not in err
     assert main([*common, "--output", str(tmp_path / "y"), "--init-from", str(ckpt), "--resume"]) == 1
     assert "give one of them" in capsys.readouterr().err

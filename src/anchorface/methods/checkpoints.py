@@ -50,3 +50,21 @@ def check_finite(directory: str | Path, **modules) -> None:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise CheckpointError(f"{Path(directory)}: {name} weight {key} holds NaN or infinite values "
                                       "(a corrupt or diverged checkpoint)")
+
+
+def load_same_architecture(checkpoint: str | Path, name: str, mine, theirs) -> None:
+    """Load a checkpoint's module `theirs` into `mine`, a model built from another config (fine-tuning from it):
+    CheckpointError, one line, when it has no such module or another architecture (the counts of parameters of
+    another shape, missing and unexpected, and the first of them), rather than PyTorch's key-by-key listing."""
+    if theirs is None:
+        raise CheckpointError(f"{checkpoint} has no {name}, the model of this config has one")
+    a, b = mine.state_dict(), theirs.state_dict()
+    missing, extra = [k for k in a if k not in b], [k for k in b if k not in a]
+    shape = [k for k in a if k in b and a[k].shape != b[k].shape]
+    if missing or extra or shape:
+        first = (f"size mismatch for {shape[0]}: {tuple(b[shape[0]].shape)} in the checkpoint, "
+                 f"{tuple(a[shape[0]].shape)} here" if shape else (missing or extra)[0])
+        raise CheckpointError(f"{checkpoint}: its {name} does not fit the model of this config ({len(shape)} "
+                              f"parameters of another shape, {len(missing)} missing, {len(extra)} unexpected; "
+                              f"first: {first})")
+    mine.load_state_dict(b)

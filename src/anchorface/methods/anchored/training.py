@@ -24,6 +24,7 @@ from torch import nn
 
 from anchorface.config import Config
 from anchorface.methods.anchored.checkpoint import load_checkpoint, read_config, save_checkpoint
+from anchorface.methods.checkpoints import load_same_architecture
 
 PREVIEW_EXAMPLES = 2  # held-out examples in the periodic sample grid
 
@@ -137,23 +138,6 @@ def split_clips(index: dict, holdout_videos: int) -> tuple[list[str], list[str]]
             [c["name"] for c in index["clips"] if c["source_video"] in held])
 
 
-def _check_same_architecture(checkpoint: Path, name: str, mine, theirs) -> None:
-    """CheckpointError, one line, when `theirs` (a checkpoint's module, or None) cannot be loaded into `mine`."""
-    from anchorface.errors import CheckpointError
-
-    if theirs is None:
-        raise CheckpointError(f"{checkpoint} has no {name}, the model of this config has one")
-    a, b = mine.state_dict(), theirs.state_dict()
-    missing, extra = [k for k in a if k not in b], [k for k in b if k not in a]
-    shape = [k for k in a if k in b and a[k].shape != b[k].shape]
-    if missing or extra or shape:
-        first = (f"{shape[0]}: {tuple(b[shape[0]].shape)} in the checkpoint, {tuple(a[shape[0]].shape)} here"
-                 if shape else (missing or extra)[0])
-        raise CheckpointError(f"{checkpoint}: its {name} is another architecture than this config's ({len(shape)} "
-                              f"parameters of another shape, {len(missing)} missing, {len(extra)} unexpected; "
-                              f"first: {first})")
-
-
 class AnchoredRecipe:
     """The sDiT's training recipe: what `anchorface.training.loop.train` asks of a method (see
     `anchorface.training.recipe.Recipe`). Reads the prepared dataset in `data_dir` (`anchorface prepare`)."""
@@ -200,8 +184,7 @@ class AnchoredRecipe:
             _, sdit, encoder = load_checkpoint(self.init_from)  # (its own one-line errors: missing, not anchored...)
             for name, mine, theirs in (("sDiT", model.sdit, sdit), ("global encoder", model.encoder, encoder)):
                 if mine is not None:
-                    _check_same_architecture(self.init_from, name, mine, theirs)
-                    mine.load_state_dict(theirs.state_dict())
+                    load_same_architecture(self.init_from, name, mine, theirs)
         return model
 
     def param_groups(self, model: Denoiser) -> list[dict]:

@@ -39,7 +39,8 @@ from torch import nn
 
 from anchorface.config import Config
 from anchorface.data.dataset import ShardFiles
-from anchorface.errors import AnchorfaceError, CheckpointError, one_line
+from anchorface.errors import AnchorfaceError
+from anchorface.methods.checkpoints import load_same_architecture
 from anchorface.methods.diffusionact.checkpoint import load_checkpoint, read_config, save_checkpoint
 
 PREVIEW_PAIRS = 3  # held-out (source, target) pairs in the sample grid
@@ -302,12 +303,9 @@ class DiffusionActRecipe:
         d = self.cfg.diffusionact
         if d.diffae_checkpoint:
             _, encoder, unet, _ = load_checkpoint(d.diffae_checkpoint, reenactment=False)
-            try:
-                model.diffae.encoder.load_state_dict(encoder.state_dict())
-                model.diffae.unet.load_state_dict(unet.state_dict())
-            except RuntimeError as e:  # another architecture than this config's
-                raise CheckpointError(f"diffae_checkpoint {d.diffae_checkpoint} does not fit this config's DiffAE: "
-                                      f"{one_line(e)}") from None
+            where = f"diffae_checkpoint {d.diffae_checkpoint}"
+            load_same_architecture(where, "semantic encoder", model.diffae.encoder, encoder)
+            load_same_architecture(where, "UNet", model.diffae.unet, unet)
         model.perceptual = load_user_network(d.perceptual_net, "perceptual_net")
         model.identity = load_user_network(d.identity_net, "identity_net")
         return model
