@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of issue 15, as one prepared run on a lent GPU machine (the `device` tool), under 10 minutes:
 # where the anchored sampler synchronises the host (`sync_sites.py`); the paper-scale model stages (sDiT-XL/2,
-# T=8, 256^2, random weights) eager and compiled, with MFU, flash check and host synchronisations; and, in parallel on one CPU core of the same (otherwise idle) host, the side-by-side
-# sampler / bare-forwards benchmark. Needs diffusers (+ importlib_metadata) as wheels in .whl when the machine's
+# T=8, 256^2, random weights) eager and compiled, with MFU, flash check and host synchronisations; and, in
+# parallel on one CPU core of the same host, the side-by-side sampler / bare-forwards benchmark. Needs diffusers (+ importlib_metadata) as wheels in .whl when the machine's
 # Python lacks them (see the device tool's README). Results land in $OUT (or ./gpu-results).
 set -o pipefail
 OUT=${OUT:-gpu-results}; mkdir -p "$OUT"

@@ -214,15 +214,13 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
         try:
             takes, defaults = runner.options(name, ckpt)
         except (AnchorfaceError, *io_errors()):  # e.g. a folder being typed: unchanged (Reenact says what is wrong)
-            return [gr.update() for _ in range(4)]
-        value = (lambda key: dict(value=defaults.get(key))) if show_defaults else (lambda key: {})  # noqa: E731
-        controls = [gr.update(interactive=get_method(name).needs_checkpoint)]
-        for key in ("merge", "sampler"):
-            controls.append(gr.update(interactive=key in takes, **value(key)))
-        n = defaults.get("steps")
-        controls.append(gr.update(interactive="steps" in takes,
-                                  **({} if n is None else dict(maximum=max(MAX_STEPS, n), **value("steps")))))
-        return controls
+            return [gr.update() for _ in range(5)]
+        shown = {key: {"value": defaults.get(key)} if show_defaults else {} for key in ("merge", "sampler", "steps")}
+        if defaults.get("steps") is not None:
+            shown["steps"]["maximum"] = max(MAX_STEPS, defaults["steps"])
+        model = get_method(name).needs_checkpoint  # a model, not a baseline: a checkpoint and the comparison video
+        return [gr.update(interactive=model), *(gr.update(interactive=key in takes, **shown[key])
+                                                for key in ("merge", "sampler", "steps")), gr.update(interactive=model)]
 
     with gr.Blocks(title="anchorface", analytics_enabled=False, delete_cache=(3600, 86400)) as app:
         gr.Markdown("# anchorface\nAnimate a face photo with the motion of a driving video (Anchored Diffusion).")
@@ -254,8 +252,9 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
                 result = gr.Video(label="result", interactive=False, elem_id="result", height=280)
                 comparison = gr.Video(label="comparison", interactive=False, elem_id="comparison", height=280)
                 files = gr.File(label="download", file_count="multiple", interactive=False, elem_id="download")
-        method.change(lambda name, ck: model_changed(name, ck, True), [method, ckpt], [ckpt, merge, sampler, steps])
-        ckpt.change(lambda name, ck: model_changed(name, ck, False), [method, ckpt], [ckpt, merge, sampler, steps])
+        controls = [ckpt, merge, sampler, steps, compare]
+        method.change(lambda name, ck: model_changed(name, ck, True), [method, ckpt], controls)
+        ckpt.change(lambda name, ck: model_changed(name, ck, False), [method, ckpt], controls)
         go.click(reenact_job, [photo, video, ckpt, method, merge, sampler, steps, seed, compare],
                          [result, comparison, files, status], concurrency_limit=1)
         stop.click(cancel, None, status, queue=False)

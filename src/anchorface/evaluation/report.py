@@ -187,11 +187,18 @@ def plot_guidance(rows: list[dict], path, title: str = "") -> None:
     fig.savefig(path)
 
 
-def _with_ci(row: dict, key: str) -> str:
-    v, ci = row.get(key), row.get("ci", {}).get(key)
+CONSISTENCY_COLUMNS = ("self_csim", "id_drift_first", "id_drift_anchor", "background_drift")  # the tables' measures
+
+
+def _interval(v, ci) -> str:
+    """'mean [low, high]', or the mean alone when there is no interval (one clip)."""
     if v is None:
         return "–"
     return fmt(v) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci and ci[0] is not None and not math.isnan(ci[0]) else "")
+
+
+def _with_ci(row: dict, key: str) -> str:
+    return _interval(row.get(key), row.get("ci", {}).get(key))
 
 
 def _rank(order, label: str):
@@ -275,8 +282,7 @@ def render_markdown(report: dict, columns: list[tuple[str, str]], baseline_notes
                     "| length | checkpoint | merge | clips x seeds | Self-CSIM ↓ | id drift, frame 0 ↓ | "
                     "id drift, anchor ↓ | outside the face ↓ |", "|---|---|---|---|---|---|---|---|"]
             for r in sorted(rows, key=lambda r: (r["length"], r["checkpoint"], _rank(order, r["merge"]))):
-                cells = [_with_ci(r, k) for k in ("self_csim", "id_drift_first", "id_drift_anchor",
-                                                   "background_drift")]
+                cells = [_with_ci(r, k) for k in CONSISTENCY_COLUMNS]
                 out.append(f"| {r['length']} | {r['checkpoint']} | {r['merge']} | {r['videos']} | "
                            + " | ".join(cells) + " |")
             out.append("")
@@ -290,8 +296,7 @@ def render_markdown(report: dict, columns: list[tuple[str, str]], baseline_notes
                         "Δ outside the face |", "|---|---|---|---|---|---|---|"]
                 for r in sorted(paired, key=lambda r: (r["length"], r["checkpoint"], _rank(order, r["merge"]))):
                     d = r["vs_reference"]
-                    cells = [f"{fmt(d[k][0])} [{fmt(d[k][1])}, {fmt(d[k][2])}]" if k in d else "–"
-                             for k in ("self_csim", "id_drift_first", "id_drift_anchor", "background_drift")]
+                    cells = [_interval(d[k][0], d[k][1:]) if k in d else "–" for k in CONSISTENCY_COLUMNS]
                     out.append(f"| {r['length']} | {r['checkpoint']} | {r['merge']} | " + " | ".join(cells) + " |")
                 out.append("")
             if f"strip-{setting}.png" in report.get("images", []):
