@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -97,6 +98,36 @@ def test_runner_cancel_stops_at_the_next_step_and_leaves_no_file(tiny_checkpoint
     with pytest.raises(web.Cancelled):
         web.Runner(tmp_path).run(face_corpus / "source/s1.jpg", driving, checkpoint=str(tiny_checkpoint), job=job)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_cancel_answers_with_the_jobs_own_last_word():
+    """Cancel waits for the job to stop and shows the job's own status line, so the page cannot end on a stale
+    "Cancelling…" when the job's "Cancelled." reaches it first (CI saw that race); a job that does not stop in time
+    leaves "Cancelling…" to the caller; a job that finished first keeps its "Done: …"."""
+    def job_thread(job, ends_as, delay=0.0):
+        def work():
+            while not job.cancel.is_set() and ends_as != "Done: 3 frames":
+                time.sleep(0.01)
+            time.sleep(delay)
+            job.status = ends_as
+            job.finish()
+        thread = threading.Thread(target=work)
+        thread.start()
+        return thread
+
+    job = web.Job()
+    thread = job_thread(job, "Cancelled.", delay=0.3)
+    assert job.stop(timeout=10) == (True, "Cancelled.")
+    thread.join()
+
+    job = web.Job()
+    job_thread(job, "Done: 3 frames").join()
+    assert job.stop(timeout=10) == (True, "Done: 3 frames")
+
+    job = web.Job()
+    thread = job_thread(job, "Cancelled.", delay=1.0)
+    assert job.stop(timeout=0.1) == (False, None) and job.cancel.is_set()
+    thread.join()
 
 
 def test_controls_show_each_models_own_defaults(tiny_checkpoint, tmp_path):
@@ -276,6 +307,8 @@ def test_web_ui_in_headless_chromium(browser_tools, server, photo, driving, tmp_
         wait(lambda: "denoising" in text("#result"), "the denoising progress", timeout=180)
         css("#cancel")[0].click()
         wait(lambda: "Cancelled." in text("#status"), "the job to stop")
+        time.sleep(1.0)  # (both answers are in: the job's and the Cancel button's)
+        assert "Cancelled." in text("#status")
         assert not [v for v in css("#result video") if v.get_attribute("src")]
 
         # a tiny job with the demo model: both videos play in the page, and the result decodes to every frame

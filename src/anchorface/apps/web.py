@@ -25,6 +25,7 @@ from anchorface.errors import AnchorfaceError, io_errors, one_line, require
 
 DEMO_CHOICE = "demo"  # the checkpoint field's value for the committed demo model
 MAX_STEPS = 100  # the steps slider's upper end (check_sampling bounds steps by the checkpoint's T)
+CANCEL_WAIT_S = 30.0  # how long Cancel waits for the job to stop before it answers "Cancelling…"
 
 
 class Cancelled(AnchorfaceError):
@@ -32,12 +33,26 @@ class Cancelled(AnchorfaceError):
 
 
 class Job:
-    """One running reenactment of a browser session: its cancel flag, and the gradio progress bar that the
-    pipeline's tqdm bars feed (`follow_progress`)."""
+    """One running reenactment of a browser session: its cancel flag, the gradio progress bar that the
+    pipeline's tqdm bars feed (`follow_progress`), and the status line it ended with."""
 
     def __init__(self, progress=None):
         self.cancel = threading.Event()
         self.progress = progress
+        self.status: str | None = None  # the job's last word for the status line (None: an error, shown as such)
+        self.finished = threading.Event()
+
+    def finish(self) -> None:
+        """The job has ended, with `status` set (or not, after an error)."""
+        self.finished.set()
+
+    def stop(self, timeout: float = CANCEL_WAIT_S) -> tuple[bool, str | None]:
+        """Cancel, and wait for the job to end: (ended, its status line). The Cancel button shows that same line,
+        so whichever of the two answers reaches the page last, it ends on the job's own word ("Cancelled.", or
+        "Done: …" when the job finished first) rather than a stale "Cancelling…"."""
+        self.cancel.set()
+        ended = self.finished.wait(timeout)
+        return ended, self.status
 
     def step(self, bar, check: bool = True) -> None:
         """Called on every update of a pipeline progress bar (and when it closes, `check=False`): stop if cancelled,
@@ -188,8 +203,10 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
         try:
             out = runner.run(photo, video, checkpoint=ckpt, method=method, merge=merge, sampler=sampler, steps=steps,
                              seed=seed, compare=compare, job=job)
+            job.status = f"Done: {out['message']}"
         except Cancelled:
-            return None, None, None, "Cancelled."
+            job.status = "Cancelled."
+            return None, None, None, job.status
         except (AnchorfaceError, *io_errors()) as e:
             raise gr.Error(one_line(e), print_exception=False) from None
         except Exception as e:  # a bug: one line in the page, the traceback on the server's console only
@@ -198,14 +215,18 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
                            print_exception=False) from None
         finally:
             jobs.pop(request.session_hash, None)
+            job.finish()  # (after an error, no status line: Cancel leaves the page's as it is)
         files = [str(p) for p in (out["output"], out["compare"]) if p is not None]
-        return str(out["output"]), out["compare"] and str(out["compare"]), files, f"Done: {out['message']}"
+        return str(out["output"]), out["compare"] and str(out["compare"]), files, job.status
 
     def cancel(request: gr.Request):
         job = jobs.get(request.session_hash)
-        if job is not None:
-            job.cancel.set()
-        return "Cancelling…" if job is not None else "Nothing is running."
+        if job is None:
+            return "Nothing is running."
+        ended, status = job.stop()
+        if not ended:
+            return "Cancelling…"
+        return status if status is not None else gr.update()
 
     def model_changed(name, ckpt, show_defaults: bool):
         """The controls of the method (and checkpoint) chosen: those it takes, the steps slider long enough for its
