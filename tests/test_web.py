@@ -130,6 +130,32 @@ def test_cancel_answers_with_the_jobs_own_last_word():
     thread.join()
 
 
+def test_a_model_asked_for_twice_at_once_loads_once(monkeypatch, tmp_path):
+    """A control's change handler and a job can ask the runner for the same model at the same moment (two gradio
+    threads): it is loaded once, and both get the same object (a GPU would otherwise hold it twice)."""
+    from anchorface.methods import registry
+
+    loads = []
+
+    class Spec:
+        needs_checkpoint = False
+
+        @staticmethod
+        def from_pretrained(path, device):
+            loads.append(device)
+            time.sleep(0.3)
+            return object()
+
+    monkeypatch.setattr(registry, "get_method", lambda name: Spec)
+    runner, got = web.Runner(tmp_path), []
+    threads = [threading.Thread(target=lambda: got.append(runner.method("m", None))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and got[0] is got[1]
+
+
 def test_controls_show_each_models_own_defaults(tiny_checkpoint, tmp_path):
     """The merge / sampler / steps controls show the chosen model's defaults (a run sends what they show), and a
     checkpoint whose default is more steps than the slider's usual end (a paper preset's 1000) widens it."""

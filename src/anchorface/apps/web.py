@@ -113,6 +113,7 @@ class Runner:
     def __init__(self, workdir: str | Path, device: str = "cpu"):
         self.workdir, self.device = Path(workdir), device
         self._loaded: tuple[tuple, object] | None = None
+        self._loading = threading.Lock()  # (a control's change and a job may ask for a model at once: load it once)
         self._jobs = 0
 
     @staticmethod
@@ -136,10 +137,11 @@ class Runner:
         spec = get_method(name)
         path = self.checkpoint_path(checkpoint) if spec.needs_checkpoint else None
         key = (name, str(path), self.device)
-        if self._loaded is None or self._loaded[0] != key:
-            self._loaded = None  # (free the previous model first)
-            self._loaded = (key, spec.from_pretrained(path, device=self.device))
-        return self._loaded[1]
+        with self._loading:
+            if self._loaded is None or self._loaded[0] != key:
+                self._loaded = None  # (free the previous model first)
+                self._loaded = (key, spec.from_pretrained(path, device=self.device))
+            return self._loaded[1]
 
     def options(self, name: str, checkpoint: str | None) -> tuple[tuple[str, ...], dict]:
         """(the options method `name` takes, their defaults for this checkpoint), loading the model (the run
