@@ -150,3 +150,7 @@ def test_header_after_comments_and_rejected_rows_claim_no_output(tmp_path):
     (tmp_path / "a.csv").write_text("p.jpg,clip.mp4,clip.mp4\n"  # bad: would overwrite its driving video
                                     "p.jpg,other.mp4,clip.mp4\n")  # fine: row 1 writes nothing
     assert [j.error is None for j in read_jobs(tmp_path / "a.csv")] == [False, True]
+    # after a malformed row, or two CSVs joined: still a header, not a bad row ("output" is no video anyway)
+    (tmp_path / "b.csv").write_text("p.jpg,clip.mp4\nPhoto,Driving,Output\nq.jpg,clip.mp4,o.mp4\n"
+                                    "photo,driving,output\nr.jpg,clip.mp4,r.mp4\n")
+    assert [(j.line, j.error is None) for j in read_jobs(tmp_path / "b.csv")] == [(1, False), (3, True), (5, True)]

@@ -1,6 +1,6 @@
 """`anchorface reenact --batch pairs.csv`: many reenactments with one model load, resumable.
 
-The CSV has one row per job, `photo,driving,output` (a header row with those names is allowed; relative paths are
+The CSV has one row per job, `photo,driving,output` (a header row with those names is allowed, anywhere; relative paths are
 taken from the CSV's folder; blank lines and lines starting with # are ignored). A row whose output is its own photo
 or driving video, or the output of an earlier row, or not a video file, is a bad row. Rows whose output video exists
 are skipped, so running the same command again resumes an interrupted batch; every output is written atomically
@@ -63,8 +63,8 @@ def read_jobs(path: str | Path) -> list[Job]:
         cells = [c.strip() for c in row]
         if not any(cells) or cells[0].startswith("#"):
             continue
-        if not jobs and [c.lower() for c in cells] == list(COLUMNS):
-            continue  # the header (maybe after comments or blank lines)
+        if [c.lower() for c in cells] == list(COLUMNS):
+            continue  # a header: after comments or a bad row, or the next file's in two CSVs joined (never a job)
         if len(cells) != 3 or not all(cells):
             jobs.append(Job(i, None, None, None, f"expected 3 columns {','.join(COLUMNS)}, got {len(cells)}"))
             continue
