@@ -306,6 +306,13 @@ def test_a_short_budget_makes_fewer_pseudo_clips(tmp_path):
     assert len(paths) == 3
 
 
+def test_an_overrun_budget_is_said():
+    from anchorface.training.personalize import overrun_note
+
+    assert overrun_note(None, 500.0) == "" and overrun_note(1.0, 66.0) == ""  # no budget; kept (within 10 % + 1 s)
+    assert "took 30 s, more than --minutes 0.1" in overrun_note(0.1, 30.0)
+
+
 def test_a_diverged_fine_tuning_says_so_and_leaves_nothing(photo, tmp_path, monkeypatch):
     """Weights that became NaN (a finite last loss) read as divergence with the remedy, not as a broken checkpoint
     in a work folder that no longer exists."""
