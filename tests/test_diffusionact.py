@@ -332,9 +332,13 @@ def test_reenact_writes_video_on_a_real_clip(checkpoint, driving, face_corpus, t
     from anchorface.io.video import iter_frames, probe_video
 
     out = tmp_path / "out.mp4"
-    code, err = run_reenact(capsys, face_corpus / "source/s1.jpg", driving, "-o", out, "--checkpoint", checkpoint,
-                            "--steps", "2")
+    from anchorface.apps.cli import main
+
+    code = main(["reenact", "--method", "diffusionact", str(face_corpus / "source/s1.jpg"), str(driving), "-o",
+                 str(out), "--checkpoint", str(checkpoint), "--steps", "2", "--inversion-steps", "3"])
+    err = capsys.readouterr().err
     assert code == 0, err
+    assert "DDIM 3 inversion / 2 decoding steps" in err  # (both options reached the method)
     info = probe_video(out)
     frames = list(iter_frames(out))
     assert info.num_frames == len(frames) == CLIP_FRAMES and (info.width, info.height) == (32, 32)
@@ -377,6 +381,7 @@ def test_bad_inputs_are_one_line_errors(checkpoint, driving, face_corpus, tmp_pa
     for args, words in (
             (["--checkpoint", tiny_checkpoint], "checkpoint of method anchored"),
             (["--checkpoint", checkpoint, "--merge", "anchored"], "takes no option merge"),
+            (["--checkpoint", checkpoint, "--inversion-steps", "100000"], "inversion_steps must be an integer in"),
             (["--checkpoint", tmp_path / "missing"], "missing"),
             (["--checkpoint", checkpoint, "--text", "a statue"], "takes no text")):
         code, err = run_reenact(capsys, *([] if "--text" in args else [photo]), driving, "-o", out, *args)

@@ -135,6 +135,9 @@ def test_reenact_with_a_baseline_end_to_end(tmp_path, capsys, method):
                  method, "--steps", "3", "--quiet"])
     assert code == 1 and "takes no option steps" in capsys.readouterr().err
     assert not (tmp_path / "o2.mp4").exists()
+    code = main(["reenact", str(FACES / "source/s1.jpg"), str(drv), "-o", str(tmp_path / "o2.mp4"),
+                 "--inversion-steps", "3", "--quiet"])  # (DiffusionAct's option: the anchored demo refuses it)
+    assert code == 1 and "method anchored takes no option inversion_steps" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("scale", ["nan", "inf", "1e30"])

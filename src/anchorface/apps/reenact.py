@@ -19,7 +19,8 @@ from anchorface.errors import AnchorfaceError
 from anchorface.methods.anchored.options import MERGES, SAMPLERS, check_sampling
 from anchorface.methods.registry import get_method, method_names
 
-ANCHORED_OPTIONS = ("merge", "sampler", "steps", "guidance_scale", "micro_batch")  # given -> passed to the method
+# given -> passed to the method (which refuses those it does not take)
+METHOD_OPTIONS = ("merge", "sampler", "steps", "guidance_scale", "micro_batch", "inversion_steps")
 
 
 def demo_checkpoint() -> Path:
@@ -47,6 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=positive_int, help="denoising steps (default: checkpoint's)")
     p.add_argument("--guidance-scale", type=non_negative_float,
                    help="classifier-free guidance scale (1 = none, the paper's best)")
+    p.add_argument("--inversion-steps", type=positive_int, metavar="N",
+                   help="--method diffusionact: DDIM steps inverting the source, T_xT (default: checkpoint's, 50)")
     p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     motion = p.add_mutually_exclusive_group()
     motion.add_argument("--relative", dest="relative", action="store_true", default=None,
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         if args.output is None:
             raise AnchorfaceError("expected -o OUTPUT (the video to write), or --batch CSV")
     spec = get_method(args.method)
-    options = {k: getattr(args, k) for k in ANCHORED_OPTIONS if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in METHOD_OPTIONS if getattr(args, k) is not None}
     check_sampling(**{k: v for k, v in options.items() if k in ("steps", "micro_batch", "guidance_scale")})
     checkpoint = args.checkpoint
     if spec.needs_checkpoint and checkpoint is None:
