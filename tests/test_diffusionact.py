@@ -247,7 +247,8 @@ def test_stages_train_under_ddp(pairs, tmp_path):
     cfg = micro_config(diffae_steps=2, pretrain_steps=2)
     cfg.train.max_steps, cfg.train.log_every, cfg.train.ckpt_every, cfg.train.sample_every = 6, 1, 6, 0
     save_config(cfg, tmp_path / "micro.yaml")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "anchorface.apps.cli",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # (a free port)
+           "-m", "anchorface.apps.cli",
            "train", "--config", str(tmp_path / "micro.yaml"), "--data", str(pairs), "--output",
            str(tmp_path / "run"), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -153,7 +153,8 @@ def test_processes_and_accumulation_do_not_change_the_run(micro, reference):
     the same noise: the losses equal the single-process run's up to float reduction order."""
     root, _ = micro
     out = root / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "anchorface.apps.cli", "train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # (a free port)
+           "-m", "anchorface.apps.cli", "train",
            "--config", str(root / "micro.yaml"), "--data", str(root / "data"), "--output", str(out),
            "--grad-accum", "2", "--sample-every", "0", "--ckpt-every", "100", "--quiet"]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)

@@ -101,33 +101,65 @@ def test_runner_cancel_stops_at_the_next_step_and_leaves_no_file(tiny_checkpoint
 
 
 def test_cancel_answers_with_the_jobs_own_last_word():
-    """Cancel waits for the job to stop and shows the job's own status line, so the page cannot end on a stale
-    "Cancelling…" when the job's "Cancelled." reaches it first (CI saw that race); a job that does not stop in time
-    leaves "Cancelling…" to the caller; a job that finished first keeps its "Done: …"."""
-    def job_thread(job, ends_as, delay=0.0):
+    """Cancel waits for the session's job to stop and answers with the job's own status line, so the page cannot end
+    on a stale "Cancelling…" when the job's "Cancelled." reaches it first (CI saw that race). With nothing to
+    cancel (the job already ended: its "Done: …" stays) or a job slower to stop than the wait, it answers None (the
+    page keeps what the job says); a job cancelled while queued stops as it starts."""
+    import asyncio
+
+    sessions = web.Sessions()
+
+    def running(session, ends_as, delay=0.0):
+        sessions.submit(session)
+        job = sessions.start(session)
+
         def work():
-            while not job.cancel.is_set() and ends_as != "Done: 3 frames":
+            while not job.cancel.is_set():
                 time.sleep(0.01)
             time.sleep(delay)
             job.status = ends_as
-            job.finish()
+            sessions.end(session, job)
         thread = threading.Thread(target=work)
         thread.start()
-        return thread
+        return job, thread
 
-    job = web.Job()
-    thread = job_thread(job, "Cancelled.", delay=0.3)
-    assert job.stop(timeout=10) == (True, "Cancelled.")
+    job, thread = running("a", "Cancelled.", delay=0.3)
+    assert asyncio.run(sessions.cancel("a", timeout=10)) == "Cancelled." and job.finished.is_set()
+    thread.join()
+    assert asyncio.run(sessions.cancel("a", timeout=10)) is None  # nothing left to cancel
+
+    job, thread = running("b", "Cancelled.", delay=1.0)
+    assert asyncio.run(sessions.cancel("b", timeout=0.1)) is None and job.cancel.is_set()
     thread.join()
 
-    job = web.Job()
-    job_thread(job, "Done: 3 frames").join()
-    assert job.stop(timeout=10) == (True, "Done: 3 frames")
+    sessions.submit("c")  # queued behind another session's job
+    assert asyncio.run(sessions.cancel("c", timeout=0.1)) is None
+    assert sessions.start("c").cancel.is_set()
+    assert not sessions.start("d").cancel.is_set()  # (another session's jobs are not touched)
 
-    job = web.Job()
-    thread = job_thread(job, "Cancelled.", delay=1.0)
-    assert job.stop(timeout=0.1) == (False, None) and job.cancel.is_set()
-    thread.join()
+
+def test_the_job_follows_its_own_threads_bars_only():
+    """The tqdm hook is process-wide while a job runs: a bar in another thread (a control's handler loading a
+    model) neither feeds the job's progress nor is stopped by its Cancel."""
+    from tqdm import tqdm
+
+    seen, errors = [], []
+    job = web.Job(lambda value, desc, unit: seen.append(desc))
+    with web.follow_progress(job):
+        def other():
+            try:
+                for _ in tqdm(range(3), desc="loading", mininterval=0):
+                    pass
+            except web.Cancelled as e:
+                errors.append(e)
+        job.cancel.set()
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        with pytest.raises(web.Cancelled):
+            for _ in tqdm(range(3), desc="denoising", mininterval=0):
+                pass
+    assert errors == [] and "loading" not in seen
 
 
 def test_a_model_asked_for_twice_at_once_loads_once(monkeypatch, tmp_path):

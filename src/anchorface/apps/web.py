@@ -4,7 +4,8 @@ Upload a face photo and a driving video (or record them with the webcam), choose
 registry's), the merge strategy (Fig. 3), sampler, steps and seed, and get the reenacted video, the side-by-side
 comparison driving | anchored | multidiffusion (`reenact --compare`) and both files to download. The progress bar
 follows the pipeline's own progress bars (face boxes, landmarks, denoising, writing), and the cancel button stops
-the job at its next progress step; outputs are written atomically, so a cancelled or failed job leaves no file.
+the job at its next progress step (a queued job as it starts); outputs are written atomically, so a cancelled or
+failed job leaves no file.
 Errors are the CLI's one-line messages (an `AnchorfaceError` becomes a `gr.Error` with that line); the page never
 shows a traceback. It binds to 127.0.0.1 unless told otherwise (`--host`, `--share`).
 
@@ -12,10 +13,12 @@ gradio (the `web` extra) is imported here only, when the command runs (tests/tes
 """
 
 import argparse
+import asyncio
 import shutil
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +28,7 @@ from anchorface.errors import AnchorfaceError, io_errors, one_line, require
 
 DEMO_CHOICE = "demo"  # the checkpoint field's value for the committed demo model
 MAX_STEPS = 100  # the steps slider's upper end (check_sampling bounds steps by the checkpoint's T)
-CANCEL_WAIT_S = 30.0  # how long Cancel waits for the job to stop before it answers "Cancelling…"
+CANCEL_WAIT_S = 30.0  # how long Cancel waits for the job to stop (then the page keeps what the job will say)
 
 
 class Cancelled(AnchorfaceError):
@@ -33,26 +36,19 @@ class Cancelled(AnchorfaceError):
 
 
 class Job:
-    """One running reenactment of a browser session: its cancel flag, the gradio progress bar that the
-    pipeline's tqdm bars feed (`follow_progress`), and the status line it ended with."""
+    """One reenactment of a browser session, from its click (queued) to its end: its cancel flag, the gradio
+    progress bar that the pipeline's tqdm bars feed (`follow_progress`), and the status line it ended with."""
 
     def __init__(self, progress=None):
         self.cancel = threading.Event()
         self.progress = progress
+        self.started = False
         self.status: str | None = None  # the job's last word for the status line (None: an error, shown as such)
         self.finished = threading.Event()
 
     def finish(self) -> None:
         """The job has ended, with `status` set (or not, after an error)."""
         self.finished.set()
-
-    def stop(self, timeout: float = CANCEL_WAIT_S) -> tuple[bool, str | None]:
-        """Cancel, and wait for the job to end: (ended, its status line). The Cancel button shows that same line,
-        so whichever of the two answers reaches the page last, it ends on the job's own word ("Cancelled.", or
-        "Done: …" when the job finished first) rather than a stale "Cancelling…"."""
-        self.cancel.set()
-        ended = self.finished.wait(timeout)
-        return ended, self.status
 
     def step(self, bar, check: bool = True) -> None:
         """Called on every update of a pipeline progress bar (and when it closes, `check=False`): stop if cancelled,
@@ -64,26 +60,76 @@ class Job:
             self.progress((int(bar.n), total), desc=bar.desc or "working", unit=bar.unit or "steps")
 
 
+class Sessions:
+    """The jobs of each browser session, queued or running. Cancel stops them all and answers with the last one's
+    own status line once they have ended ("Cancelled.", or "Done: …" when it finished first): whichever of the two
+    answers reaches the page last, the page ends on the job's word, never on a stale "Cancelling…" (a race CI
+    hit). With nothing to cancel, or a job that takes longer than `CANCEL_WAIT_S` to stop, it answers None: the
+    page keeps what the job will say."""
+
+    def __init__(self):
+        self._jobs: dict[str, list[Job]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, session: str) -> None:
+        """A click on Reenact: the job is queued (it may wait for another session's job to end)."""
+        with self._lock:
+            self._jobs.setdefault(session, []).append(Job())
+
+    def start(self, session: str, progress=None) -> Job:
+        """The session's oldest queued job, now running (gradio runs a session's events in order)."""
+        with self._lock:
+            queued = [j for j in self._jobs.setdefault(session, []) if not j.started]
+            job = queued[0] if queued else Job()
+            if not queued:
+                self._jobs[session].append(job)
+            job.started, job.progress = True, progress
+            return job
+
+    def end(self, session: str, job: Job) -> None:
+        job.finish()
+        with self._lock:
+            mine = self._jobs.get(session, [])
+            if job in mine:
+                mine.remove(job)
+            if not mine:
+                self._jobs.pop(session, None)
+
+    async def cancel(self, session: str, timeout: float = CANCEL_WAIT_S) -> str | None:
+        """Cancel the session's jobs and wait (without holding a thread) for them to end: the last one's status."""
+        with self._lock:
+            jobs = list(self._jobs.get(session, []))
+        for job in jobs:
+            job.cancel.set()
+        deadline = time.monotonic() + timeout
+        while jobs and not all(j.finished.is_set() for j in jobs):
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.05)
+        return jobs[-1].status if jobs else None
+
+
 _follow_lock = threading.Lock()
 
 
 @contextmanager
 def follow_progress(job: Job):
-    """While inside, every tqdm bar's `update` and `close` (the bars the flow, the face tracker and the sampler already
-    show with progress=True; iterating a bar updates it at most every 0.1 s) also call `job.step(bar)`. One job at a
-    time."""
+    """While inside, every tqdm bar's `update` and `close` in this thread (the bars the flow, the face tracker and
+    the sampler already show with progress=True; iterating a bar updates it at most every 0.1 s) also call
+    `job.step(bar)`; other threads' bars (another handler loading a model) are not the job's. One job at a time."""
     from tqdm import std
 
     with _follow_lock:
-        update, close = std.tqdm.update, std.tqdm.close
+        update, close, owner = std.tqdm.update, std.tqdm.close, threading.get_ident()
 
         def followed_update(bar, n=1):
             out = update(bar, n)
-            job.step(bar)
+            if threading.get_ident() == owner:
+                job.step(bar)
             return out
 
         def followed_close(bar):  # (a short loop may end before its first update: show it full)
-            if not bar.disable:
+            if not bar.disable and threading.get_ident() == owner:
                 job.step(bar, check=False)
             return close(bar)
 
@@ -197,12 +243,17 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
 
     runner = Runner(workdir or tempfile.mkdtemp(prefix="anchorface-web-"), device=device)
     sample = read_config(runner.checkpoint_path(checkpoint)).sample  # the defaults shown; a bad --checkpoint: error
-    jobs: dict[str, Job] = {}  # browser session -> its running job
+    sessions = Sessions()
+
+    def submit(request: gr.Request):
+        sessions.submit(request.session_hash)
 
     def reenact_job(photo, video, ckpt, method, merge, sampler, steps, seed, compare, request: gr.Request,
             progress=gr.Progress()):  # noqa: B008  (how gradio marks the progress parameter)
-        job = jobs[request.session_hash] = Job(progress)
+        job = sessions.start(request.session_hash, progress)
         try:
+            if job.cancel.is_set():  # (cancelled while queued)
+                raise Cancelled("cancelled")
             out = runner.run(photo, video, checkpoint=ckpt, method=method, merge=merge, sampler=sampler, steps=steps,
                              seed=seed, compare=compare, job=job)
             job.status = f"Done: {out['message']}"
@@ -216,18 +267,12 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
             raise gr.Error(f"internal error: {one_line(e)} (details on the server console)",
                            print_exception=False) from None
         finally:
-            jobs.pop(request.session_hash, None)
-            job.finish()  # (after an error, no status line: Cancel leaves the page's as it is)
+            sessions.end(request.session_hash, job)  # (after an error, no status line: Cancel leaves the page's)
         files = [str(p) for p in (out["output"], out["compare"]) if p is not None]
         return str(out["output"]), out["compare"] and str(out["compare"]), files, job.status
 
-    def cancel(request: gr.Request):
-        job = jobs.get(request.session_hash)
-        if job is None:
-            return "Nothing is running."
-        ended, status = job.stop()
-        if not ended:
-            return "Cancelling…"
+    async def cancel(request: gr.Request):
+        status = await sessions.cancel(request.session_hash)
         return status if status is not None else gr.update()
 
     def model_changed(name, ckpt, show_defaults: bool):
@@ -276,10 +321,14 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
                 comparison = gr.Video(label="comparison", interactive=False, elem_id="comparison", height=280)
                 files = gr.File(label="download", file_count="multiple", interactive=False, elem_id="download")
         controls = [ckpt, merge, sampler, steps, compare]
-        method.change(lambda name, ck: model_changed(name, ck, True), [method, ckpt], controls)
-        ckpt.change(lambda name, ck: model_changed(name, ck, False), [method, ckpt], controls)
-        go.click(reenact_job, [photo, video, ckpt, method, merge, sampler, steps, seed, compare],
-                         [result, comparison, files, status], concurrency_limit=1)
+        # the job and the handlers that load a model for the controls take turns (one model in memory at a time;
+        # a control changed during a job updates when it ends)
+        model_turns = dict(concurrency_limit=1, concurrency_id="model")
+        method.change(lambda name, ck: model_changed(name, ck, True), [method, ckpt], controls, **model_turns)
+        ckpt.change(lambda name, ck: model_changed(name, ck, False), [method, ckpt], controls, **model_turns)
+        go.click(submit, None, None, queue=False).then(
+            reenact_job, [photo, video, ckpt, method, merge, sampler, steps, seed, compare],
+            [result, comparison, files, status], **model_turns)
         stop.click(cancel, None, status, queue=False)
         app.queue(default_concurrency_limit=1)
     return app
