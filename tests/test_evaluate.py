@@ -146,6 +146,22 @@ def test_bad_options_raise_one_line_errors(tmp_path):
     with pytest.raises(AnchorfaceError, match="not an earlier evaluation report"):
         evaluate._check_options(evaluate.Options(checkpoints=[tmp_path], driving=[], output=keep,
                                                  protocols=("self",)))
+    # a folder with a report.json that is not ours, or with the user's own files beside an earlier report, is kept
+    # (it used to be replaced whole: data lost)
+    (keep / "report.json").write_text('{"coverage": 93}')
+    report = tmp_path / "earlier"
+    report.mkdir()
+    (report / "report.json").write_text('{"settings": {}, "results": {}, "images": ["consistency.png"]}')
+    (report / "report.md").write_text("# old")
+    (report / "consistency.png").write_bytes(b"png")
+    evaluate._check_options(evaluate.Options(checkpoints=[tmp_path], driving=[], output=report, protocols=("self",)))
+    (report / "notes.txt").write_text("mine")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")
+    for folder in (keep, report, link):
+        with pytest.raises(AnchorfaceError, match="not an earlier evaluation report"):
+            evaluate._check_options(evaluate.Options(checkpoints=[tmp_path], driving=[], output=folder,
+                                                     protocols=("self",)))
     with pytest.raises(AnchorfaceError, match="no driving videos"):
         list_videos([str(keep)], "driving video")
     with pytest.raises(AnchorfaceError, match="--ablation-steps"):

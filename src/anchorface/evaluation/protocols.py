@@ -48,7 +48,7 @@ from anchorface.devices import resolve_device
 from anchorface.errors import AnchorfaceError, ImageError, NoFaceError, require
 from anchorface.evaluation import metrics
 from anchorface.io.images import IMAGE_SUFFIXES, resize
-from anchorface.evaluation.report import BASELINE_COLUMN, jsonable, write_report  # noqa: F401
+from anchorface.evaluation.report import BASELINE_COLUMN, is_report_folder, jsonable, write_report  # noqa: F401
 from anchorface.faces import detect as faces, landmarks
 from anchorface.methods.anchored.options import CONDITIONS, MERGES, check_sampling
 from anchorface.methods.base import DrivingClip, Source
@@ -388,9 +388,10 @@ def _check_options(o: Options) -> None:
         names = ", ".join(s.name for s in specs if s.needs_checkpoint)
         raise AnchorfaceError(f"method {names} needs --checkpoint DIR")
     out = Path(o.output)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "report.json").exists())):
-        raise AnchorfaceError(f"--output {out} exists and is not an earlier evaluation report; choose a new "
-                              "directory")
+    if out.is_symlink() or (out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                                                   and not is_report_folder(out)))):
+        raise AnchorfaceError(f"--output {out} exists and is not an earlier evaluation report (only those are "
+                              "replaced, when they hold nothing else); choose a new directory")
 
 
 def selected_methods(o: Options) -> list[MethodSpec]:

@@ -205,6 +205,21 @@ def _rank(order, label: str):
     return (order.index(label), "") if label in order else (len(order), label)
 
 
+def is_report_folder(folder: Path) -> bool:
+    """Whether `folder` holds an earlier report of `write_report` and nothing else (so rewriting it loses nothing):
+    a report.json of the report's own shape, and besides it only report.md and the images it lists."""
+    try:
+        report = json.loads((folder / "report.json").read_text())
+        names = {p.name for p in folder.iterdir() if p.is_file() and not p.is_symlink()}
+        everything = {p.name for p in folder.iterdir()}
+    except (OSError, ValueError):
+        return False
+    if not isinstance(report, dict) or not {"settings", "results", "images"} <= report.keys():
+        return False
+    images = report["images"] if isinstance(report["images"], list) else []
+    return names == everything and names <= {"report.json", "report.md", *map(str, images)}
+
+
 def write_report(report: dict, output: Path, columns: list[tuple[str, str]], grids: dict, notes_on_columns: list[str]
                  = (), order: list[str] = (), strips: dict | None = None) -> None:
     """Write report.md, report.json and the PNGs into the new directory `output`, atomically. `columns`: Table 1's
