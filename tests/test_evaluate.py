@@ -322,9 +322,9 @@ def test_consistency_study_settings_seeds_and_long_windows(tmp_path, face_corpus
     out = tmp_path / "report"
     L = n + 8  # longer than the clip
     rc = main(["evaluate", "--checkpoint", str(ckpt), "--driving", str(clip), "--output", str(out),
-               "--protocol", "consistency", "--lengths", "4", str(L), "--merge", "anchored", "multidiffusion",
-               "--consistency-conditions", "both", "landmarks", "--seeds", "2", "--steps", "1", "--no-baselines",
-               "--quiet"])
+               "--protocol", "consistency", "--lengths", "4", str(L), "4", "--merge", "anchored", "multidiffusion",
+               "anchored", "--consistency-conditions", "both", "landmarks", "both", "--seeds", "2", "--steps", "1",
+               "--no-baselines", "--quiet"])  # (values given twice are measured once, not counted twice)
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     rows = {(r["conditions"], r["length"], r["merge"]): r for r in report["consistency"]}
@@ -343,6 +343,19 @@ def test_consistency_study_settings_seeds_and_long_windows(tmp_path, face_corpus
         assert m["vs_reference"]["merge"] == "anchored" and "vs_reference" not in a
         assert d[0] == pytest.approx(m["background_drift"] - a["background_drift"]) and d[1] is None  # 1 clip
     assert md.count("Paired differences, strategy - anchored") == 2
+
+
+def test_nothing_measured_is_an_error_not_an_empty_report(tmp_path, face_corpus, tiny_checkpoint, capsys):
+    """Every case skipped (here: windows shorter than the model's T for the guidance study): exit 1 with the
+    reason in one line, and no report folder."""
+    from anchorface.apps.cli import main
+
+    out = tmp_path / "report"
+    rc = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--driving", str(face_corpus / "driving" / "d18.mp4"),
+               "--output", str(out), "--protocol", "guidance", "--frames", "2", "--steps", "1", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "nothing was measured" in err and "fewer than T=" in err and len(err.splitlines()) == 1
+    assert not out.exists()
 
 
 def test_identity_embedding_sees_people_apart_on_real_crops(face_corpus):

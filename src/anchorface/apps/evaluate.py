@@ -39,7 +39,8 @@ def register(subparsers) -> None:
                    help="driving window length for self/cross (default 8, §4.3.1)")
     p.add_argument("--max-videos", type=positive_int, default=8, metavar="K",
                    help="use at most K driving videos (default 8)")
-    p.add_argument("--lengths", type=int_range(2), nargs="+", default=list(DEFAULT_LENGTHS), metavar="L",
+    p.add_argument("--lengths", type=int_range(2, protocols.MAX_LENGTH), nargs="+", default=list(DEFAULT_LENGTHS),
+                   metavar="L",
                    help="video lengths of the consistency study (default: 8 16 32 64)")
     p.add_argument("--ablation-steps", type=positive_int, nargs="+", metavar="N",
                    help="step counts of the ablation (default: --steps and twice that)")

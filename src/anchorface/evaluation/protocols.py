@@ -57,6 +57,7 @@ from anchorface.methods.registry import MethodSpec, get_method, method_names
 PROTOCOLS = ("self", "cross", "consistency", "ablation", "guidance")
 SELF_FRAMES = 8  # §4.3.1: "a random 8-frame sequence in its original order"
 DEFAULT_LENGTHS = (8, 16, 32, 64)  # consistency study (Fig. 5)
+MAX_LENGTH = 100_000  # its longest video: over an hour at 25 fps (the frame indices of a window are held in memory)
 ABLATION_SCALES = (1.0, 2.0, 4.0, 8.0)  # supp. Table 1, CFG column
 
 
@@ -371,8 +372,8 @@ def _check_options(o: Options) -> None:
         raise AnchorfaceError(f"--seeds must be >= 1, got {o.seeds}")
     if o.frames < 2:
         raise AnchorfaceError(f"--frames must be >= 2, got {o.frames}")
-    if any(L < 2 for L in o.lengths):
-        raise AnchorfaceError(f"--lengths must all be >= 2, got {list(o.lengths)}")
+    if any(not 2 <= L <= MAX_LENGTH for L in o.lengths):
+        raise AnchorfaceError(f"--lengths must all be in 2..{MAX_LENGTH}, got {list(o.lengths)}")
     if o.max_videos is not None and o.max_videos < 1:
         raise AnchorfaceError(f"--max-videos must be >= 1, got {o.max_videos}")
     check_sampling(sampler=o.sampler, steps=o.steps, guidance_scale=o.guidance_scale)
@@ -789,7 +790,11 @@ def run_evaluation(o: Options) -> dict:
 
     _check_options(o)
     require("matplotlib", "eval", "evaluate")  # the plots come last: fail before any work
-    o = dataclasses.replace(o, device=resolve_device(o.device))  # (the notes list is shared with the caller's)
+    once = {k: tuple(dict.fromkeys(getattr(o, k))) for k in ("merges", "protocols", "lengths", "ablation_scales",
+                                                              "ablation_conditions", "consistency_conditions")}
+    if o.ablation_steps is not None:  # (a value given twice is measured once: duplicates would double-count it)
+        once["ablation_steps"] = tuple(dict.fromkeys(o.ablation_steps))
+    o = dataclasses.replace(o, device=resolve_device(o.device), **once)  # (the notes list is shared with the caller's)
     t0 = time.time()
     specs = selected_methods(o)
     videos = list_videos(o.driving, "driving video")
@@ -845,6 +850,9 @@ def run_evaluation(o: Options) -> dict:
     ablation_rows = ablation_protocol(ev, anchored[0], abl_rows, abl_cases) if abl_rows else []
     guidance = guidance_protocol(ev, guided, self_cases) if guided is not None else None
     ev.bar.close()
+    if not (any(results.values()) or consistency_rows or ablation_rows or guidance):  # (every case was skipped)
+        raise AnchorfaceError("nothing was measured: " + ("; ".join(dict.fromkeys(notes[-3:])) if notes else
+                                                          "every case was skipped"))
     if isinstance(embedder, IdentityEmbedding) and embedder.measured:
         notes.append(f"identity embedding: dlib's face detector found the face in {embedder.detected} of "
                      f"{embedder.measured} embedded frames; the others were embedded from the whole crop (the known "
