@@ -12,6 +12,7 @@ wall time depends on what else runs.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import os
 import resource
@@ -70,4 +71,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from anchorface.apps.cli import run_command
+
+    sys.exit(run_command(main, "bench_curate"))

@@ -102,4 +102,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from anchorface.apps.cli import run_command
+
+    sys.exit(run_command(main, "bench_landmarks"))

@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from anchorface.methods.anchored.sdit import PRESETS, SDiT, SDiTConfig, flops_per_frame
+from anchorface.config import MODEL_PRESETS as PRESETS
+from anchorface.methods.anchored.sdit import SDiT, SDiTConfig, flops_per_frame
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -137,4 +138,6 @@ def print_row(row, header=False):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from anchorface.apps.cli import run_command
+
+    sys.exit(run_command(main, "bench_model"))

@@ -15,7 +15,6 @@ random weights, bf16) over a long video at 20 and 50 steps: MFU = 2 * flops_per_
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -33,16 +32,21 @@ H100_BF16_DENSE_TFLOPS = 989.0
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from anchorface.apps.arguments import non_negative_int, positive_float, positive_int
+    from anchorface.apps.cli import Parser
+    from anchorface.methods.anchored.options import MERGES, SAMPLERS
+
+    p = Parser(prog="bench_reenact", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=str(files("anchorface") / "assets" / "demo"))
     p.add_argument("--source", default=str(FACES / "source" / "s1.jpg"))
     p.add_argument("--driving", default=str(FACES / "driving" / "d0.mp4"))
-    p.add_argument("--frames", type=int, default=78, help="cut the driving clip to this many frames (0 = all)")
-    p.add_argument("--sampler", default="ddim")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--merge", default="anchored")
-    p.add_argument("--micro-batch", type=int, default=None)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--frames", type=non_negative_int, default=78,
+                   help="cut the driving clip to this many frames (0 = all)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    p.add_argument("--steps", type=positive_int, default=25)
+    p.add_argument("--merge", choices=MERGES, default="anchored")
+    p.add_argument("--micro-batch", type=positive_int, default=None)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 weights for the sDiT and G (from_pretrained dtype)")
     p.add_argument("--compile", action="store_true", help="torch.compile the sDiT blocks (warm-up reported)")
@@ -50,11 +54,14 @@ def parse_args(argv=None):
                    "(sDiT-XL/2, T=8, 256^2, SD-VAE-shaped codec): G, denoising with its MFU, decoding")
     p.add_argument("--skip-reenact", action="store_true", help="only --mfu (no demo-model run: needs no MediaPipe)")
     p.add_argument("--mfu-preset", default="XL/2")
-    p.add_argument("--mfu-video-frames", type=int, default=400, help="frames of the long video for --mfu")
-    p.add_argument("--mfu-steps", type=int, nargs="+", default=[20, 50])
-    p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
+    p.add_argument("--mfu-video-frames", type=positive_int, default=400, help="frames of the long video for --mfu")
+    p.add_argument("--mfu-steps", type=positive_int, nargs="+", default=[20, 50])
+    p.add_argument("--peak-tflops", type=positive_float, default=H100_BF16_DENSE_TFLOPS)
     p.add_argument("--json", default=None, help="also write the figures as JSON")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.skip_reenact and not args.mfu:
+        p.error("--skip-reenact leaves nothing to measure without --mfu")
+    return args
 
 
 def sync(device):
@@ -240,7 +247,12 @@ def paper_scale(args) -> dict:
 
 
 def main(argv=None) -> int:
+    from anchorface.apps.arguments import writable_folder
+    from anchorface.io.atomic import write_text
+
     args = parse_args(argv)
+    if args.json:  # (before the run, not after it)
+        writable_folder(Path(args.json).resolve().parent, "the folder of --json")
     torch.set_num_threads(args.threads)
     out = dict(device=args.device, threads=args.threads, steps=args.steps, sampler=args.sampler, merge=args.merge,
                bf16=args.bf16, compile=args.compile, load=os.getloadavg()[0])
@@ -251,7 +263,7 @@ def main(argv=None) -> int:
         out["paper_scale"] = paper_scale(args)
         print_paper_scale(args, out["paper_scale"])
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_text(args.json, json.dumps(out, indent=2, allow_nan=False))
     return 0
 
 
@@ -289,4 +301,6 @@ def print_paper_scale(args, p: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from anchorface.apps.cli import run_command
+
+    sys.exit(run_command(main, "bench_reenact"))

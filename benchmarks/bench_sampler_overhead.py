@@ -17,7 +17,6 @@ precomputed C (as the sampler now does), the stricter reference: both are printe
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import sys
 import time
@@ -33,17 +32,23 @@ from anchorface.methods.anchored.global_encoder import load_encoder
 from anchorface.methods.anchored.plans import anchored_plan, multidiffusion_plan
 from anchorface.methods.anchored.sampler import anchored_diffusion, micro_batches
 
+PLANS = {"anchored": anchored_plan, "multidiffusion": multidiffusion_plan}
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from anchorface.apps.arguments import positive_int
+    from anchorface.apps.cli import Parser
+    from anchorface.methods.anchored.options import SAMPLERS
+
+    p = Parser(prog="bench_sampler_overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=str(files("anchorface") / "assets" / "demo"))
-    p.add_argument("--frames", type=int, default=200, help="driving frames N (default 200)")
-    p.add_argument("--steps", type=int, default=5, help="sampling steps (default 5)")
-    p.add_argument("--sampler", default="ddim")
-    p.add_argument("--micro-batch", type=int, nargs="+", default=[4, 16])
-    p.add_argument("--plans", nargs="+", default=["anchored", "multidiffusion"])
-    p.add_argument("--repeats", type=int, default=5, help="interleaved timed pairs, best of (default 5)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--frames", type=positive_int, default=200, help="driving frames N (default 200)")
+    p.add_argument("--steps", type=positive_int, default=5, help="sampling steps (default 5)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    p.add_argument("--micro-batch", type=positive_int, nargs="+", default=[4, 16])
+    p.add_argument("--plans", nargs="+", choices=PLANS, default=list(PLANS))
+    p.add_argument("--repeats", type=positive_int, default=5, help="interleaved timed pairs, best of (default 5)")
+    p.add_argument("--threads", type=positive_int, default=1)
     return p.parse_args(argv)
 
 
@@ -85,7 +90,7 @@ def main(argv=None) -> int:
     print(f"{args.checkpoint}: N={N}, {steps} {args.sampler} steps, {args.threads} thread(s), best of "
           f"{args.repeats} interleaved after a warm-up")
     for kind in args.plans:
-        plan = (anchored_plan if kind == "anchored" else multidiffusion_plan)(N, T)
+        plan = PLANS[kind](N, T)
         for mb in args.micro_batch:
             refs = [False] + ([True] if takes_c else [])
             sampler(plan, mb), [bare(plan, mb, r) for r in refs]  # warm-up
@@ -103,4 +108,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from anchorface.apps.cli import run_command
+
+    sys.exit(run_command(main, "bench_sampler_overhead"))

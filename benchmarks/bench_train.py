@@ -17,6 +17,7 @@ batches of the right shapes, so this measures the model step, not the data pipel
 from __future__ import annotations
 
 import argparse
+import sys
 import contextlib
 import time
 
@@ -115,4 +116,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from anchorface.apps.cli import run_command
+
+    sys.exit(run_command(main, "bench_train"))

@@ -24,6 +24,7 @@ the photos and the clip: keep it out of the repository when they are not yours.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -118,4 +119,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from anchorface.apps.cli import run_command
+
+    sys.exit(run_command(main, "personalize_study"))

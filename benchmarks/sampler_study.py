@@ -208,4 +208,6 @@ def write_summary(rows, out: Path, ckpt, id_name, args) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from anchorface.apps.cli import run_command
+
+    sys.exit(run_command(main, "sampler_study"))

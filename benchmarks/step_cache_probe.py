@@ -13,6 +13,7 @@ this does not pay off (docs/design.md, README "Benchmarks").
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -101,4 +102,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from anchorface.apps.cli import run_command
+
+    sys.exit(run_command(main, "step_cache_probe"))

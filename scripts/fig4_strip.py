@@ -101,4 +101,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from anchorface.apps.cli import run_command
+
+    sys.exit(run_command(main, "fig4_strip"))

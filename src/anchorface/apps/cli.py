@@ -27,11 +27,11 @@ COMMAND_MODULES = [
 
 class Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line (`anchorface: error: reenact: argument --seed: ...`, exit 2) instead of
-    the usage block plus a message."""
+    the usage block plus a message. The benchmark and study scripts use it too."""
 
     def error(self, message: str):
-        command = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
-        self.exit(2, f"anchorface: error: {command}{message} (see {self.prog} --help)\n")
+        program, _, command = self.prog.partition(" ")
+        self.exit(2, f"{program}: error: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
 
 
 class Terminated(KeyboardInterrupt):
@@ -59,39 +59,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from anchorface.faces.native_logs import quiet_process
-
-    quiet_process(filter_stderr=argv is None)  # filter fd 2 only as the console command (not from Python, tests)
+def run_command(call, program: str = "anchorface") -> int:
+    """Run `call()` as a console command: its int (or 0) is the exit status; `AnchorfaceError` and OS / safetensors
+    errors are one line `PROGRAM: error: ...` (exit 1), Ctrl-C 130 and SIGTERM 143 after the same unwinding
+    (temporary outputs removed), warnings one line. `anchorface` and the benchmark and study scripts run this way."""
     from anchorface.errors import AnchorfaceError, io_errors, one_line
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     previous_term = None
     if threading.current_thread() is threading.main_thread():  # (signal handlers can only be set there)
         previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
     previous_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
-        return int(args.func(args) or 0)
-    except AnchorfaceError as e:
-        print(f"anchorface: error: {one_line(e)}", file=sys.stderr)
-        return 1
-    except io_errors() as e:  # a file that could not be read or written, wherever it happened: one line
-        print(f"anchorface: error: {one_line(e)}", file=sys.stderr)
+        return int(call() or 0)
+    except (AnchorfaceError, *io_errors()) as e:  # (a file that could not be read or written, wherever it happened)
+        print(f"{program}: error: {one_line(e)}", file=sys.stderr)
         return 1
     except Terminated:
-        print("anchorface: terminated", file=sys.stderr)
+        print(f"{program}: terminated", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print("anchorface: interrupted", file=sys.stderr)
+        print(f"{program}: interrupted", file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = previous_format
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from anchorface.faces.native_logs import quiet_process
+
+    quiet_process(filter_stderr=argv is None)  # filter fd 2 only as the console command (not from Python, tests)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":
