@@ -345,6 +345,23 @@ def test_consistency_study_settings_seeds_and_long_windows(tmp_path, face_corpus
     assert md.count("Paired differences, strategy - anchored") == 2
 
 
+@pytest.mark.parametrize("protocols, given, words", [
+    (["guidance"], ["--steps", "3"], "--steps is used only by the ablation, consistency, cross and self protocols"),
+    (["guidance"], ["--merge", "independent"], "--merge is used only by"),
+    (["self"], ["--lengths", "8"], "--lengths is used only by the consistency protocol, and --protocol self does not"),
+    (["consistency"], ["--sources", "."], "--sources is used only by the ablation and cross protocols"),
+    (["self", "cross"], ["--ablation-steps", "3"], "--ablation-steps is used only by the ablation protocol"),
+])
+def test_an_option_no_selected_protocol_uses_is_refused(protocols, given, words, tmp_path, capsys):
+    """Silently ignored, it would also be named in the report's settings as if applied."""
+    from anchorface.apps.cli import main
+
+    rc = main(["evaluate", "--checkpoint", str(tmp_path), "--driving", str(tmp_path), "-o", str(tmp_path / "r"),
+               "--protocol", *protocols, *given])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and words in err and len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
 def test_nothing_measured_is_an_error_not_an_empty_report(tmp_path, face_corpus, tiny_checkpoint, capsys):
     """Every case skipped (here: windows shorter than the model's T for the guidance study): exit 1 with the
     reason in one line, and no report folder."""
@@ -352,7 +369,7 @@ def test_nothing_measured_is_an_error_not_an_empty_report(tmp_path, face_corpus,
 
     out = tmp_path / "report"
     rc = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--driving", str(face_corpus / "driving" / "d18.mp4"),
-               "--output", str(out), "--protocol", "guidance", "--frames", "2", "--steps", "1", "--quiet"])
+               "--output", str(out), "--protocol", "guidance", "--frames", "2", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "nothing was measured" in err and "fewer than T=" in err and len(err.splitlines()) == 1
     assert not out.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from anchorface.apps.arguments import int_range, non_negative_float, positive_int, seed
@@ -67,13 +68,37 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_main)
+    p.set_defaults(func=partial(_main, parser=p))
 
 
-def _main(a) -> int:
+# option -> the protocols that use it: given (not at its default) when none of them is selected, a one-line error
+# rather than silently ignored (and named in the report's settings as if applied)
+_SAMPLING = set(PROTOCOLS) - {"guidance"}  # (the guidance study measures x0-recovery, it does not sample)
+USED_BY = {"lengths": {"consistency"}, "seeds": {"consistency"}, "consistency_conditions": {"consistency"},
+           "ablation_steps": {"ablation"}, "ablation_scales": {"ablation"}, "ablation_conditions": {"ablation"},
+           "sources": {"cross", "ablation"}, "cross_pairs": {"cross", "ablation"}, "merge": _SAMPLING,
+           "sampler": _SAMPLING, "steps": _SAMPLING, "guidance_scale": _SAMPLING}
+
+
+def check_used(a, parser) -> None:
+    """Every option given is used by a selected protocol (`USED_BY`)."""
+    from anchorface.errors import AnchorfaceError
+
+    for key, users in USED_BY.items():
+        if getattr(a, key) != parser.get_default(key) and not users & set(a.protocol):
+            names = sorted(users)
+            names = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+            selected = f"--protocol {' '.join(a.protocol)}"
+            raise AnchorfaceError(f"--{key.replace('_', '-')} is used only by the {names} protocol"
+                                  + (f"s, and {selected} selects none of them" if len(users) > 1 else
+                                     f", and {selected} does not select it"))
+
+
+def _main(a, parser) -> int:
     from anchorface.apps.arguments import writable_folder
     from anchorface.errors import AnchorfaceError
 
+    check_used(a, parser)
     out = Path(a.output)
     if out.exists() and not out.is_dir():
         raise AnchorfaceError(f"the --output folder {out} is a file, expected a folder")
