@@ -117,6 +117,16 @@ def test_bad_numbers_are_one_line_errors(argv, capsys):
     assert len(err.splitlines()) == 1 and err.startswith(f"anchorface: error: {argv[0]}: argument "), err
 
 
+def test_edit_weight_without_edit_is_refused(tmp_path, capsys):
+    """--edit-weight weighs --edit's prompt: alone it would be silently ignored."""
+    from anchorface.apps.cli import main
+
+    out = tmp_path / "o.mp4"
+    assert main(["reenact", "s.png", "d.mp4", "-o", str(out), "--edit-weight", "0.7"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "anchorface: error: --edit-weight needs --edit (the text prompt it weighs)" and not out.exists()
+
+
 def test_largest_seed_is_accepted():
     from anchorface.apps.arguments import SEED_MAX, seed
 

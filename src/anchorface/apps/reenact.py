@@ -65,7 +65,7 @@ def register(subparsers) -> None:
     p.add_argument("--compare", metavar="PATH", help="also write driving | anchored | multidiffusion side by side")
     p.add_argument("--text", help="text-to-video: a text prompt instead of the source photo (CLIP checkpoints)")
     p.add_argument("--edit", help="edit the source with a text prompt (CLIP checkpoints)")
-    p.add_argument("--edit-weight", type=unit_float, default=0.5, help="weight of --edit in G (default 0.5)")
+    p.add_argument("--edit-weight", type=unit_float, help="weight of --edit in G (default 0.5)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--shots", choices=("auto", "off"), default="auto",  # methods.flow.SHOTS (imported lazily)
                    help="auto: find shot cuts in the driving video and give each shot its own anchor, crop track and "
@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
             raise AnchorfaceError("expected SOURCE DRIVING (a face photo and a driving video)")
         if args.output is None:
             raise AnchorfaceError("expected -o OUTPUT (the video to write), or --batch CSV")
+    if args.edit_weight is not None and args.edit is None:
+        raise AnchorfaceError("--edit-weight needs --edit (the text prompt it weighs)")
+    edit_weight = 0.5 if args.edit_weight is None else args.edit_weight
     spec = get_method(args.method)
     options = {k: getattr(args, k) for k in METHOD_OPTIONS if getattr(args, k) is not None}
     check_sampling(**{k: v for k, v in options.items() if k in ("steps", "micro_batch", "guidance_scale")})
@@ -108,12 +111,12 @@ def run(args: argparse.Namespace) -> int:
     world, device = init_world(args.device)  # torchrun / accelerate launch: this rank's process and device
     try:
         if jobs is None:
-            check_inputs(source, driving, args.output, args.compare, args.edit_weight)  # before loading weights
+            check_inputs(source, driving, args.output, args.compare, edit_weight)  # before loading weights
         method = spec.from_pretrained(checkpoint, device=device)
         if hasattr(method, "world"):
             method.world = world  # the method splits its work across the ranks (Anchored Diffusion)
         common = dict(seed=args.seed, relative=args.relative, crop=args.crop, paste_back=args.paste_back,
-                      edit=args.edit, edit_weight=args.edit_weight, progress=not args.quiet, shots=args.shots,
+                      edit=args.edit, edit_weight=edit_weight, progress=not args.quiet, shots=args.shots,
                       world=world, **options)
 
         def describe(result) -> str:
