@@ -51,6 +51,9 @@ def test_values_are_coerced_to_the_field_types(tmp_path):
     ("model: [1, 2]", "config.model: expected a mapping"),
     ("- model\n- train", "expected a mapping of sections"),
     ("just a string", "expected a mapping of sections"),
+    ("data: {resolution: 0}", "data.resolution must be a positive integer, got 0"),
+    ("data: {pixel_factor: -4}", "data.pixel_factor must be a positive integer"),
+    ("model: {num_frames: 0}", "model.num_frames must be a positive integer"),
 ])
 def test_bad_values_name_the_key(tmp_path, text, key):
     path = tmp_path / "bad.yaml"

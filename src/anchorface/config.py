@@ -46,6 +46,10 @@ class ModelConfig:
     mapping_blocks: int = 4  # §4.1: "4 residual blocks"
     gradient_checkpointing: bool = False
 
+    def __post_init__(self):  # (a hand-edited checkpoint or YAML: one line, not a traceback in the plan)
+        if self.num_frames < 1:
+            raise AnchorfaceError(f"model.num_frames must be a positive integer, got {self.num_frames}")
+
     def architecture(self) -> dict[str, int]:
         """depth / hidden_size / num_heads / patch_size: the preset's (`MODEL_PRESETS`), each overridden by the
         field when it is set; AnchorfaceError for an unknown preset or a `custom` one that leaves a field unset."""
@@ -93,6 +97,11 @@ class DataConfig:
     # besides: each signal (G, L) dropped alone with this probability, so that sampling with one signal only
     # (the guidance-subset ablation, §4.5.2; landmark-only sampling) is in distribution; 0 = the paper's recipe
     signal_dropout: float = 0.0
+
+    def __post_init__(self):  # (a hand-edited checkpoint or YAML: one line, not a traceback deep in cropping)
+        for key in ("resolution", "pixel_factor", "encoder_width"):
+            if getattr(self, key) < 1:
+                raise AnchorfaceError(f"data.{key} must be a positive integer, got {getattr(self, key)}")
 
 
 @dataclass

@@ -33,11 +33,11 @@ MAX_TIMESTEPS = 100_000  # far above any schedule used (1000); a checkpoint aski
 
 
 def check_linear_betas(num_timesteps: int, beta_start: float, beta_end: float, where: str = "diffusion") -> None:
-    """AnchorfaceError (one line) unless 0 < beta_start <= beta_end < 1 and 1 <= num_timesteps <= MAX_TIMESTEPS:
+    """AnchorfaceError (one line) unless 0 < beta_start <= beta_end < 1 and 2 <= num_timesteps <= MAX_TIMESTEPS:
     the linear schedule of App. D that a hand-edited or corrupt checkpoint config could break (NaN frames, or an
-    allocation of terabytes)."""
-    if not 1 <= num_timesteps <= MAX_TIMESTEPS:
-        raise AnchorfaceError(f"{where}.num_timesteps must be in 1..{MAX_TIMESTEPS}, got {num_timesteps}")
+    allocation of terabytes; the posterior's clipped log-variance needs a second step)."""
+    if not 2 <= num_timesteps <= MAX_TIMESTEPS:
+        raise AnchorfaceError(f"{where}.num_timesteps must be in 2..{MAX_TIMESTEPS}, got {num_timesteps}")
     if not 0 < beta_start <= beta_end < 1:
         raise AnchorfaceError(f"{where}: need 0 < beta_start <= beta_end < 1, got {beta_start} and {beta_end}")
 
