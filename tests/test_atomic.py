@@ -92,3 +92,21 @@ def test_write_text_and_bytes_keep_the_usual_file_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_folder_that_cannot_replace_a_folder_gives_the_real_reason(tmp_path, monkeypatch):
+    """A new folder over an old one (a report, a checkpoint) whose rename fails, e.g. a read-only mount: the
+    system's reason, not "it is a directory" (which only explains a file put onto a folder)."""
+    from anchorface.io import atomic
+
+    def refuse(tmp, path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(atomic, "_rename_into_place", refuse)
+    (tmp_path / "report").mkdir()
+    with pytest.raises(AnchorfaceError) as e:
+        with atomic_output(tmp_path / "report") as tmp:
+            tmp.mkdir()
+            (tmp / "report.md").write_text("#")
+    assert "Permission denied" in one_line(e) and "is a directory" not in one_line(e)
+    assert leftovers(tmp_path) == ["report"]

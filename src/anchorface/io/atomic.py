@@ -50,8 +50,9 @@ def atomic_output(path: str | Path, error: type[AnchorfaceError] = AnchorfaceErr
     try:
         _rename_into_place(tmp, path)
     except OSError as e:
+        a_file_onto_a_folder = path.is_dir() and not tmp.is_dir()  # (asked before the temporary is removed)
         _remove(tmp)
-        reason = "it is a directory" if path.is_dir() and not tmp.is_dir() else one_line(e)
+        reason = "it is a directory" if a_file_onto_a_folder else one_line(e)
         raise error(f"{where}: {reason}") from None
 
 
