@@ -337,6 +337,7 @@ def test_consistency_study_settings_seeds_and_long_windows(tmp_path, face_corpus
     assert rows[("both", L, "anchored")]["background_drift"] != rows[("landmarks", L, "anchored")]["background_drift"]
     md = (out / "report.md").read_text()
     assert "landmarks only (G dropped)" in md and "full conditions" in md
+    assert "- sampler: checkpoint default, steps: 1, CFG scale" in md  # (the settings the videos were made with)
     for cond in ("both", "landmarks"):  # multidiffusion's paired difference from anchored, per setting and length
         a, m = rows[(cond, L, "anchored")], rows[(cond, L, "multidiffusion")]
         d = m["vs_reference"]["background_drift"]

@@ -98,9 +98,13 @@ def plot_consistency(rows: list[dict], path: Path, order: list[str] = ()) -> Non
                 label = merge if len({c for c, _ in series}) == 1 else f"{ckpt}: {merge}"
                 line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
                 band = [(p[0], p[2], p[3]) for p in pts if p[2] is not None and not math.isnan(p[2])]
-                if band:
+                if len(band) > 1:
                     ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
                                     color=line.get_color(), alpha=0.15, linewidth=0)
+                elif band:  # (one length: a band of no width cannot be seen; an error bar can)
+                    mean = next(p[1] for p in pts if p[0] == band[0][0])
+                    ax.errorbar([band[0][0]], [mean], yerr=[[mean - band[0][1]], [band[0][2] - mean]],
+                                color=line.get_color(), capsize=4, linewidth=1)
             ax.set_xscale("log", base=2)
             ax.set_xticks(lengths, [str(L) for L in lengths])
             ax.minorticks_off()
@@ -262,7 +266,8 @@ def render_markdown(report: dict, columns: list[tuple[str, str]], baseline_notes
             f"- CSIM / Self-CSIM embedding: {report['csim_embedding']}",
             f"- LMSE unit: {report['lmse_unit']}",
             f"- motion: {motion}",
-            f"- steps: {o['steps'] or 'checkpoint default'}, CFG scale: "
+            f"- sampler: {o.get('sampler') or 'checkpoint default'}, steps: {o['steps'] or 'checkpoint default'}, "
+            "CFG scale: "
             f"{o['guidance_scale'] if o['guidance_scale'] is not None else 'checkpoint default'}, seed: {o['seed']}",
             f"- time: {report['seconds']:.0f} s", ""]
     res = report["results"]
