@@ -376,6 +376,15 @@ def test_nothing_measured_is_an_error_not_an_empty_report(tmp_path, face_corpus,
     assert not out.exists()
 
 
+def test_consistency_with_baselines_only_says_why_there_is_nothing(tmp_path, face_corpus, capsys):
+    from anchorface.apps.cli import main
+
+    rc = main(["evaluate", "--driving", str(face_corpus / "driving" / "d18.mp4"), "--methods", "copy-driving",
+               "--protocol", "consistency", "--lengths", "8", "-o", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "consistency: needs a model method" in err and "FID" not in err
+
+
 def test_identity_embedding_sees_people_apart_on_real_crops(face_corpus):
     """CSIM's default embedding on real face crops: the same face at 64 px (a tiny model's size) and at 256 px is
     one person (< 0.6), two people are not (> 0.6); frames the detector misses are embedded whole and counted."""

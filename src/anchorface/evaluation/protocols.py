@@ -811,10 +811,8 @@ def run_evaluation(o: Options) -> dict:
     if "ablation" in o.protocols and not anchored:
         notes.append("ablation: needs the anchored method; skipped")
     embedder = _load_embedder(o, models)
-    if inception is None:
-        notes.append("FID not computed: pass --inception PATH/inception-2015-12-05.pt")
-    if i3d is None:
-        notes.append("FVD not computed: pass --i3d PATH/i3d_torchscript.pt")
+    if "consistency" in o.protocols and not columns:
+        notes.append("consistency: needs a model method (the baselines generate nothing to compare); skipped")
     ev = Evaluation(o, videos, models, columns, baselines, Scorer(embedder, inception, i3d))
 
     self_cases = ev.self_cases() if {"self", "cross", "ablation", "guidance"} & set(o.protocols) else []
@@ -837,6 +835,10 @@ def run_evaluation(o: Options) -> dict:
     if total == 0:
         raise AnchorfaceError("nothing to evaluate: " + ("; ".join(dict.fromkeys(notes[-3:])) if notes else
                                                          "no usable driving video"))
+    if inception is None:
+        notes.append("FID not computed: pass --inception PATH/inception-2015-12-05.pt")
+    if i3d is None:
+        notes.append("FVD not computed: pass --i3d PATH/i3d_torchscript.pt")
     ev.bar = tqdm(total=total, desc="evaluate", unit="video", disable=not o.progress)
     results: dict = {"self": {}, "cross": {}}
     grids: dict[str, dict] = {}
