@@ -158,8 +158,9 @@ def test_bad_options_raise_one_line_errors(tmp_path):
     (report / "notes.txt").write_text("mine")
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "nowhere")
-    for folder in (keep, report, link):
-        with pytest.raises(AnchorfaceError, match="not an earlier evaluation report"):
+    for folder, words in ((keep, "not an earlier evaluation report"), (report, "not an earlier evaluation report"),
+                          (link, "is a symbolic link")):
+        with pytest.raises(AnchorfaceError, match=words):
             evaluate._check_options(evaluate.Options(checkpoints=[tmp_path], driving=[], output=folder,
                                                      protocols=("self",)))
     with pytest.raises(AnchorfaceError, match="no driving videos"):
@@ -352,6 +353,7 @@ def test_consistency_study_settings_seeds_and_long_windows(tmp_path, face_corpus
     (["self"], ["--lengths", "8"], "--lengths is used only by the consistency protocol, and --protocol self does not"),
     (["consistency"], ["--sources", "."], "--sources is used only by the ablation and cross protocols"),
     (["self", "cross"], ["--ablation-steps", "3"], "--ablation-steps is used only by the ablation protocol"),
+    (["ablation"], ["--guidance-scale", "3"], "--guidance-scale is used only by the consistency, cross and self"),
 ])
 def test_an_option_no_selected_protocol_uses_is_refused(protocols, given, words, tmp_path, capsys):
     """Silently ignored, it would also be named in the report's settings as if applied."""
@@ -373,6 +375,7 @@ def test_nothing_measured_is_an_error_not_an_empty_report(tmp_path, face_corpus,
                "--output", str(out), "--protocol", "guidance", "--frames", "2", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "nothing was measured" in err and "fewer than T=" in err and len(err.splitlines()) == 1
+    assert "FID" not in err  # (the reason, not the notes on metrics that were not asked for)
     assert not out.exists()
 
 

@@ -137,6 +137,21 @@ def test_cancel_answers_with_the_jobs_own_last_word():
     assert sessions.start("c").cancel.is_set()
     assert not sessions.start("d").cancel.is_set()  # (another session's jobs are not touched)
 
+    # a click whose run never started (gradio refused its inputs, or skipped a second click): Cancel does not wait
+    # for it, and the next run does not inherit it nor its Cancel
+    sessions.submit("f")
+    t0 = time.monotonic()
+    assert asyncio.run(sessions.cancel("f", timeout=10)) is None and time.monotonic() - t0 < 1
+    sessions.submit("f")
+    assert not sessions.start("f").cancel.is_set()
+
+    # a closed tab: its running job is cancelled, its queued job never runs
+    running_job, thread = running("e", "Cancelled.")
+    sessions.submit("e")
+    sessions.close("e")
+    thread.join()
+    assert running_job.status == "Cancelled." and sessions.start("e").cancel.is_set()
+
 
 def test_the_job_follows_its_own_threads_bars_only():
     """The tqdm hook is process-wide while a job runs: a bar in another thread (a control's handler loading a

@@ -77,7 +77,8 @@ _SAMPLING = set(PROTOCOLS) - {"guidance"}  # (the guidance study measures x0-rec
 USED_BY = {"lengths": {"consistency"}, "seeds": {"consistency"}, "consistency_conditions": {"consistency"},
            "ablation_steps": {"ablation"}, "ablation_scales": {"ablation"}, "ablation_conditions": {"ablation"},
            "sources": {"cross", "ablation"}, "cross_pairs": {"cross", "ablation"}, "merge": _SAMPLING,
-           "sampler": _SAMPLING, "steps": _SAMPLING, "guidance_scale": _SAMPLING}
+           "sampler": _SAMPLING, "steps": _SAMPLING,
+           "guidance_scale": {"self", "cross", "consistency"}}  # (the ablation sets its own, --ablation-scales)
 
 
 def check_used(a, parser) -> None:

@@ -69,12 +69,15 @@ class Sessions:
 
     def __init__(self):
         self._jobs: dict[str, list[Job]] = {}
+        self._closed: set[str] = set()  # sessions whose tab was closed: a job of theirs still queued does not run
         self._lock = threading.Lock()
 
     def submit(self, session: str) -> None:
-        """A click on Reenact: the job is queued (it may wait for another session's job to end)."""
+        """A click on Reenact: the job is queued (it may wait for another session's job to end). It replaces the
+        session's queued jobs: a click whose run the page skipped (one was pending) or that gradio refused before
+        running leaves one that will never start, and the next run must not inherit it (nor its Cancel)."""
         with self._lock:
-            self._jobs.setdefault(session, []).append(Job())
+            self._jobs[session] = [j for j in self._jobs.get(session, []) if j.started] + [Job()]
 
     def start(self, session: str, progress=None) -> Job:
         """The session's oldest queued job, now running (gradio runs a session's events in order)."""
@@ -84,7 +87,21 @@ class Sessions:
             if not queued:
                 self._jobs[session].append(job)
             job.started, job.progress = True, progress
+            if session in self._closed:
+                job.cancel.set()
             return job
+
+    def close(self, session: str) -> None:
+        """The session's tab was closed (or reloaded): its jobs are cancelled, running or queued, so that nobody's
+        abandoned job holds the one model slot."""
+        with self._lock:
+            self._closed.add(session)
+            jobs = self._jobs.get(session, [])
+            for job in jobs:
+                job.cancel.set()
+            self._jobs[session] = [j for j in jobs if j.started]
+            if not self._jobs[session]:
+                del self._jobs[session]
 
     def end(self, session: str, job: Job) -> None:
         job.finish()
@@ -96,17 +113,19 @@ class Sessions:
                 self._jobs.pop(session, None)
 
     async def cancel(self, session: str, timeout: float = CANCEL_WAIT_S) -> str | None:
-        """Cancel the session's jobs and wait (without holding a thread) for them to end: the last one's status."""
+        """Cancel the session's jobs and wait (without holding a thread) for the running ones to end: the last
+        one's status. A queued job is only flagged: it says "Cancelled." itself when it starts."""
         with self._lock:
             jobs = list(self._jobs.get(session, []))
+            running = [j for j in jobs if j.started]
         for job in jobs:
             job.cancel.set()
         deadline = time.monotonic() + timeout
-        while jobs and not all(j.finished.is_set() for j in jobs):
+        while running and not all(j.finished.is_set() for j in running):
             if time.monotonic() > deadline:
                 return None
             await asyncio.sleep(0.05)
-        return jobs[-1].status if jobs else None
+        return running[-1].status if running else None
 
 
 _follow_lock = threading.Lock()
@@ -271,6 +290,9 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
         files = [str(p) for p in (out["output"], out["compare"]) if p is not None]
         return str(out["output"]), out["compare"] and str(out["compare"]), files, job.status
 
+    def closed(request: gr.Request):
+        sessions.close(request.session_hash)
+
     async def cancel(request: gr.Request):
         status = await sessions.cancel(request.session_hash)
         return status if status is not None else gr.update()
@@ -309,7 +331,7 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
                 with gr.Row():
                     steps = gr.Slider(1, max(MAX_STEPS, sample.steps), value=sample.steps, step=1, label="steps",
                                       elem_id="steps")
-                    seed = gr.Number(0, precision=0, minimum=0, label="seed", elem_id="seed")
+                    seed = gr.Number(0, precision=0, label="seed", elem_id="seed")  # (Runner.run checks it)
                 compare = gr.Checkbox(True, label="comparison video (driving | anchored | multidiffusion)",
                                       elem_id="compare")
                 with gr.Row():
@@ -330,6 +352,7 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
             reenact_job, [photo, video, ckpt, method, merge, sampler, steps, seed, compare],
             [result, comparison, files, status], **model_turns)
         stop.click(cancel, None, status, queue=False)
+        app.unload(closed)
         app.queue(default_concurrency_limit=1)
     return app
 

@@ -389,8 +389,9 @@ def _check_options(o: Options) -> None:
         names = ", ".join(s.name for s in specs if s.needs_checkpoint)
         raise AnchorfaceError(f"method {names} needs --checkpoint DIR")
     out = Path(o.output)
-    if out.is_symlink() or (out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                                                   and not is_report_folder(out)))):
+    if out.is_symlink():
+        raise AnchorfaceError(f"--output {out} is a symbolic link; give the folder itself (or a new one)")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_report_folder(out))):
         raise AnchorfaceError(f"--output {out} exists and is not an earlier evaluation report (only those are "
                               "replaced, when they hold nothing else); choose a new directory")
 
@@ -835,10 +836,6 @@ def run_evaluation(o: Options) -> dict:
     if total == 0:
         raise AnchorfaceError("nothing to evaluate: " + ("; ".join(dict.fromkeys(notes[-3:])) if notes else
                                                          "no usable driving video"))
-    if inception is None:
-        notes.append("FID not computed: pass --inception PATH/inception-2015-12-05.pt")
-    if i3d is None:
-        notes.append("FVD not computed: pass --i3d PATH/i3d_torchscript.pt")
     ev.bar = tqdm(total=total, desc="evaluate", unit="video", disable=not o.progress)
     results: dict = {"self": {}, "cross": {}}
     grids: dict[str, dict] = {}
@@ -855,6 +852,10 @@ def run_evaluation(o: Options) -> dict:
     if not (any(results.values()) or consistency_rows or ablation_rows or guidance):  # (every case was skipped)
         raise AnchorfaceError("nothing was measured: " + ("; ".join(dict.fromkeys(notes[-3:])) if notes else
                                                           "every case was skipped"))
+    if inception is None:
+        notes.append("FID not computed: pass --inception PATH/inception-2015-12-05.pt")
+    if i3d is None:
+        notes.append("FVD not computed: pass --i3d PATH/i3d_torchscript.pt")
     if isinstance(embedder, IdentityEmbedding) and embedder.measured:
         notes.append(f"identity embedding: dlib's face detector found the face in {embedder.detected} of "
                      f"{embedder.measured} embedded frames; the others were embedded from the whole crop (the known "

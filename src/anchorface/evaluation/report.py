@@ -103,7 +103,8 @@ def plot_consistency(rows: list[dict], path: Path, order: list[str] = ()) -> Non
                                     color=line.get_color(), alpha=0.15, linewidth=0)
                 elif band:  # (one length: a band of no width cannot be seen; an error bar can)
                     mean = next(p[1] for p in pts if p[0] == band[0][0])
-                    ax.errorbar([band[0][0]], [mean], yerr=[[mean - band[0][1]], [band[0][2] - mean]],
+                    ax.errorbar([band[0][0]], [mean], yerr=[[max(mean - band[0][1], 0.0)],  # (rounding)
+                                                            [max(band[0][2] - mean, 0.0)]],
                                 color=line.get_color(), capsize=4, linewidth=1)
             ax.set_xscale("log", base=2)
             ax.set_xticks(lengths, [str(L) for L in lengths])

@@ -139,14 +139,15 @@ def personalize(photos: str | Path, output: str | Path, base: str | Path, *, min
     if progress:
         print(f"personalize: wrote {output} ({result.photos} photo(s), {result.clips} pseudo-clips, {result.steps} "
               f"steps, loss {result.last_loss:.4f}, {result.seconds / 60:.1f} min); use it with reenact --checkpoint "
-              f"{output}{overrun_note(minutes, result.seconds)}", file=sys.stderr)
+              f"{output}{overrun_note(minutes, result.seconds, result.steps)}", file=sys.stderr)
     return result
 
 
-def overrun_note(minutes: float | None, seconds: float) -> str:
-    """A budget too short for the least personalize can do (a pseudo-clip per photo, a step, the export) is overrun:
-    say so rather than let the summary imply it was kept."""
+def overrun_note(minutes: float | None, seconds: float, steps: int) -> str:
+    """An overrun --minutes budget is said, rather than let the summary imply it was kept; after a single step,
+    the budget was too short for the least personalize can do (a pseudo-clip per photo, a step, the export)."""
     if minutes is None or seconds <= minutes * 60.0 * 1.1 + 1.0:
         return ""
-    return (f" (took {seconds:.0f} s, more than --minutes {minutes:g}: the least it can do, one pseudo-clip per "
-            f"photo, one step and the export, takes longer here)")
+    why = ": the least it can do, one pseudo-clip per photo, one step and the export, takes longer here" \
+        if steps <= 1 else ""
+    return f" (took {seconds:.0f} s, more than --minutes {minutes:g}{why})"
