@@ -36,7 +36,8 @@ def parse_args(argv=None):
     from anchorface.apps.cli import Parser
     from anchorface.methods.anchored.options import MERGES, SAMPLERS
 
-    p = Parser(prog="bench_reenact", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="bench_reenact", description=__doc__.split("\n\n")[0],
+               help_command="python benchmarks/bench_reenact.py --help")
     p.add_argument("--checkpoint", default=str(files("anchorface") / "assets" / "demo"))
     p.add_argument("--source", default=str(FACES / "source" / "s1.jpg"))
     p.add_argument("--driving", default=str(FACES / "driving" / "d0.mp4"))

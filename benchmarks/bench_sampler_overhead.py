@@ -40,7 +40,8 @@ def parse_args(argv=None):
     from anchorface.apps.cli import Parser
     from anchorface.methods.anchored.options import SAMPLERS
 
-    p = Parser(prog="bench_sampler_overhead", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="bench_sampler_overhead", description=__doc__.split("\n\n")[0],
+               help_command="python benchmarks/bench_sampler_overhead.py --help")
     p.add_argument("--checkpoint", default=str(files("anchorface") / "assets" / "demo"))
     p.add_argument("--frames", type=positive_int, default=200, help="driving frames N (default 200)")
     p.add_argument("--steps", type=positive_int, default=5, help="sampling steps (default 5)")

@@ -42,6 +42,7 @@ def test_bad_arguments_are_one_line(script, argv, words, capsys):
         module.main(argv)
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and words in err and len(err.splitlines()) == 1 and err.startswith(f"{script}: error:")
+    assert err.endswith(f"(see python benchmarks/{script}.py --help)")  # (a command that exists)
 
 
 def test_errors_in_a_run_are_one_line_and_nothing_is_half_written(tmp_path, capsys):

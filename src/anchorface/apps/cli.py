@@ -29,9 +29,14 @@ class Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line (`anchorface: error: reenact: argument --seed: ...`, exit 2) instead of
     the usage block plus a message. The benchmark and study scripts use it too."""
 
+    def __init__(self, *args, help_command: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_command = help_command  # how to ask for help when it is not `PROG --help` (a script's path)
+
     def error(self, message: str):
         program, _, command = self.prog.partition(" ")
-        self.exit(2, f"{program}: error: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
+        see = self.help_command or f"{self.prog} --help"
+        self.exit(2, f"{program}: error: {command + ': ' if command else ''}{message} (see {see})\n")
 
 
 class Terminated(KeyboardInterrupt):
