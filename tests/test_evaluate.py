@@ -365,6 +365,23 @@ def test_an_option_no_selected_protocol_uses_is_refused(protocols, given, words,
     assert rc == 1 and words in err and len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
+def test_a_clip_too_short_for_a_frames_window_still_plays_ping_pong(tmp_path, face_corpus, tiny_checkpoint):
+    """The consistency study falls back to ping-pong on a clip shorter than a length + 1, also when that length is
+    --frames (the self-reenactment window length, which it shared: that length used to be skipped)."""
+    from anchorface.apps.cli import main
+    from helpers import short_clip
+
+    clip = short_clip(face_corpus / "driving" / "d18.mp4", tmp_path / "d18-10.mp4", 10)
+    out = tmp_path / "report"
+    rc = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--driving", str(clip), "--output", str(out),
+               "--protocol", "consistency", "--lengths", "10", "--frames", "10", "--merge", "anchored", "--steps", "1",
+               "--no-baselines", "--quiet"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [(r["length"], r["videos"]) for r in report["consistency"]] == [(10, 1)]
+    assert any("ping-pong" in note for note in report["notes"])
+
+
 def test_nothing_measured_is_an_error_not_an_empty_report(tmp_path, face_corpus, tiny_checkpoint, capsys):
     """Every case skipped (here: windows shorter than the model's T for the guidance study): exit 1 with the
     reason in one line, and no report folder."""

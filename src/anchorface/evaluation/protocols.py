@@ -579,43 +579,57 @@ class Evaluation:
         self.o, self.videos, self.models, self.columns, self.baselines = o, videos, models, columns, baselines
         self.scorer, self.notes = scorer, o.notes
         self.lmk_res = max(c.method.resolution for c in columns + baselines)  # landmark_crop_size(lmk_res) px
-        self.cases: dict[tuple[Path, int], Case | None] = {}
+        self.cases: dict[tuple, Case | None] = {}  # (video, length[, "ping-pong"]) -> its case
         self.windows: dict[tuple[Path, int], tuple[list[int], int]] = {}
         infos = {v: probe_video(v) for v in videos}
         lengths = sorted({o.frames} | (set(o.lengths) if "consistency" in o.protocols else set()))
-        self.pingpong: set[tuple[Path, int]] = set()
+        self.pingpong: dict[tuple[Path, int], tuple[list[int], int]] = {}  # consistency windows longer than the clip
         for v in videos:
             for L in lengths:
                 w = self_window(infos[v].num_frames, L, random.Random(f"{o.seed}:{v.name}:{L}"))
-                if w is None and L != o.frames and "consistency" in o.protocols:
-                    w = long_window(infos[v].num_frames, L)
-                    self.pingpong.add((v, L))
+                if w is not None:
+                    self.windows[(v, L)] = w
+                    continue
+                if "consistency" in o.protocols and L in o.lengths:
+                    self.pingpong[(v, L)] = long_window(infos[v].num_frames, L)
                     self.notes.append(f"{v.name}: {infos[v].num_frames} frames; its {L}-frame consistency window "
                                       "plays it forward and back (ping-pong), source = its last frame")
-                if w is None:
+                if (v, L) not in self.pingpong or L == o.frames:  # (self-reenactment needs a real window)
                     self.notes.append(f"{v.name}: {infos[v].num_frames} frames, too short for a {L}-frame window "
-                                      "plus a source frame; skipped at that length")
-                else:
-                    self.windows[(v, L)] = w
+                                      f"plus a source frame; skipped at that length"
+                                      f"{' for self-reenactment' if (v, L) in self.pingpong else ''}")
         self.bar = None
 
-    def self_case(self, v: Path, L: int) -> Case | None:
-        """The self-reenactment case of video `v` at window length L (cached; None with a note if unusable)."""
-        if (v, L) not in self.cases:
-            self.cases[(v, L)] = None
-            if (v, L) in self.windows:
-                idx, src = self.windows[(v, L)]
+    def _case(self, key: tuple, v: Path, L: int, window: tuple[list[int], int] | None) -> Case | None:
+        """The case of `window` of video `v` (cached under `key`; None with a note if unusable)."""
+        if key not in self.cases:
+            self.cases[key] = None
+            if window is not None:
+                idx, src = window
                 got = read_frames(v, idx + [src])
                 if len(got) < len(set(idx + [src])):
                     self.notes.append(f"{v.name}: decoded fewer frames than its header states; skipped at length {L}")
                     return None
                 try:
-                    self.cases[(v, L)] = make_case(f"{v.stem}[{idx[0]}:{idx[-1] + 1}]<-f{src}", v,
-                                                   [got[i] for i in idx], got[src], f"frame {src} of {v.name}",
-                                                   resolution=self.lmk_res)
+                    self.cases[key] = make_case(f"{v.stem}[{idx[0]}:{idx[-1] + 1}]<-f{src}", v,
+                                                [got[i] for i in idx], got[src], f"frame {src} of {v.name}",
+                                                resolution=self.lmk_res)
                 except NoFaceError as e:
                     self.notes.append(f"{v.name} ({L} frames): skipped, {e}")
-        return self.cases[(v, L)]
+        return self.cases[key]
+
+    def self_case(self, v: Path, L: int) -> Case | None:
+        """The self-reenactment case of video `v` at window length L (a real window of the clip)."""
+        return self._case((v, L), v, L, self.windows.get((v, L)))
+
+    def consistency_case(self, v: Path, L: int) -> Case | None:
+        """The consistency study's case at length L: the self-reenactment window, or ping-pong past the clip's end."""
+        if (v, L) in self.windows:
+            return self.self_case(v, L)
+        return self._case((v, L, "ping-pong"), v, L, self.pingpong.get((v, L)))
+
+    def has_consistency_window(self, v: Path, L: int) -> bool:
+        return (v, L) in self.windows or (v, L) in self.pingpong
 
     def self_cases(self) -> list[Case]:
         return [c for v in self.videos if (c := self.self_case(v, self.o.frames)) is not None]
@@ -708,7 +722,7 @@ def consistency_protocol(ev: Evaluation) -> tuple[list[dict], dict]:
     longest = max(o.lengths)
     for L in o.lengths:
         for v in ev.videos:
-            c = ev.self_case(v, L)
+            c = ev.consistency_case(v, L)
             for cond in o.consistency_conditions:
                 for k in range(o.seeds):
                     for col in ev.columns:
@@ -725,9 +739,10 @@ def consistency_protocol(ev: Evaluation) -> tuple[list[dict], dict]:
                         if strip is not None and strip["video"] == c.name:
                             pick = np.linspace(0, len(gen) - 1, min(STRIP_FRAMES, len(gen))).round().astype(int)
                             strip["frames"][col.label], strip["indices"] = gen[pick], pick.tolist()
-                ev.tick(int((v, L) in ev.windows) * o.seeds * len(ev.columns))
+                ev.tick(int(ev.has_consistency_window(v, L)) * o.seeds * len(ev.columns))
             if L != o.frames:
                 ev.cases.pop((v, L), None)
+            ev.cases.pop((v, L, "ping-pong"), None)
     rows = []
     for (cond, L, g, m), sc in scored.items():
         row = {"conditions": cond, "length": L, "checkpoint": g, "merge": m, "seeds": o.seeds,
@@ -824,7 +839,7 @@ def run_evaluation(o: Options) -> dict:
     consistency_lengths = list(o.lengths) if "consistency" in o.protocols else []
     total = sum(len(cs) * len(columns) for p, cs in (("self", self_cases), ("cross", cross_cases))
                 if p in o.protocols)
-    total += sum((v, L) in ev.windows for L in consistency_lengths for v in videos) * len(columns) * o.seeds * \
+    total += sum(ev.has_consistency_window(v, L) for L in consistency_lengths for v in videos) * len(columns) * o.seeds * \
         len(o.consistency_conditions)
     total += len(abl_rows) * len(abl_cases)
     guided = anchored[0] if "guidance" in o.protocols and anchored else None
