@@ -132,8 +132,8 @@ def test_cancel_answers_with_the_jobs_own_last_word():
     assert asyncio.run(sessions.cancel("b", timeout=0.1)) is None and job.cancel.is_set()
     thread.join()
 
-    sessions.submit("c")  # queued behind another session's job
-    assert asyncio.run(sessions.cancel("c", timeout=0.1)) is None
+    sessions.submit("c")  # queued behind another session's job: cancelled at once, and it stops as it starts
+    assert asyncio.run(sessions.cancel("c", timeout=10)) == "Cancelled."
     assert sessions.start("c").cancel.is_set()
     assert not sessions.start("d").cancel.is_set()  # (another session's jobs are not touched)
 
@@ -141,7 +141,7 @@ def test_cancel_answers_with_the_jobs_own_last_word():
     # for it, and the next run does not inherit it nor its Cancel
     sessions.submit("f")
     t0 = time.monotonic()
-    assert asyncio.run(sessions.cancel("f", timeout=10)) is None and time.monotonic() - t0 < 1
+    assert asyncio.run(sessions.cancel("f", timeout=10)) == "Cancelled." and time.monotonic() - t0 < 1
     sessions.submit("f")
     assert not sessions.start("f").cancel.is_set()
 
@@ -175,6 +175,14 @@ def test_the_job_follows_its_own_threads_bars_only():
             for _ in tqdm(range(3), desc="denoising", mininterval=0):
                 pass
     assert errors == [] and "loading" not in seen
+
+
+def test_error_messages_name_uploads_by_their_file_names():
+    """gradio hands the app copies in its cache (/tmp/gradio/<hash>/clip.mp4): messages name the user's file."""
+    cached = "/tmp/gradio/0ecff655cb/clip.mp4"
+    message = f"cannot read video {cached}: not a video or corrupt (Invalid data: '{cached}')"
+    assert web.uploaded_names(message, None, cached) == \
+        "cannot read video clip.mp4: not a video or corrupt (Invalid data: 'clip.mp4')"
 
 
 def test_a_model_asked_for_twice_at_once_loads_once(monkeypatch, tmp_path):
@@ -226,6 +234,21 @@ def test_controls_show_each_models_own_defaults(tiny_checkpoint, tmp_path):
     assert slider.value == 1000 and slider.maximum >= 1000
 
 
+def test_a_method_whose_model_cannot_load_keeps_its_controls_usable(tmp_path):
+    """Method changed while the checkpoint field holds a bad path: the model cannot load, yet the controls that method
+    takes are enabled, the checkpoint field above all (it stayed disabled after a baseline, and with it the one way
+    out). A baseline disables them."""
+    pytest.importorskip("gradio")
+    app = web.build_app(workdir=tmp_path / "work")
+    on_method = next(f.fn for f in app.fns.values()
+                     if [(getattr(app.blocks[t[0]], "elem_id", None), t[1]) for t in f.targets if t[0] is not None]
+                     == [("method", "change")])
+    assert [u.get("interactive") for u in on_method("copy-driving", str(tmp_path / "x"))] == [False] * 5
+    updates = on_method("anchored", str(tmp_path / "x"))  # (no such checkpoint)
+    assert [u.get("interactive") for u in updates] == [True] * 5 and "value" not in updates[1]
+    assert [u.get("interactive") for u in on_method("diffusionact", "demo")] == [True, False, False, True, True]
+
+
 def test_runner_errors_are_one_line(tmp_path, driving, face_corpus):
     runner = web.Runner(tmp_path)
     not_an_image = tmp_path / "photo.jpg"
@@ -238,7 +261,8 @@ def test_runner_errors_are_one_line(tmp_path, driving, face_corpus):
              ((face_corpus / "source/s1.jpg", driving), {"steps": float("nan")}, "steps"),
              ((face_corpus / "source/s1.jpg", driving), {"steps": 2.7}, "steps"),
              ((face_corpus / "source/s1.jpg", driving), {"seed": 1.5}, "seed"),
-             ((face_corpus / "source/s1.jpg", driving), {"method": "nope"}, "unknown method")]
+             ((face_corpus / "source/s1.jpg", driving), {"method": "nope"}, "unknown method"),
+             ((face_corpus / "source/s1.jpg", driving), {"checkpoint": str(not_an_image)}, "is a file; give its folder")]
     for args, kwargs, expected in cases:
         with pytest.raises(AnchorfaceError) as e:
             runner.run(*args, **kwargs)
@@ -367,8 +391,8 @@ def test_web_ui_in_headless_chromium(browser_tools, server, photo, driving, tmp_
         # a checkpoint folder that does not exist: the one-line error, no traceback in the page
         type_into("#checkpoint input", str(tmp_path / "no-such-checkpoint"))
         reenact()
-        msg = wait(lambda: "does not exist" in body() and body(), "the error message")
-        assert f"checkpoint folder {tmp_path / 'no-such-checkpoint'} does not exist" in msg
+        msg = wait(lambda: "does not exist" in text("#status") and text("#status"), "the error message")
+        assert f"Error: checkpoint folder {tmp_path / 'no-such-checkpoint'} does not exist" in msg  # (it stays)
         assert "Traceback" not in browser.page_source and "File \"" not in browser.page_source
         for close in css(".toast-close"):
             close.click()

@@ -6,8 +6,8 @@ comparison driving | anchored | multidiffusion (`reenact --compare`) and both fi
 follows the pipeline's own progress bars (face boxes, landmarks, denoising, writing), and the cancel button stops
 the job at its next progress step (a queued job as it starts); outputs are written atomically, so a cancelled or
 failed job leaves no file.
-Errors are the CLI's one-line messages (an `AnchorfaceError` becomes a `gr.Error` with that line); the page never
-shows a traceback. It binds to 127.0.0.1 unless told otherwise (`--host`, `--share`).
+Errors are the CLI's one-line messages, shown in the status line (uploads named by their file names, not the
+server's copies); the page never shows a traceback. It binds to 127.0.0.1 unless told otherwise (`--host`, `--share`).
 
 gradio (the `web` extra) is imported here only, when the command runs (tests/test_layout.py).
 """
@@ -43,11 +43,11 @@ class Job:
         self.cancel = threading.Event()
         self.progress = progress
         self.started = False
-        self.status: str | None = None  # the job's last word for the status line (None: an error, shown as such)
+        self.status: str | None = None  # the job's last word for the status line ("Done: …", "Error: …", ...)
         self.finished = threading.Event()
 
     def finish(self) -> None:
-        """The job has ended, with `status` set (or not, after an error)."""
+        """The job has ended, with `status` set."""
         self.finished.set()
 
     def step(self, bar, check: bool = True) -> None:
@@ -64,8 +64,8 @@ class Sessions:
     """The jobs of each browser session, queued or running. Cancel stops them all and answers with the last one's
     own status line once they have ended ("Cancelled.", or "Done: …" when it finished first): whichever of the two
     answers reaches the page last, the page ends on the job's word, never on a stale "Cancelling…" (a race CI
-    hit). With nothing to cancel, or a job that takes longer than `CANCEL_WAIT_S` to stop, it answers None: the
-    page keeps what the job will say."""
+    hit). A job still queued is cancelled at once. With nothing to cancel, or a job that takes longer than
+    `CANCEL_WAIT_S` to stop, it answers None: the page keeps what the job will say."""
 
     def __init__(self):
         self._jobs: dict[str, list[Job]] = {}
@@ -114,7 +114,7 @@ class Sessions:
 
     async def cancel(self, session: str, timeout: float = CANCEL_WAIT_S) -> str | None:
         """Cancel the session's jobs and wait (without holding a thread) for the running ones to end: the last
-        one's status. A queued job is only flagged: it says "Cancelled." itself when it starts."""
+        one's status. A queued job is only flagged (it says "Cancelled." itself when dequeued): "Cancelled." at once."""
         with self._lock:
             jobs = list(self._jobs.get(session, []))
             running = [j for j in jobs if j.started]
@@ -125,7 +125,9 @@ class Sessions:
             if time.monotonic() > deadline:
                 return None
             await asyncio.sleep(0.05)
-        return running[-1].status if running else None
+        if running:
+            return running[-1].status
+        return "Cancelled." if jobs else None  # (a queued job: it will not run, and says the same when dequeued)
 
 
 _follow_lock = threading.Lock()
@@ -171,6 +173,14 @@ def _whole(value, what: str) -> int:
         raise AnchorfaceError(f"{what} must be a whole number, got {value!r}") from None
 
 
+def uploaded_names(message: str, *uploads) -> str:
+    """`message` with the server's copies of the uploads (gradio's cache paths) named by their file names."""
+    for path in uploads:
+        if path:
+            message = message.replace(str(path), Path(path).name)
+    return message
+
+
 class Runner:
     """Runs one job of the UI: validates the fields, loads the method (the last one stays loaded), and calls the
     shared flow into a fresh folder under `workdir`. Raises AnchorfaceError (one line) for anything the user can fix."""
@@ -192,6 +202,8 @@ class Runner:
                 raise AnchorfaceError("no demo checkpoint installed; enter a checkpoint folder")
             return path
         path = Path(text).expanduser()
+        if path.exists() and not path.is_dir():
+            raise AnchorfaceError(f"checkpoint {path} is a file; give its folder")
         if not path.is_dir():
             raise AnchorfaceError(f"checkpoint folder {path} does not exist")
         return path
@@ -273,20 +285,22 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
         try:
             if job.cancel.is_set():  # (cancelled while queued)
                 raise Cancelled("cancelled")
+            compare = bool(compare) and get_method(method).needs_checkpoint  # (its checkbox is off for a baseline)
             out = runner.run(photo, video, checkpoint=ckpt, method=method, merge=merge, sampler=sampler, steps=steps,
                              seed=seed, compare=compare, job=job)
             job.status = f"Done: {out['message']}"
         except Cancelled:
             job.status = "Cancelled."
             return None, None, None, job.status
-        except (AnchorfaceError, *io_errors()) as e:
-            raise gr.Error(one_line(e), print_exception=False) from None
+        except (AnchorfaceError, *io_errors()) as e:  # the reason stays in the status line (a toast goes away)
+            job.status = f"Error: {uploaded_names(one_line(e), photo, video)}"
+            return None, None, None, job.status
         except Exception as e:  # a bug: one line in the page, the traceback on the server's console only
             traceback.print_exc()
-            raise gr.Error(f"internal error: {one_line(e)} (details on the server console)",
-                           print_exception=False) from None
+            job.status = f"Internal error: {uploaded_names(one_line(e), photo, video)} (details on the server console)"
+            return None, None, None, job.status
         finally:
-            sessions.end(request.session_hash, job)  # (after an error, no status line: Cancel leaves the page's)
+            sessions.end(request.session_hash, job)
         files = [str(p) for p in (out["output"], out["compare"]) if p is not None]
         return str(out["output"]), out["compare"] and str(out["compare"]), files, job.status
 
@@ -301,14 +315,17 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
         """The controls of the method (and checkpoint) chosen: those it takes, the steps slider long enough for its
         default; with `show_defaults` (a new method) set to its defaults too. A new checkpoint leaves the values as
         the user set them (an update arriving after the user's next edit would silently undo it)."""
+        spec = get_method(name)
         try:
             takes, defaults = runner.options(name, ckpt)
-        except (AnchorfaceError, *io_errors()):  # e.g. a folder being typed: unchanged (Reenact says what is wrong)
-            return [gr.update() for _ in range(5)]
-        shown = {key: {"value": defaults.get(key)} if show_defaults else {} for key in ("merge", "sampler", "steps")}
+        except (AnchorfaceError, *io_errors()):  # e.g. a folder being typed: values unchanged (Reenact says what is
+            # wrong), but the controls the method takes stay usable (the checkpoint field above all)
+            takes, defaults = tuple(getattr(spec.load(), "OPTIONS", ())) if spec.needs_checkpoint else (), {}
+        shown = {key: {"value": defaults[key]} if show_defaults and key in defaults else {}
+                 for key in ("merge", "sampler", "steps")}
         if defaults.get("steps") is not None:
             shown["steps"]["maximum"] = max(MAX_STEPS, defaults["steps"])
-        model = get_method(name).needs_checkpoint  # a model, not a baseline: a checkpoint and the comparison video
+        model = spec.needs_checkpoint  # a model, not a baseline: a checkpoint and the comparison video
         return [gr.update(interactive=model), *(gr.update(interactive=key in takes, **shown[key])
                                                 for key in ("merge", "sampler", "steps")), gr.update(interactive=model)]
 
@@ -331,7 +348,7 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
                 with gr.Row():
                     steps = gr.Slider(1, max(MAX_STEPS, sample.steps), value=sample.steps, step=1, label="steps",
                                       elem_id="steps")
-                    seed = gr.Number(0, precision=0, label="seed", elem_id="seed")  # (Runner.run checks it)
+                    seed = gr.Number(0, label="seed", elem_id="seed")  # (Runner.run checks it: 2.7 is no seed)
                 compare = gr.Checkbox(True, label="comparison video (driving | anchored | multidiffusion)",
                                       elem_id="compare")
                 with gr.Row():
