@@ -128,6 +128,15 @@ def test_cancel_answers_with_the_jobs_own_last_word():
     thread.join()
     assert asyncio.run(sessions.cancel("a", timeout=10)) is None  # nothing left to cancel
 
+    # a click skipped while a job ran leaves a queued job that never runs: gone when that job ends, so a later
+    # Cancel does not claim "Cancelled." over the finished job's "Done: …"
+    sessions.submit("g")
+    done = sessions.start("g")
+    sessions.submit("g")
+    done.status = "Done: 3 frames"
+    sessions.end("g", done)
+    assert asyncio.run(sessions.cancel("g", timeout=10)) is None
+
     job, thread = running("b", "Cancelled.", delay=1.0)
     assert asyncio.run(sessions.cancel("b", timeout=0.1)) is None and job.cancel.is_set()
     thread.join()
@@ -183,6 +192,10 @@ def test_error_messages_name_uploads_by_their_file_names():
     message = f"cannot read video {cached}: not a video or corrupt (Invalid data: '{cached}')"
     assert web.uploaded_names(message, None, cached) == \
         "cannot read video clip.mp4: not a video or corrupt (Invalid data: 'clip.mp4')"
+
+
+def test_status_text_is_shown_as_it_is():
+    assert web.markdown_text("cannot read /tmp/a_b_c/*x*.mp4 <1>") == r"cannot read /tmp/a\_b\_c/\*x\*.mp4 \<1\>"
 
 
 def test_a_model_asked_for_twice_at_once_loads_once(monkeypatch, tmp_path):
@@ -247,6 +260,7 @@ def test_a_method_whose_model_cannot_load_keeps_its_controls_usable(tmp_path):
     updates = on_method("anchored", str(tmp_path / "x"))  # (no such checkpoint)
     assert [u.get("interactive") for u in updates] == [True] * 5 and "value" not in updates[1]
     assert [u.get("interactive") for u in on_method("diffusionact", "demo")] == [True, False, False, True, True]
+    assert on_method("no-such-method", "demo") == [{"__type__": "update"}] * 5  # (unchanged, no crash)
 
 
 def test_runner_errors_are_one_line(tmp_path, driving, face_corpus):

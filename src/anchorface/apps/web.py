@@ -104,22 +104,24 @@ class Sessions:
                 del self._jobs[session]
 
     def end(self, session: str, job: Job) -> None:
+        """`job` has ended. The session's queued jobs go with it: the page runs one job of a session at a time and
+        skips clicks meanwhile, so a job still queued now is a click whose run never comes."""
         job.finish()
         with self._lock:
-            mine = self._jobs.get(session, [])
-            if job in mine:
-                mine.remove(job)
-            if not mine:
+            mine = [j for j in self._jobs.get(session, []) if j.started and j is not job]
+            if mine:
+                self._jobs[session] = mine
+            else:
                 self._jobs.pop(session, None)
 
     async def cancel(self, session: str, timeout: float = CANCEL_WAIT_S) -> str | None:
         """Cancel the session's jobs and wait (without holding a thread) for the running ones to end: the last
         one's status. A queued job is only flagged (it says "Cancelled." itself when dequeued): "Cancelled." at once."""
-        with self._lock:
+        with self._lock:  # (flagged under the lock: a queued job cannot start unflagged meanwhile)
             jobs = list(self._jobs.get(session, []))
             running = [j for j in jobs if j.started]
-        for job in jobs:
-            job.cancel.set()
+            for job in jobs:
+                job.cancel.set()
         deadline = time.monotonic() + timeout
         while running and not all(j.finished.is_set() for j in running):
             if time.monotonic() > deadline:
@@ -179,6 +181,11 @@ def uploaded_names(message: str, *uploads) -> str:
         if path:
             message = message.replace(str(path), Path(path).name)
     return message
+
+
+def markdown_text(text: str) -> str:
+    """`text` shown as it is in the Markdown status line (a path's `*`, `_` or `<` are not formatting)."""
+    return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in text)
 
 
 class Runner:
@@ -293,11 +300,12 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
             job.status = "Cancelled."
             return None, None, None, job.status
         except (AnchorfaceError, *io_errors()) as e:  # the reason stays in the status line (a toast goes away)
-            job.status = f"Error: {uploaded_names(one_line(e), photo, video)}"
+            job.status = f"Error: {markdown_text(uploaded_names(one_line(e), photo, video))}"
             return None, None, None, job.status
         except Exception as e:  # a bug: one line in the page, the traceback on the server's console only
             traceback.print_exc()
-            job.status = f"Internal error: {uploaded_names(one_line(e), photo, video)} (details on the server console)"
+            job.status = (f"Internal error: {markdown_text(uploaded_names(one_line(e), photo, video))} (details on the "
+                          "server console)")
             return None, None, None, job.status
         finally:
             sessions.end(request.session_hash, job)
@@ -315,12 +323,19 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
         """The controls of the method (and checkpoint) chosen: those it takes, the steps slider long enough for its
         default; with `show_defaults` (a new method) set to its defaults too. A new checkpoint leaves the values as
         the user set them (an update arriving after the user's next edit would silently undo it)."""
-        spec = get_method(name)
+        unchanged = [gr.update() for _ in range(5)]
+        try:
+            spec = get_method(name)
+        except AnchorfaceError:
+            return unchanged
         try:
             takes, defaults = runner.options(name, ckpt)
         except (AnchorfaceError, *io_errors()):  # e.g. a folder being typed: values unchanged (Reenact says what is
             # wrong), but the controls the method takes stay usable (the checkpoint field above all)
-            takes, defaults = tuple(getattr(spec.load(), "OPTIONS", ())) if spec.needs_checkpoint else (), {}
+            try:
+                takes, defaults = tuple(getattr(spec.load(), "OPTIONS", ())) if spec.needs_checkpoint else (), {}
+            except AnchorfaceError:  # (its module cannot be imported: Reenact will say so)
+                return unchanged
         shown = {key: {"value": defaults[key]} if show_defaults and key in defaults else {}
                  for key in ("merge", "sampler", "steps")}
         if defaults.get("steps") is not None:
