@@ -275,6 +275,7 @@ def test_runner_errors_are_one_line(tmp_path, driving, face_corpus):
              ((face_corpus / "source/s1.jpg", driving), {"steps": float("nan")}, "steps"),
              ((face_corpus / "source/s1.jpg", driving), {"steps": 2.7}, "steps"),
              ((face_corpus / "source/s1.jpg", driving), {"seed": 1.5}, "seed"),
+             ((face_corpus / "source/s1.jpg", driving), {"seed": float(2 ** 60)}, "loses digits"),
              ((face_corpus / "source/s1.jpg", driving), {"method": "nope"}, "unknown method"),
              ((face_corpus / "source/s1.jpg", driving), {"checkpoint": str(not_an_image)}, "is a file; give its folder")]
     for args, kwargs, expected in cases:

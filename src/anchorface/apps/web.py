@@ -247,9 +247,13 @@ class Runner:
             raise AnchorfaceError("upload a face photo (or take one with the webcam)")
         if not video:
             raise AnchorfaceError("upload a driving video (or record one with the webcam)")
+        exact = not isinstance(seed, float) or abs(seed) <= 2 ** 53  # (the page sends numbers as floats)
         seed = _whole(seed, "the seed")
         if not 0 <= seed <= SEED_MAX:
             raise AnchorfaceError(f"the seed must be in 0..{SEED_MAX}, got {seed}")
+        if not exact:
+            raise AnchorfaceError(f"the seed must be at most {2 ** 53} here (a larger number loses digits on its way "
+                                  "from the browser)")
         steps = None if steps is None else _whole(steps, "steps")
         for old in self.workdir.glob("job-*"):  # (gradio copied the earlier results into its cache when it sent them)
             shutil.rmtree(old, ignore_errors=True)
