@@ -1,12 +1,12 @@
 """`anchorface reenact --batch pairs.csv`: many reenactments with one model load, resumable.
 
-The CSV has one row per job, `photo,driving,output` (a header row with those names is allowed, anywhere; relative paths are
-taken from the CSV's folder; blank lines and lines starting with # are ignored). A row whose output is its own photo
-or driving video, or the output of an earlier row, or not a video file, is a bad row. Rows whose output video exists
-are skipped, so running the same command again resumes an interrupted batch; every output is written atomically
-(`io.video.VideoWriter`), so an interrupted row leaves nothing behind and is redone. A bad row (missing file, no
-face, corrupt video, ...) is reported in one line and skipped; the others still run. The exit status is 1 when any
-row failed, after a summary line.
+The CSV has one row per job, `photo,driving,output` (a header row with those names is allowed, anywhere; relative
+paths are taken from the CSV's folder; blank lines and lines starting with # are ignored). A row whose output is its
+own photo or driving video, or the output of an earlier row, or not a video file, is a bad row. Rows whose output
+video exists are skipped, so running the same command again resumes an interrupted batch; every output is written
+atomically (`io.video.VideoWriter`), so an interrupted row leaves nothing behind and is redone. A bad row (missing
+file, no face, corrupt video, ...) is reported in one line and skipped; the others still run. The exit status is 1
+when any row failed, after a summary line.
 """
 
 from __future__ import annotations

@@ -72,12 +72,20 @@ class Sessions:
         self._closed: set[str] = set()  # sessions whose tab was closed: a job of theirs still queued does not run
         self._lock = threading.Lock()
 
+    def _keep_running(self, session: str, *add: Job) -> None:
+        """The session's jobs become its running ones (queued jobs dropped) plus `add`. Under the lock."""
+        jobs = [j for j in self._jobs.get(session, []) if j.started and not j.finished.is_set()] + list(add)
+        if jobs:
+            self._jobs[session] = jobs
+        else:
+            self._jobs.pop(session, None)
+
     def submit(self, session: str) -> None:
         """A click on Reenact: the job is queued (it may wait for another session's job to end). It replaces the
         session's queued jobs: a click whose run the page skipped (one was pending) or that gradio refused before
         running leaves one that will never start, and the next run must not inherit it (nor its Cancel)."""
         with self._lock:
-            self._jobs[session] = [j for j in self._jobs.get(session, []) if j.started] + [Job()]
+            self._keep_running(session, Job())
 
     def start(self, session: str, progress=None) -> Job:
         """The session's oldest queued job, now running (gradio runs a session's events in order)."""
@@ -96,23 +104,16 @@ class Sessions:
         abandoned job holds the one model slot."""
         with self._lock:
             self._closed.add(session)
-            jobs = self._jobs.get(session, [])
-            for job in jobs:
+            for job in self._jobs.get(session, []):
                 job.cancel.set()
-            self._jobs[session] = [j for j in jobs if j.started]
-            if not self._jobs[session]:
-                del self._jobs[session]
+            self._keep_running(session)
 
     def end(self, session: str, job: Job) -> None:
         """`job` has ended. The session's queued jobs go with it: the page runs one job of a session at a time and
         skips clicks meanwhile, so a job still queued now is a click whose run never comes."""
-        job.finish()
         with self._lock:
-            mine = [j for j in self._jobs.get(session, []) if j.started and j is not job]
-            if mine:
-                self._jobs[session] = mine
-            else:
-                self._jobs.pop(session, None)
+            job.finish()
+            self._keep_running(session)
 
     async def cancel(self, session: str, timeout: float = CANCEL_WAIT_S) -> str | None:
         """Cancel the session's jobs and wait (without holding a thread) for the running ones to end: the last
@@ -292,7 +293,8 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
 
     def reenact_job(photo, video, ckpt, method, merge, sampler, steps, seed, compare, request: gr.Request,
             progress=gr.Progress()):  # noqa: B008  (how gradio marks the progress parameter)
-        job = sessions.start(request.session_hash, progress)
+        job, out = sessions.start(request.session_hash, progress), None
+        said = lambda e: markdown_text(uploaded_names(one_line(e), photo, video))  # noqa: E731
         try:
             if job.cancel.is_set():  # (cancelled while queued)
                 raise Cancelled("cancelled")
@@ -302,17 +304,15 @@ def build_app(checkpoint: str | None = None, device: str = "cpu", workdir: str |
             job.status = f"Done: {out['message']}"
         except Cancelled:
             job.status = "Cancelled."
-            return None, None, None, job.status
         except (AnchorfaceError, *io_errors()) as e:  # the reason stays in the status line (a toast goes away)
-            job.status = f"Error: {markdown_text(uploaded_names(one_line(e), photo, video))}"
-            return None, None, None, job.status
+            job.status = f"Error: {said(e)}"
         except Exception as e:  # a bug: one line in the page, the traceback on the server's console only
             traceback.print_exc()
-            job.status = (f"Internal error: {markdown_text(uploaded_names(one_line(e), photo, video))} (details on the "
-                          "server console)")
-            return None, None, None, job.status
+            job.status = f"Internal error: {said(e)} (details on the server console)"
         finally:
             sessions.end(request.session_hash, job)
+        if out is None:
+            return None, None, None, job.status
         files = [str(p) for p in (out["output"], out["compare"]) if p is not None]
         return str(out["output"]), out["compare"] and str(out["compare"]), files, job.status
 

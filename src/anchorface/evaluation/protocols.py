@@ -806,10 +806,9 @@ def run_evaluation(o: Options) -> dict:
 
     _check_options(o)
     require("matplotlib", "eval", "evaluate")  # the plots come last: fail before any work
-    once = {k: tuple(dict.fromkeys(getattr(o, k))) for k in ("merges", "protocols", "lengths", "ablation_scales",
-                                                              "ablation_conditions", "consistency_conditions")}
-    if o.ablation_steps is not None:  # (a value given twice is measured once: duplicates would double-count it)
-        once["ablation_steps"] = tuple(dict.fromkeys(o.ablation_steps))
+    lists = ("merges", "protocols", "lengths", "ablation_steps", "ablation_scales", "ablation_conditions",
+             "consistency_conditions")  # (a value given twice is measured once: duplicates would double-count it)
+    once = {k: tuple(dict.fromkeys(v)) for k in lists if (v := getattr(o, k)) is not None}
     o = dataclasses.replace(o, device=resolve_device(o.device), **once)  # (the notes list is shared with the caller's)
     t0 = time.time()
     specs = selected_methods(o)
@@ -839,8 +838,8 @@ def run_evaluation(o: Options) -> dict:
     consistency_lengths = list(o.lengths) if "consistency" in o.protocols else []
     total = sum(len(cs) * len(columns) for p, cs in (("self", self_cases), ("cross", cross_cases))
                 if p in o.protocols)
-    total += sum(ev.has_consistency_window(v, L) for L in consistency_lengths for v in videos) * len(columns) * o.seeds * \
-        len(o.consistency_conditions)
+    total += sum(ev.has_consistency_window(v, L) for L in consistency_lengths for v in videos) * len(columns) * \
+        o.seeds * len(o.consistency_conditions)
     total += len(abl_rows) * len(abl_cases)
     guided = anchored[0] if "guidance" in o.protocols and anchored else None
     if "guidance" in o.protocols and not anchored:

@@ -192,7 +192,8 @@ def plot_guidance(rows: list[dict], path, title: str = "") -> None:
     fig.savefig(path)
 
 
-CONSISTENCY_COLUMNS = ("self_csim", "id_drift_first", "id_drift_anchor", "background_drift")  # the tables' measures
+# the consistency tables' measures (of protocols.CONSISTENCY_MEASURES)
+CONSISTENCY_COLUMNS = ("self_csim", "id_drift_first", "id_drift_anchor", "background_drift")
 
 
 def _interval(v, ci) -> str:
@@ -215,14 +216,13 @@ def is_report_folder(folder: Path) -> bool:
     a report.json of the report's own shape, and besides it only report.md and the images it lists."""
     try:
         report = json.loads((folder / "report.json").read_text())
-        names = {p.name for p in folder.iterdir() if p.is_file() and not p.is_symlink()}
-        everything = {p.name for p in folder.iterdir()}
+        entries = list(folder.iterdir())
     except (OSError, ValueError):
         return False
     if not isinstance(report, dict) or not {"settings", "results", "images"} <= report.keys():
         return False
-    images = report["images"] if isinstance(report["images"], list) else []
-    return names == everything and names <= {"report.json", "report.md", *map(str, images)}
+    ours = {"report.json", "report.md", *map(str, report["images"] if isinstance(report["images"], list) else [])}
+    return all(p.name in ours and p.is_file() and not p.is_symlink() for p in entries)
 
 
 def write_report(report: dict, output: Path, columns: list[tuple[str, str]], grids: dict, notes_on_columns: list[str]

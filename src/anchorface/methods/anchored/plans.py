@@ -17,8 +17,8 @@ Three kinds:
   even, so the side with fewer slots per sequence sets B and the other side's windows overlap (spread evenly): the
   overlapping slots are generated but not rendered (``owner=False``), and every frame keeps exactly one owner. For
   T = 8 this costs about 1/6 more sequences than T-1 new frames per sequence would (T = 4: about 1/2 more); we keep
-  the paper's central anchor rather than move it to 3/7 (T = 4: 1/3) of the video. With T = 2 no common column exists (one free slot cannot hold
-  frames from both sides in order), so T = 2 uses the sorted layout below.
+  the paper's central anchor rather than move it to 3/7 (T = 4: 1/3) of the video. With T = 2 no common column
+  exists (one free slot cannot hold frames from both sides in order), so T = 2 uses the sorted layout below.
 - ``anchored-sorted`` (this project's first layout, kept for comparison): contiguous groups of T-1 frames each
   completed by the central anchor and sorted, so the anchor sits last in the sequences before it and first in
   those after it; its overridden tokens then carry sequence 0's TPE in every row.
